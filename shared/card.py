@@ -1,0 +1,266 @@
+"""Build the Adaptive Cards (1.5) that Teams Workflows webhooks accept. Pure: no I/O.
+
+Every value from the data goes into a RichTextBlock TextRun (never Markdown), sanitized. Hits are grouped
+into digest cards of at most 25; a card that would exceed Teams' ~28 KB limit is rebuilt with shorter values,
+then split.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from shared.rules import Rule
+from shared.sanitize import clean, format_time, truncate
+
+MAX_HITS_PER_CARD = 25
+MAX_CARD_BYTES = 27_500  # Teams drops messages over ~28 KB after answering 202; keep a margin
+_VALUE_LIMITS = (120, 60, 30)  # tried in turn until the card fits
+SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
+_SEVERITY_STYLE = {"High": "attention", "Medium": "warning", "Low": "accent", "Informational": "default"}
+_PORTALS = {"api.loganalytics.us": "https://portal.azure.us", "api.loganalytics.azure.cn": "https://portal.azure.cn"}
+_GENERIC_COLUMNS = 12
+
+
+@dataclass(frozen=True)
+class CardContext:
+    rule: Rule
+    total: int  # hits to report in this run (for "x of y")
+    query_link: str | None = None
+
+
+@dataclass(frozen=True)
+class Post:
+    payload: dict[str, Any]
+    first: int  # index of the card's first hit in the list given to build_posts
+    count: int  # how many hits, in order from `first`, the card shows
+
+
+def build_posts(ctx: CardContext, hits: Sequence[Mapping[str, Any]]) -> list[Post]:
+    """Teams messages for these hits, in order: each under MAX_CARD_BYTES with at most MAX_HITS_PER_CARD hits."""
+    posts: list[Post] = []
+    for start in range(0, len(hits), MAX_HITS_PER_CARD):
+        posts.extend(_fit(ctx, hits, start, min(start + MAX_HITS_PER_CARD, len(hits))))
+    return posts
+
+
+def _fit(ctx: CardContext, hits: Sequence[Mapping[str, Any]], start: int, end: int) -> list[Post]:
+    for limit in _VALUE_LIMITS:
+        payload = message(card(ctx, hits[start:end], start, limit))
+        if payload_size(payload) <= MAX_CARD_BYTES:
+            return [Post(payload, start, end - start)]
+    if end - start == 1:
+        return [Post(message(card(ctx, hits[start:end], start, _VALUE_LIMITS[-1], compact=True)), start, 1)]
+    middle = (start + end) // 2
+    return _fit(ctx, hits, start, middle) + _fit(ctx, hits, middle, end)
+
+
+def payload_size(payload: Mapping[str, Any]) -> int:
+    return len(encode(payload))
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def message(content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": content}
+        ],
+    }
+
+
+def card(
+    ctx: CardContext, hits: Sequence[Mapping[str, Any]], first: int, limit: int, *, compact: bool = False
+) -> dict[str, Any]:
+    rule = ctx.rule
+    body: list[dict[str, Any]] = [
+        {
+            "type": "Container",
+            "style": _SEVERITY_STYLE.get(rule.severity, "default"),
+            "bleed": True,
+            "items": [
+                _rich([_run(truncate(rule.name, 200), weight="Bolder", size="Large")]),
+                _rich(_labelled([("Severity", rule.severity), *_mitre(rule)], 100)),
+                _rich([_run(_count_line(ctx.total, first, len(hits)), isSubtle=True)]),
+            ],
+        }
+    ]
+    for hit in hits:
+        body.append(
+            {
+                "type": "Container",
+                "separator": True,
+                "spacing": "Medium",
+                "items": _hit_lines(hit, limit, compact),
+            }
+        )
+    content: dict[str, Any] = {
+        "type": "AdaptiveCard",
+        "$schema": SCHEMA,
+        "version": "1.5",
+        "msteams": {"width": "Full"},
+        "body": body,
+    }
+    if ctx.query_link:
+        content["actions"] = [{"type": "Action.OpenUrl", "title": "Open query in Log Analytics", "url": ctx.query_link}]
+    return content
+
+
+def operational_card(title: str, lines: Sequence[tuple[str, str]], style: str = "attention") -> dict[str, Any]:
+    """A plain card for kqlwatch's own notices (rule failing, recovered, dropped deliveries)."""
+    return message(
+        {
+            "type": "AdaptiveCard",
+            "$schema": SCHEMA,
+            "version": "1.5",
+            "msteams": {"width": "Full"},
+            "body": [
+                {"type": "Container", "style": style, "bleed": True,
+                 "items": [_rich([_run(truncate(title, 200), weight="Bolder", size="Medium")])]},
+                *(_rich(_labelled([(label, value)], 500)) for label, value in lines),
+            ],
+        }
+    )
+
+
+def _count_line(total: int, first: int, shown: int) -> str:
+    noun = "hit" if total == 1 else "hits"
+    if shown == total:
+        return f"{total} new {noun}"
+    return f"{total} new {noun} · showing {first + 1}-{first + shown}"
+
+
+def _mitre(rule: Rule) -> list[tuple[str, str]]:
+    parts = []
+    if rule.tactics:
+        parts.append(("Tactics", ", ".join(rule.tactics)))
+    if rule.techniques:
+        parts.append(("Techniques", ", ".join(rule.techniques)))
+    return parts
+
+
+def _hit_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
+    if "NetworkMessageId" in hit or "Subject" in hit:
+        return _email_lines(hit, limit, compact)
+    return _generic_lines(hit, limit)
+
+
+def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
+    auth = _auth(hit)
+    when = hit.get("TimeGenerated") or hit.get("Timestamp")
+    lines: list[list[dict[str, Any]]] = [
+        [
+            _run(format_time(when) if isinstance(when, datetime) else clean(when, 40), isSubtle=True),
+            _run("  "),
+            _run(clean(hit.get("Subject"), limit) or "(no subject)", weight="Bolder"),
+        ],
+        _labelled(
+            [
+                ("From", _with_name(hit.get("SenderFromAddress"), hit.get("SenderDisplayName"), limit)),
+                ("MAIL FROM", clean(hit.get("SenderMailFromAddress"), limit)),
+            ],
+            limit,
+        ),
+        _labelled(
+            [
+                ("To", clean(hit.get("RecipientEmailAddress"), limit)),
+                ("Sender IP", clean(hit.get("SenderIPv4") or hit.get("SenderIPv6"), 45, defang_text=False)),
+            ],
+            limit,
+        ),
+        _labelled([(name, clean(auth.get(name), 20) or "-") for name in ("SPF", "DKIM", "DMARC", "CompAuth")], 20),
+        _labelled(
+            [
+                ("Delivery", " / ".join(clean(hit.get(c), 40) for c in ("DeliveryAction", "DeliveryLocation") if hit.get(c))),
+                ("NetworkMessageId", clean(hit.get("NetworkMessageId"), 60, defang_text=False)),
+            ],
+            limit,
+        ),
+    ]
+    link = defender_link(hit)
+    if link and not compact:
+        lines[-1].append(_run("  Open in Defender", color="Accent", selectAction={"type": "Action.OpenUrl", "url": link}))
+    return [_rich(line) for line in lines]
+
+
+def _generic_lines(hit: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+    items = list(hit.items())[:_GENERIC_COLUMNS]
+    lines = [_rich(_labelled([(clean(k, 40), clean(v, limit))], limit)) for k, v in items]
+    if len(hit) > _GENERIC_COLUMNS:
+        lines.append(_rich([_run(f"+{len(hit) - _GENERIC_COLUMNS} more columns", isSubtle=True)]))
+    return lines
+
+
+def _with_name(address: Any, name: Any, limit: int) -> str:
+    addr = clean(address, limit)
+    display = clean(name, limit // 2)
+    return f"{display} <{addr}>" if display else addr
+
+
+def _auth(hit: Mapping[str, Any]) -> dict[str, Any]:
+    parsed: Any = hit.get("AuthenticationDetails")
+    if isinstance(parsed, str):
+        try:
+            parsed = json.loads(parsed)
+        except ValueError:
+            parsed = None
+    auth = dict(parsed) if isinstance(parsed, dict) else {}
+    for name in ("SPF", "DKIM", "DMARC", "CompAuth"):
+        if hit.get(name) not in (None, ""):
+            auth[name] = hit[name]
+    return auth
+
+
+def _labelled(pairs: Sequence[tuple[str, str]], limit: int) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    for label, value in pairs:
+        if runs:
+            runs.append(_run("  ·  ", isSubtle=True))
+        runs.append(_run(f"{label}: ", weight="Bolder"))
+        runs.append(_run(truncate(value, max(limit, 20)) or "-"))
+    return runs
+
+
+def _run(text: str, **style: Any) -> dict[str, Any]:
+    return {"type": "TextRun", "text": text, **style}
+
+
+def _rich(inlines: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "RichTextBlock", "inlines": inlines}
+
+
+def defender_link(hit: Mapping[str, Any]) -> str | None:
+    """The message's email entity page in the Microsoft Defender portal."""
+    message_id = hit.get("NetworkMessageId")
+    recipient = hit.get("RecipientEmailAddress")
+    if not isinstance(message_id, str) or not message_id or not isinstance(recipient, str):
+        return None
+    params = {"f": "summary", "id": message_id, "recipient": recipient}
+    when = hit.get("TimeGenerated") or hit.get("Timestamp")
+    if isinstance(when, datetime):
+        params["startTime"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "https://security.microsoft.com/emailentity?" + urlencode(params, quote_via=quote)
+
+
+def query_link(
+    query: str, workspace_resource_id: str | None, start: datetime, end: datetime, logs_endpoint: str
+) -> str | None:
+    """Open the rule's final query over this run's window in the Azure portal's Logs blade."""
+    if not workspace_resource_id:
+        return None
+    portal = _PORTALS.get(urlsplit(logs_endpoint).hostname or "", "https://portal.azure.com")
+    encoded = base64.b64encode(gzip.compress(query.encode("utf-8"))).decode("ascii")
+    span = f"{start.strftime('%Y-%m-%dT%H:%M:%S.000Z')}/{end.strftime('%Y-%m-%dT%H:%M:%S.000Z')}"
+    return (
+        f"{portal}/#blade/Microsoft_Azure_Monitoring_Logs/LogsBlade/resourceId/{quote(workspace_resource_id, safe='')}"
+        f"/source/LogsBlade.AnalyticsShareLinkToQuery/q/{quote(encoded, safe='')}/timespan/{quote(span, safe='')}"
+    )

@@ -1,0 +1,22 @@
+"""Table schemas (column -> Kusto type) for offline execution and validation."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+@lru_cache(maxsize=None)
+def table_schema(table: str) -> dict[str, str] | None:
+    path = HERE / f"{table}.json"
+    if not path.is_file():
+        return None
+    columns: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))["columns"]
+    return columns
+
+
+def known_tables() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.json"))

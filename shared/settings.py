@@ -1,0 +1,182 @@
+"""Every setting kqlwatch reads, in one place, validated once per run.
+
+A bad value raises ConfigError naming the setting; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shared.durations import parse_duration
+from shared.errors import ConfigError
+
+WORKSPACE_ID = "KQLWATCH_WORKSPACE_ID"
+WORKSPACE_RESOURCE_ID = "KQLWATCH_WORKSPACE_RESOURCE_ID"
+LOGS_ENDPOINT = "KQLWATCH_LOGS_ENDPOINT"
+STATE_CONNECTION = "KQLWATCH_STATE_CONNECTION"
+STATE_TABLE = "KQLWATCH_STATE_TABLE"
+TEAMS_WEBHOOK_URL = "KQLWATCH_TEAMS_WEBHOOK_URL"
+RULES_DIR = "KQLWATCH_RULES_DIR"
+SCHEDULE = "KQLWATCH_SCHEDULE"
+ACCESS_TOKEN = "KQLWATCH_ACCESS_TOKEN"
+MAX_CATCHUP = "KQLWATCH_MAX_CATCHUP"
+DELIVERY_MAX_AGE = "KQLWATCH_DELIVERY_MAX_AGE"
+PARAM_PREFIX = "KQLWATCH_PARAM_"
+AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
+
+# Read by the code; the infra tests check that the deployment sets each one it must.
+SETTING_NAMES: tuple[str, ...] = (
+    WORKSPACE_ID,
+    WORKSPACE_RESOURCE_ID,
+    LOGS_ENDPOINT,
+    STATE_CONNECTION,
+    STATE_TABLE,
+    TEAMS_WEBHOOK_URL,
+    RULES_DIR,
+    SCHEDULE,
+    ACCESS_TOKEN,
+    MAX_CATCHUP,
+    DELIVERY_MAX_AGE,
+    AZURE_CLIENT_ID,
+)
+# What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
+REQUIRED_IN_AZURE: tuple[str, ...] = (
+    WORKSPACE_ID,
+    STATE_CONNECTION,
+    TEAMS_WEBHOOK_URL,
+    SCHEDULE,
+    AZURE_CLIENT_ID,
+)
+
+DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
+DEFAULT_STATE_TABLE = "kqlwatch"
+DEFAULT_RULES_DIR = "rules"
+DEFAULT_SCHEDULE = "0 */5 * * * *"
+DEFAULT_MAX_CATCHUP = timedelta(hours=24)
+DEFAULT_DELIVERY_MAX_AGE = timedelta(hours=24)
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace_id: str
+    logs_endpoint: str
+    state_connection: str
+    state_table: str
+    webhook_urls: tuple[str, ...]
+    rules_dir: Path
+    access_token: str | None = None
+    workspace_resource_id: str | None = None
+    max_catchup: timedelta = DEFAULT_MAX_CATCHUP
+    delivery_max_age: timedelta = DEFAULT_DELIVERY_MAX_AGE
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError naming the first bad one."""
+    env = os.environ if env is None else env
+    return Settings(
+        workspace_id=_guid(env, WORKSPACE_ID),
+        logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
+        state_connection=_required(env, STATE_CONNECTION),
+        state_table=_table_name(env),
+        webhook_urls=_webhooks(env),
+        rules_dir=Path(env.get(RULES_DIR) or DEFAULT_RULES_DIR),
+        access_token=env.get(ACCESS_TOKEN) or None,
+        workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
+        max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP),
+        delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE),
+        params=read_params(env),
+    )
+
+
+def read_params(env: Mapping[str, str]) -> dict[str, str]:
+    params = {}
+    for key, value in env.items():
+        if key.startswith(PARAM_PREFIX):
+            name = key[len(PARAM_PREFIX) :]
+            if not _PARAM_NAME.match(name):
+                raise ConfigError(key, "is not a valid parameter name (letters, digits, _)")
+            params[name] = value
+    return params
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = (env.get(name) or "").strip()
+    if not value:
+        raise ConfigError(name, "is not set")
+    return value
+
+
+def _guid(env: Mapping[str, str], name: str) -> str:
+    value = _required(env, name)
+    if not _GUID.match(value):
+        raise ConfigError(name, "must be the workspace GUID (customerId), e.g. 00000000-0000-0000-0000-000000000000")
+    return value.lower()
+
+
+def _table_name(env: Mapping[str, str]) -> str:
+    value = (env.get(STATE_TABLE) or DEFAULT_STATE_TABLE).strip()
+    if not _TABLE_NAME.match(value):
+        raise ConfigError(STATE_TABLE, "must be 3-63 letters or digits, starting with a letter")
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+    if value <= timedelta(0):
+        raise ConfigError(name, "must be positive")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False) -> str:
+    shown = redact_url(value) if secret else value
+    parts = urlsplit(value.strip())
+    if parts.scheme == "https" and parts.hostname:
+        return value.strip()
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return value.strip()
+    raise ConfigError(name, f"must be an https:// URL (http only for loopback), got {shown!r}")
+
+
+def _webhooks(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _required(env, TEAMS_WEBHOOK_URL)
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    if not urls:
+        raise ConfigError(TEAMS_WEBHOOK_URL, "is empty")
+    for url in urls:
+        _url(env, TEAMS_WEBHOOK_URL, url, secret=True)
+    return tuple(dict.fromkeys(urls))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """Scheme, host and a short fingerprint: enough to tell webhooks apart, nothing to replay."""
+    from shared.dedupe import short_hash
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}/…#{short_hash(url)}"

@@ -1,0 +1,232 @@
+"""A local HTTPS endpoint that speaks the Log Analytics query API to the real `LogsQueryClient`.
+
+It evaluates the posted KQL with the offline engine over in-memory tables. Each row has a hidden ingestion
+time: a row is invisible until "ingested", and `ingestion_time()` reads it. The request's timespan is applied
+to TimeGenerated, as the real service does. Tests can script failures: 429 with Retry-After, 5xx, 401/403,
+partial results, slow answers.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from shared.durations import parse_duration
+from shared.engine import Engine, EngineError
+from shared.kql import tokenize
+from shared.schemas import table_schema
+from shared.standins._http import LoopbackServer, Request, Response
+
+INGESTED = "_IngestedAt"
+_PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
+
+
+@dataclass(frozen=True)
+class QueryLog:
+    workspace: str
+    query: str
+    timespan: str | None
+    authorization: str
+
+
+class LogAnalyticsStandIn:
+    def __init__(
+        self,
+        *,
+        token: str = "local-test-token",
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        import trustme
+
+        self.token = token
+        self.clock = clock
+        self._tables: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._script: deque[Response] = deque()
+        self.row_cap: int | None = None  # answer a partial result past this many rows
+        self.requests: list[QueryLog] = []
+        self._ca = trustme.CA()
+        cert = self._ca.issue_cert("127.0.0.1", "localhost")
+        self._dir = tempfile.TemporaryDirectory(prefix="kqlwatch-la-")
+        self.ca_file = str(Path(self._dir.name) / "ca.pem")
+        self._ca.cert_pem.write_to_path(self.ca_file)
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        self._server = LoopbackServer(self._handle, ssl_context=context)
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self._server.port}"
+
+    def start(self) -> LogAnalyticsStandIn:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> LogAnalyticsStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- data ---
+
+    def ingest(self, table: str, rows: Iterable[Mapping[str, Any]], *, at: datetime | None = None) -> None:
+        """Add rows, queryable from `at` (default: now). A row's own _IngestedAt wins."""
+        when = at or self.clock()
+        with self._lock:
+            stored = self._tables.setdefault(table, [])
+            for row in rows:
+                item = {k: _parse_time(v) if k in ("TimeGenerated", "Timestamp", INGESTED) else v
+                        for k, v in row.items()}
+                item.setdefault(INGESTED, when)
+                stored.append(item)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+            self.requests.clear()
+
+    def respond(self, *responses: Response) -> None:
+        """Answer the next queries with these responses, in order, then evaluate queries again."""
+        with self._lock:
+            self._script.extend(responses)
+
+    # --- the API ---
+
+    def _handle(self, request: Request) -> Response:
+        match = _PATH.match(request.path)
+        if request.method != "POST" or not match:
+            return _error(404, "PathNotFoundError", f"no such path {request.path}")
+        body = request.json()
+        auth = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        with self._lock:
+            self.requests.append(QueryLog(match.group(1), body.get("query", ""), body.get("timespan"), auth))
+            scripted = self._script.popleft() if self._script else None
+        if scripted is not None:
+            return scripted
+        if auth != f"Bearer {self.token}":
+            return _error(401, "InvalidTokenError", "The provided authentication is not valid for this resource.")
+        now = self.clock()
+        try:
+            start, end = _timespan(body.get("timespan"), now)
+            return self._evaluate(body.get("query", ""), start, end, now)
+        except EngineError as exc:
+            return _error(400, "BadArgumentError", str(exc))
+        except ValueError as exc:
+            return _error(400, "BadArgumentError", f"bad request: {exc}")
+
+    def _evaluate(self, query: str, start: datetime | None, end: datetime | None, now: datetime) -> Response:
+        with self._lock:
+            tables = {name: list(rows) for name, rows in self._tables.items()}
+        with Engine() as engine:
+            for name, rows in tables.items():
+                visible = [r for r in rows if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
+                schema = dict(table_schema(name) or _infer_schema(rows))
+                schema[INGESTED] = "datetime"
+                engine.load_rows(name, visible, schema)
+            result = engine.query(_with_ingestion_column(query), now=now)
+        keep = [i for i, c in enumerate(result.columns) if c != INGESTED]
+        rows = [[_wire(row[i], result.types[i]) for i in keep] for row in result.rows]
+        payload: dict[str, Any] = {
+            "tables": [
+                {
+                    "name": "PrimaryResult",
+                    "columns": [{"name": result.columns[i], "type": result.types[i]} for i in keep],
+                    "rows": rows,
+                }
+            ]
+        }
+        if self.row_cap is not None and len(rows) > self.row_cap:
+            payload["tables"][0]["rows"] = rows[: self.row_cap]
+            payload["error"] = {
+                "code": "PartialError",
+                "message": "There were some errors when processing your query.",
+                "details": [{"code": "EngineError", "message": f"Query result set has exceeded the limit of "
+                             f"{self.row_cap} records."}],
+            }
+        return Response.of_json(200, payload)
+
+
+def _with_ingestion_column(query: str) -> str:
+    """ingestion_time() -> the hidden column (the engine has no such function)."""
+    tokens = tokenize(query, comments=True)
+    out, last = [], 0
+    for i, tok in enumerate(tokens):
+        if (
+            tok.text == "ingestion_time"
+            and i + 2 < len(tokens)
+            and tokens[i + 1].text == "("
+            and tokens[i + 2].text == ")"
+        ):
+            out.append(query[last : tok.start])
+            out.append(INGESTED)
+            last = tokens[i + 2].end
+    out.append(query[last:])
+    return "".join(out)
+
+
+def _timespan(value: str | None, now: datetime) -> tuple[datetime | None, datetime | None]:
+    if not value:
+        return None, None
+    if "/" in value:
+        first, second = value.split("/", 1)
+        if first.upper().startswith("P"):
+            return _parse_time(second) - parse_duration(first), _parse_time(second)
+        if second.upper().startswith("P"):
+            return _parse_time(first), _parse_time(first) + parse_duration(second)
+        return _parse_time(first), _parse_time(second)
+    return now - parse_duration(value), now
+
+
+def _in_span(value: Any, start: datetime | None, end: datetime | None) -> bool:
+    if start is None or not isinstance(value, datetime):
+        return start is None
+    return start <= value <= (end or value)
+
+
+def _parse_time(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, str) and value:
+        text = value.strip().replace("Z", "+00:00")
+        parsed = datetime.fromisoformat(text)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _infer_schema(rows: list[dict[str, Any]]) -> dict[str, str]:
+    schema: dict[str, str] = {}
+    for row in rows[:100]:
+        for key, value in row.items():
+            if key not in schema:
+                schema[key] = (
+                    "datetime" if isinstance(value, datetime) else "bool" if isinstance(value, bool)
+                    else "long" if isinstance(value, int) else "real" if isinstance(value, float)
+                    else "dynamic" if isinstance(value, (dict, list)) else "string"
+                )
+    return schema
+
+
+def _wire(value: Any, kind: str) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, timedelta):
+        return str(value)
+    return value
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response.of_json(status, {"error": {"code": code, "message": message}})

@@ -1,0 +1,410 @@
+"""Azure Table Storage: what kqlwatch has alerted on, what is still to be delivered, and each rule's runs.
+
+One table; one partition per rule (PartitionKey = rule id):
+  RowKey <sha256 hex>   a hit: Status pending|delivered|dropped, the row, DeliveredTo (webhook ids), a lease
+  RowKey ~state         the rule's state: last window end, last success/error, consecutive failures
+  RowKey ~run~<ticks>   one record per run (newest first)
+Creating a hit is the dedupe: create_entity is first-writer-wins, so two runs never both own a hit.
+A run owns a hit while its lease (LeaseOwner/LeaseUntil) holds; every update is conditional on the etag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import StateError
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+log = logging.getLogger("kqlwatch.state")
+
+STATE_ROW = "~state"
+RUN_PREFIX = "~run~"
+BATCH = 100  # entity-group transaction limit (the SDK fails on 101)
+MAX_ROW_JSON = 30_000  # a string property holds 64 KiB (32K UTF-16 chars)
+_MAX_TICKS = 10**19
+PENDING, DELIVERED, DROPPED = "pending", "delivered", "dropped"
+
+
+@dataclass
+class Hit:
+    key: str
+    row: dict[str, Any]
+    first_seen: datetime
+    delivered_to: frozenset[str] = frozenset()
+    attempts: int = 0
+    etag: str | None = None
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+    truncated: bool = False
+
+
+@dataclass
+class RuleState:
+    last_window_end: datetime | None = None
+    last_run: datetime | None = None
+    last_success: datetime | None = None
+    last_error: str = ""
+    failing_since: datetime | None = None
+    consecutive_failures: int = 0
+    runs: int = 0
+    hits_total: int = 0
+
+
+@dataclass
+class Snapshot:
+    state: RuleState
+    pending: list[Hit] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    started: datetime
+    window_start: datetime | None
+    window_end: datetime | None
+    rows: int
+    new_hits: int
+    delivered: int
+    deferred: int
+    dropped: int
+    errors: Sequence[str]
+    duration_ms: int
+
+
+def connect(connection: str, table_name: str, *, retry_total: int = 3, credential: Any = None) -> TableClient:
+    """A TableClient from an Azurite/account connection string, or from a Table service URL with Entra ID."""
+    from azure.data.tables import TableClient
+
+    options: dict[str, Any] = {"retry_total": retry_total, "retry_backoff_factor": 0.5, "connection_timeout": 10,
+                               "read_timeout": 30}
+    if connection.startswith(("https://", "http://")):
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return TableClient(endpoint=connection.rstrip("/"), table_name=table_name, credential=credential, **options)
+    try:
+        return TableClient.from_connection_string(connection, table_name=table_name, **options)
+    except ValueError as exc:
+        from shared.errors import ConfigError
+
+        raise ConfigError("KQLWATCH_STATE_CONNECTION", f"is not a usable connection string or URL ({exc})") from None
+
+
+class StateStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def close(self) -> None:
+        self._table.close()
+
+    def ensure_table(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with _state_errors("create table"):
+            try:
+                self._table.create_table()
+            except ResourceExistsError:
+                pass
+
+    # --- reading ---
+
+    def snapshot(self, rule_id: str) -> Snapshot:
+        """The rule's state and its pending hits, in one query."""
+        query = "PartitionKey eq @pk and (RowKey eq @state or Status eq @pending )"
+        snap = Snapshot(RuleState())
+        with _state_errors(f"read state of rule {rule_id}"):
+            for entity in self._table.query_entities(
+                query, parameters={"pk": rule_id, "state": STATE_ROW, "pending": PENDING}
+            ):
+                if entity["RowKey"] == STATE_ROW:
+                    snap.state = _state_from(entity)
+                else:
+                    snap.pending.append(_hit_from(entity))
+        return snap
+
+    def known_keys(self, rule_id: str, since: datetime) -> set[str]:
+        """Keys of hits first seen since `since`: lets a run skip creating what it already knows."""
+        with _state_errors(f"read hits of rule {rule_id}"):
+            return {
+                e["RowKey"]
+                for e in self._table.query_entities(
+                    "PartitionKey eq @pk and FirstSeen ge @since",
+                    parameters={"pk": rule_id, "since": since},
+                    select=["RowKey"],
+                )
+            }
+
+    def rule_states(self) -> dict[str, RuleState]:
+        with _state_errors("read rule states"):
+            return {
+                e["PartitionKey"]: _state_from(e)
+                for e in self._table.query_entities("RowKey eq @state", parameters={"state": STATE_ROW})
+            }
+
+    # --- writing hits ---
+
+    def insert_new(self, rule_id: str, hits: Sequence[Hit]) -> list[Hit]:
+        """Create the hits; return those this call created (an existing key means another run or an
+        earlier one already owns that hit)."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import TableTransactionError
+
+        created: list[Hit] = []
+        for chunk in _chunks(hits, BATCH):
+            entities = [_hit_entity(rule_id, hit, status=PENDING) for hit in chunk]
+            with _state_errors(f"record hits of rule {rule_id}"):
+                try:
+                    results = self._table.submit_transaction([("create", e) for e in entities])
+                    created.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results))
+                    continue
+                except TableTransactionError:
+                    pass  # at least one already exists: the group failed atomically, fall back to one by one
+                for hit, entity in zip(chunk, entities):
+                    try:
+                        meta = self._table.create_entity(entity)
+                        created.append(replace(hit, etag=meta.get("etag")))
+                    except ResourceExistsError:
+                        continue
+        return created
+
+    def update_hits(self, rule_id: str, hits: Sequence[Hit], **changes: Any) -> list[Hit]:
+        """Merge `changes` (and each hit's own lease/delivery fields) into the hits, each conditional on its
+        etag. Returns the hits that were updated, with new etags; a hit another run changed is left out."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        updated: list[Hit] = []
+        for chunk in _chunks(hits, BATCH):
+            patches = [_hit_patch(rule_id, hit, changes) for hit in chunk]
+            options = [{"mode": UpdateMode.MERGE, "etag": h.etag, "match_condition": MatchConditions.IfNotModified}
+                       for h in chunk]
+            with _state_errors(f"update hits of rule {rule_id}"):
+                try:
+                    results = self._table.submit_transaction(
+                        [("update", p, o) for p, o in zip(patches, options)]
+                    )
+                    updated.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results))
+                    continue
+                except TableTransactionError:
+                    pass  # one of them changed under us: find out which, one by one
+                for hit, patch, option in zip(chunk, patches, options):
+                    try:
+                        meta = self._table.update_entity(patch, **option)
+                        updated.append(replace(hit, etag=meta.get("etag")))
+                    except ResourceModifiedError:
+                        log.info("hit %s of rule %s changed by another run; leaving it to that run", hit.key, rule_id)
+        return updated
+
+    # --- run bookkeeping ---
+
+    def save_run(self, rule_id: str, state: RuleState, record: RunRecord) -> None:
+        """The rule's state and this run's record, in one transaction."""
+        from azure.data.tables import UpdateMode
+
+        state_entity = {"PartitionKey": rule_id, "RowKey": STATE_ROW, "Kind": "state", **_state_fields(state)}
+        run_entity = {
+            "PartitionKey": rule_id,
+            "RowKey": f"{RUN_PREFIX}{_MAX_TICKS - int(record.started.timestamp() * 1_000_000):020d}",
+            "Kind": "run",
+            "Started": record.started,
+            "WindowStart": record.window_start,
+            "WindowEnd": record.window_end,
+            "Rows": record.rows,
+            "NewHits": record.new_hits,
+            "Delivered": record.delivered,
+            "Deferred": record.deferred,
+            "Dropped": record.dropped,
+            "Errors": _clip(json.dumps(list(record.errors)), 8000),
+            "DurationMs": record.duration_ms,
+        }
+        with _state_errors(f"save run of rule {rule_id}"):
+            self._table.submit_transaction(
+                [("upsert", _drop_none(state_entity), {"mode": UpdateMode.REPLACE}), ("upsert", _drop_none(run_entity))]
+            )
+
+    def runs(self, rule_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        with _state_errors(f"read runs of rule {rule_id}"):
+            out: list[dict[str, Any]] = []
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                parameters={"pk": rule_id, "lo": RUN_PREFIX, "hi": RUN_PREFIX + "~"},
+            ):
+                out.append(dict(entity))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def hits(self, rule_id: str) -> Iterator[Hit]:
+        with _state_errors(f"read hits of rule {rule_id}"):
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk and RowKey lt @tilde", parameters={"pk": rule_id, "tilde": "~"}
+            ):
+                yield _hit_from(entity)
+
+
+class _state_errors:
+    """Turn Azure SDK failures into StateError with what we were doing (no URLs, no keys)."""
+
+    def __init__(self, doing: str) -> None:
+        self._doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import TableTransactionError
+
+        if exc is None or isinstance(exc, (ResourceExistsError, ResourceModifiedError, TableTransactionError)):
+            return False
+        if isinstance(exc, AzureError):
+            message = (getattr(exc, "message", None) or type(exc).__name__).splitlines()[0]
+            raise StateError(f"Table Storage: cannot {self._doing}: {message[:300]}") from None
+        return False
+
+
+def _chunks(items: Sequence[Hit], size: int) -> Iterator[Sequence[Hit]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def encode_row(row: Mapping[str, Any], types: Mapping[str, str]) -> tuple[str, bool]:
+    """Row -> JSON small enough for one property; long values are clipped (the query link has the rest)."""
+    plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+    body = {"row": plain, "types": {k: t for k, t in types.items() if k in row and t == "datetime"}}
+    text = json.dumps(body, ensure_ascii=False, default=str)
+    for limit in (4000, 500, 100):
+        if len(text) <= MAX_ROW_JSON:
+            break
+        body["row"] = {k: (_clip(v, limit) if isinstance(v, str) else v) for k, v in plain.items()}
+        text = json.dumps(body, ensure_ascii=False, default=str)
+    else:
+        if len(text) > MAX_ROW_JSON:
+            body["row"] = {k: _clip(json.dumps(v, default=str), 50) for k, v in plain.items()}
+            text = json.dumps(body, ensure_ascii=False)[:MAX_ROW_JSON]
+    return text, text != json.dumps({"row": plain, "types": body["types"]}, ensure_ascii=False, default=str)
+
+
+def decode_row(text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return {"_kqlwatch": "stored row could not be read"}
+    row = dict(body.get("row") or {})
+    for column in body.get("types") or {}:
+        value = row.get(column)
+        if isinstance(value, str):
+            try:
+                row[column] = datetime.fromisoformat(value)
+            except ValueError:
+                pass
+    return row
+
+
+def _hit_entity(rule_id: str, hit: Hit, *, status: str) -> dict[str, Any]:
+    row_json, _ = encode_row(hit.row, {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)})
+    return _drop_none({
+        "PartitionKey": rule_id,
+        "RowKey": hit.key,
+        "Kind": "hit",
+        "Status": status,
+        "FirstSeen": hit.first_seen,
+        "Row": row_json,
+        "Truncated": hit.truncated,
+        "DeliveredTo": ",".join(sorted(hit.delivered_to)),
+        "Attempts": hit.attempts,
+        "LeaseOwner": hit.lease_owner,
+        "LeaseUntil": hit.lease_until,
+    })
+
+
+def _hit_patch(rule_id: str, hit: Hit, changes: Mapping[str, Any]) -> dict[str, Any]:
+    patch = {
+        "PartitionKey": rule_id,
+        "RowKey": hit.key,
+        "DeliveredTo": ",".join(sorted(hit.delivered_to)),
+        "Attempts": hit.attempts,
+        "LeaseOwner": hit.lease_owner,
+        # An empty lease is written as the epoch: MERGE cannot remove a property.
+        "LeaseUntil": hit.lease_until or datetime(1970, 1, 1, tzinfo=timezone.utc),
+    }
+    patch.update(changes)
+    return patch
+
+
+def _hit_from(entity: Mapping[str, Any]) -> Hit:
+    delivered = entity.get("DeliveredTo") or ""
+    lease = entity.get("LeaseUntil")
+    return Hit(
+        key=entity["RowKey"],
+        row=decode_row(entity.get("Row") or "{}"),
+        first_seen=_utc(entity.get("FirstSeen")) or datetime.now(timezone.utc),
+        delivered_to=frozenset(d for d in delivered.split(",") if d),
+        attempts=int(entity.get("Attempts") or 0),
+        etag=getattr(entity, "metadata", {}).get("etag"),
+        lease_owner=entity.get("LeaseOwner") or "",
+        lease_until=_utc(lease) if lease and _utc(lease) > datetime(1971, 1, 1, tzinfo=timezone.utc) else None,
+        truncated=bool(entity.get("Truncated")),
+    )
+
+
+def _state_fields(state: RuleState) -> dict[str, Any]:
+    return {
+        "LastWindowEnd": state.last_window_end,
+        "LastRun": state.last_run,
+        "LastSuccess": state.last_success,
+        "LastError": _clip(state.last_error, 4000),
+        "FailingSince": state.failing_since,
+        "ConsecutiveFailures": state.consecutive_failures,
+        "Runs": state.runs,
+        "HitsTotal": state.hits_total,
+    }
+
+
+def _state_from(entity: Mapping[str, Any]) -> RuleState:
+    return RuleState(
+        last_window_end=_utc(entity.get("LastWindowEnd")),
+        last_run=_utc(entity.get("LastRun")),
+        last_success=_utc(entity.get("LastSuccess")),
+        last_error=entity.get("LastError") or "",
+        failing_since=_utc(entity.get("FailingSince")),
+        consecutive_failures=int(entity.get("ConsecutiveFailures") or 0),
+        runs=int(entity.get("Runs") or 0),
+        hits_total=int(entity.get("HitsTotal") or 0),
+    )
+
+
+def _utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    value = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                     value.microsecond, tzinfo=value.tzinfo or timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _drop_none(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if v is not None}
+
+
+def lease_is_free(hit: Hit, now: datetime) -> bool:
+    return hit.lease_until is None or hit.lease_until <= now
+
+
+def expired(hit: Hit, now: datetime, max_age: timedelta) -> bool:
+    return now - hit.first_seen > max_age
+
+
+def keys(hits: Iterable[Hit]) -> set[str]:
+    return {h.key for h in hits}
