@@ -108,9 +108,7 @@ class LogsClient:
             raise QueryError(f"cannot reach {self._endpoint}: {_first_line(str(exc))}") from None
         if response.status == LogsQueryStatus.PARTIAL:
             tables = response.partial_data
-            error = response.partial_error
-            detail = f"{getattr(error, 'code', '')}: {getattr(error, 'message', error)}".strip(": ")
-            return _result(tables, partial_error=_first_line(detail) or "partial result")
+            return _result(tables, partial_error=_describe_partial(response.partial_error))
         return _result(response.tables)
 
 
@@ -122,6 +120,16 @@ def _result(tables: Sequence[Any], partial_error: str | None = None) -> QueryRes
     types = dict(zip(columns, table.columns_types))
     rows = [dict(zip(columns, row)) for row in table.rows]
     return QueryResult(columns, types, rows, partial_error)
+
+
+def _describe_partial(error: Any) -> str:
+    """The service's top-level message is generic ("There were some errors..."): the details say which cap."""
+    parts = [f"{getattr(error, 'code', '') or 'PartialError'}: {_first_line(getattr(error, 'message', ''))}"]
+    for detail in getattr(error, "details", None) or []:
+        message = detail.get("message") if isinstance(detail, dict) else getattr(detail, "message", None)
+        if message:
+            parts.append(_first_line(str(message)))
+    return " - ".join(parts)
 
 
 def _http_error(exc: Any, workspace_id: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from shared.durations import parse_duration
 from shared.engine import Engine, EngineError
 from shared.kql import tokenize
-from shared.schemas import table_schema
+from shared.schemas import known_tables, table_schema
 from shared.standins._http import LoopbackServer, Request, Response
 
 INGESTED = "_IngestedAt"
@@ -94,10 +94,13 @@ class LogAnalyticsStandIn:
                 item.setdefault(INGESTED, when)
                 stored.append(item)
 
-    def clear(self) -> None:
+    def reset(self) -> None:
+        """Forget all data, requests and scripted answers."""
         with self._lock:
             self._tables.clear()
             self.requests.clear()
+            self._script.clear()
+            self.row_cap = None
 
     def respond(self, *responses: Response) -> None:
         """Answer the next queries with these responses, in order, then evaluate queries again."""
@@ -130,7 +133,9 @@ class LogAnalyticsStandIn:
 
     def _evaluate(self, query: str, start: datetime | None, end: datetime | None, now: datetime) -> Response:
         with self._lock:
-            tables = {name: list(rows) for name, rows in self._tables.items()}
+            # Every table with a shipped schema exists (empty), as it does in a workspace with the connector.
+            tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables()}
+            tables.update({name: list(rows) for name, rows in self._tables.items()})
         with Engine() as engine:
             for name, rows in tables.items():
                 visible = [r for r in rows if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]

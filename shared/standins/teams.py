@@ -68,10 +68,13 @@ class WebhookReceiver:
     def cards(self, name: str | None = None) -> list[dict[str, Any]]:
         return [r.body["attachments"][0]["content"] for r in self.received(name)]
 
-    def clear(self) -> None:
+    def reset(self) -> None:
+        """Forget what was received and every scripted answer."""
         with self._lock:
             self._received.clear()
             self.attempts.clear()
+            self._script.clear()
+            self._default.clear()
 
     def _handle(self, request: Request) -> Response:
         parts = request.path.split("/")

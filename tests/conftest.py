@@ -1,0 +1,163 @@
+"""Real stand-ins, started by the tests themselves: Azurite (Table Storage), an HTTPS Log Analytics query API
+served to the real LogsQueryClient, and a Teams webhook receiver."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.detector import Detector
+from shared.loganalytics import LogsClient, StaticTokenCredential
+from shared.settings import Settings, load_settings
+from shared.standins.azurite import Azurite
+from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.standins.teams import WebhookReceiver
+from shared.state import StateStore, connect
+from shared.teams import TeamsClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
+WORKSPACE = "11111111-2222-3333-4444-555555555555"
+
+
+class Clock:
+    """A settable UTC clock shared by the detector and the Log Analytics stand-in."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime.now(timezone.utc).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    with Azurite() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def la_server() -> Iterator[LogAnalyticsStandIn]:
+    with LogAnalyticsStandIn() as server:
+        old = os.environ.get("REQUESTS_CA_BUNDLE")
+        os.environ["REQUESTS_CA_BUNDLE"] = server.ca_file  # how users trust a custom CA, too
+        yield server
+        if old is None:
+            os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = old
+
+
+@pytest.fixture(scope="session")
+def hook_server() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def la(la_server: LogAnalyticsStandIn, clock: Clock) -> Iterator[LogAnalyticsStandIn]:
+    la_server.reset()
+    la_server.clock = clock
+    yield la_server
+    la_server.reset()
+
+
+@pytest.fixture
+def hook(hook_server: WebhookReceiver) -> Iterator[WebhookReceiver]:
+    hook_server.reset()
+    yield hook_server
+    hook_server.reset()
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "rules"
+    directory.mkdir()
+    shutil.copy(SEED_RULE, directory / SEED_RULE.name)
+    return directory
+
+
+@pytest.fixture
+def env(azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path) -> dict[str, str]:
+    """Settings for one test: its own state table, the stand-ins, the seed rule."""
+    return {
+        "KQLWATCH_WORKSPACE_ID": WORKSPACE,
+        "KQLWATCH_LOGS_ENDPOINT": la.endpoint,
+        "KQLWATCH_ACCESS_TOKEN": la.token,
+        "KQLWATCH_STATE_CONNECTION": azurite.connection_string,
+        "KQLWATCH_STATE_TABLE": "t" + uuid.uuid4().hex[:20],
+        "KQLWATCH_TEAMS_WEBHOOK_URL": hook.url("soc"),
+        "KQLWATCH_RULES_DIR": str(rules_dir),
+    }
+
+
+MakeDetector = Callable[..., Detector]
+
+
+@pytest.fixture
+def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
+    """Build a Detector wired to the real SDK clients and the stand-ins (fast retries for tests)."""
+    opened: list[Any] = []
+
+    def make(settings: Settings | None = None, **overrides: str) -> Detector:
+        settings = settings or load_settings({**env, **overrides})
+        logs = LogsClient(settings.logs_endpoint, StaticTokenCredential(settings.access_token or ""),
+                          retry_total=1, retry_backoff_factor=0.01, read_timeout=5)
+        store = StateStore(connect(settings.state_connection, settings.state_table, retry_total=1))
+        teams = TeamsClient(retries=1, backoff=0.01, min_interval=0.0, timeout=(2.0, 2.0))
+        opened.extend([logs, store, teams])
+        return Detector(settings, logs=logs, store=store, teams=teams, clock=clock)
+
+    yield make
+    for client in opened:
+        client.close()
+
+
+def email(clock: Clock, **fields: Any) -> dict[str, Any]:
+    """An EmailEvents row that the seed rule matches unless fields say otherwise."""
+    row: dict[str, Any] = {
+        "TimeGenerated": clock.now - timedelta(minutes=15),
+        "EmailDirection": "Inbound",
+        "SenderMailFromDomain": "contoso.com",
+        "SenderFromDomain": "contoso.com",
+        "SenderMailFromAddress": "ceo@contoso.com",
+        "SenderFromAddress": "ceo@contoso.com",
+        "SenderDisplayName": "The CEO",
+        "SenderIPv4": "203.0.113.7",
+        "RecipientEmailAddress": "alice@contoso.com",
+        "Subject": "Quarterly numbers",
+        "NetworkMessageId": str(uuid.uuid4()),
+        "AuthenticationDetails": '{"SPF":"pass","DKIM":"none","DMARC":"temperror","CompAuth":"fail"}',
+        "DeliveryAction": "Delivered",
+        "DeliveryLocation": "Inbox/folder",
+    }
+    row.update(fields)
+    return row
+
+
+def delivered_ids(hook: WebhookReceiver, name: str = "soc") -> list[str]:
+    """NetworkMessageIds shown in the cards posted to `name`, in order (one entry per appearance)."""
+    ids: list[str] = []
+    for card in hook.cards(name):
+        for container in card["body"][1:]:
+            for block in container["items"]:
+                runs = block.get("inlines", [])
+                for i, run in enumerate(runs):
+                    if run.get("text") == "NetworkMessageId: " and i + 1 < len(runs):
+                        ids.append(runs[i + 1]["text"])
+    return ids
