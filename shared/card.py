@@ -95,14 +95,7 @@ def card(
         }
     ]
     for hit in hits:
-        body.append(
-            {
-                "type": "Container",
-                "separator": True,
-                "spacing": "Medium",
-                "items": _hit_lines(hit, limit, compact),
-            }
-        )
+        body.extend(_hit_lines(hit, limit, compact))
     content: dict[str, Any] = {
         "type": "AdaptiveCard",
         "$schema": SCHEMA,
@@ -149,42 +142,28 @@ def _mitre(rule: Rule) -> list[tuple[str, str]]:
 
 
 def _hit_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
-    if "NetworkMessageId" in hit or "Subject" in hit:
-        return _email_lines(hit, limit, compact)
-    return _generic_lines(hit, limit)
+    lines = _email_lines(hit, limit, compact) if "NetworkMessageId" in hit or "Subject" in hit else _generic_lines(hit, limit)
+    # A separator above each hit; no wrapping Container: 25 hits must fit in 28 KB.
+    lines[0] = {**lines[0], "separator": True, "spacing": "Medium"}
+    return lines
 
 
 def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
     auth = _auth(hit)
     when = hit.get("TimeGenerated") or hit.get("Timestamp")
+    delivery = " / ".join(clean(hit.get(c), 40) for c in ("DeliveryAction", "DeliveryLocation") if hit.get(c))
     lines: list[list[dict[str, Any]]] = [
         [
-            _run(format_time(when) if isinstance(when, datetime) else clean(when, 40), isSubtle=True),
-            _run("  "),
+            _run((format_time(when) if isinstance(when, datetime) else clean(when, 40)) + "  ", isSubtle=True),
             _run(clean(hit.get("Subject"), limit) or "(no subject)", weight="Bolder"),
         ],
-        _labelled(
-            [
-                ("From", _with_name(hit.get("SenderFromAddress"), hit.get("SenderDisplayName"), limit)),
-                ("MAIL FROM", clean(hit.get("SenderMailFromAddress"), limit)),
-            ],
-            limit,
-        ),
-        _labelled(
-            [
-                ("To", clean(hit.get("RecipientEmailAddress"), limit)),
-                ("Sender IP", clean(hit.get("SenderIPv4") or hit.get("SenderIPv6"), 45, defang_text=False)),
-            ],
-            limit,
-        ),
-        _labelled([(name, clean(auth.get(name), 20) or "-") for name in ("SPF", "DKIM", "DMARC", "CompAuth")], 20),
-        _labelled(
-            [
-                ("Delivery", " / ".join(clean(hit.get(c), 40) for c in ("DeliveryAction", "DeliveryLocation") if hit.get(c))),
-                ("NetworkMessageId", clean(hit.get("NetworkMessageId"), 60, defang_text=False)),
-            ],
-            limit,
-        ),
+        [_run(_joined([("From", _with_name(hit.get("SenderFromAddress"), hit.get("SenderDisplayName"), limit)),
+                       ("MAIL FROM", clean(hit.get("SenderMailFromAddress"), limit))]))],
+        [_run(_joined([("To", clean(hit.get("RecipientEmailAddress"), limit)),
+                       ("IP", clean(hit.get("SenderIPv4") or hit.get("SenderIPv6"), 45, defang_text=False))]))],
+        [_run(_joined([(name, clean(auth.get(name), 20)) for name in ("SPF", "DKIM", "DMARC", "CompAuth")]))],
+        [_run(_joined([("Delivery", delivery),
+                       ("NetworkMessageId", clean(hit.get("NetworkMessageId"), 60, defang_text=False))]))],
     ]
     link = defender_link(hit)
     if link and not compact:
@@ -194,10 +173,14 @@ def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict
 
 def _generic_lines(hit: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
     items = list(hit.items())[:_GENERIC_COLUMNS]
-    lines = [_rich(_labelled([(clean(k, 40), clean(v, limit))], limit)) for k, v in items]
+    lines = [_rich([_run(_joined([(clean(k, 40), clean(v, limit))]))]) for k, v in items]
     if len(hit) > _GENERIC_COLUMNS:
         lines.append(_rich([_run(f"+{len(hit) - _GENERIC_COLUMNS} more columns", isSubtle=True)]))
-    return lines
+    return lines or [_rich([_run("(empty row)", isSubtle=True)])]
+
+
+def _joined(pairs: Sequence[tuple[str, str]]) -> str:
+    return "  ·  ".join(f"{label}: {value or '-'}" for label, value in pairs)
 
 
 def _with_name(address: Any, name: Any, limit: int) -> str:

@@ -4,6 +4,7 @@ served to the real LogsQueryClient, and a Teams webhook receiver."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,10 +155,7 @@ def delivered_ids(hook: WebhookReceiver, name: str = "soc") -> list[str]:
     """NetworkMessageIds shown in the cards posted to `name`, in order (one entry per appearance)."""
     ids: list[str] = []
     for card in hook.cards(name):
-        for container in card["body"][1:]:
-            for block in container["items"]:
-                runs = block.get("inlines", [])
-                for i, run in enumerate(runs):
-                    if run.get("text") == "NetworkMessageId: " and i + 1 < len(runs):
-                        ids.append(runs[i + 1]["text"])
+        for block in card["body"]:
+            for run in block.get("inlines", []):
+                ids.extend(re.findall(r"NetworkMessageId: ([^\s·]+)", run.get("text", "")))
     return ids
