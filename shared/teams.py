@@ -7,6 +7,8 @@ they appear in nothing we log or raise, only their redacted form.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -24,6 +26,21 @@ from shared.settings import redact_url
 MIN_INTERVAL = 0.3  # seconds between posts to one webhook (< 4/s)
 MAX_RETRY_AFTER = 30.0  # a longer Retry-After defers to the next run instead of blocking this one
 TIMEOUT = (5.0, 20.0)  # connect, read
+
+
+class _RedactQueryStrings(logging.Filter):
+    """urllib3 logs the request path with its query string (where a webhook's `sig=` lives) when it retries."""
+
+    _QUERY = re.compile(r"\?[^\s'\")]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._QUERY.sub("?[redacted]", record.getMessage())
+        record.args = ()
+        return True
+
+
+for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection"):
+    logging.getLogger(_name).addFilter(_RedactQueryStrings())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,141 @@
+"""`kqlwatch run --once` and the timer function: exit codes, messages, no tracebacks, no secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from shared.cli import main
+from shared.settings import load_settings
+from shared.standins._http import Response
+from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.standins.teams import WebhookReceiver
+from tests.conftest import ROOT, Clock, delivered_ids, email
+
+
+@pytest.fixture
+def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key in list(os.environ):
+        if key.startswith("KQLWATCH_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def test_run_once_delivers_and_exits_0(cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
+                                       clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    row = email(clock)
+    la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
+    la.clock = lambda: clock.now  # the CLI uses the real clock; keep the stand-in on the same one
+    assert main(["run", "--once"]) == 0
+    assert delivered_ids(hook) == [row["NetworkMessageId"]]
+    out = capsys.readouterr().out
+    assert "ok       Message from an Accepted Domain with DMARC TempError: 1 rows, 1 new, 1 delivered" in out
+
+
+def test_deferred_delivery_is_not_an_error(cli_env: dict[str, str], la: LogAnalyticsStandIn,
+                                           hook: WebhookReceiver, clock: Clock) -> None:
+    la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
+    hook.always("soc", Response(503))
+    assert main(["run", "--once"]) == 0
+
+
+def test_a_failed_rule_exits_1(cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    la.respond(Response.of_json(400, {"error": {"code": "BadArgumentError", "message": "Syntax error near |"}}))
+    assert main(["run", "--once"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "setting", "reason"),
+    [
+        ({"KQLWATCH_WORKSPACE_ID": None}, "KQLWATCH_WORKSPACE_ID", "is not set"),
+        ({"KQLWATCH_WORKSPACE_ID": "  "}, "KQLWATCH_WORKSPACE_ID", "is not set"),
+        ({"KQLWATCH_WORKSPACE_ID": "my-workspace"}, "KQLWATCH_WORKSPACE_ID", "GUID"),
+        ({"KQLWATCH_STATE_CONNECTION": None}, "KQLWATCH_STATE_CONNECTION", "is not set"),
+        ({"KQLWATCH_TEAMS_WEBHOOK_URL": None}, "KQLWATCH_TEAMS_WEBHOOK_URL", "is not set"),
+        ({"KQLWATCH_TEAMS_WEBHOOK_URL": "http://example.com/hook?sig=SECRET-x"}, "KQLWATCH_TEAMS_WEBHOOK_URL", "https"),
+        ({"KQLWATCH_LOGS_ENDPOINT": "ftp://x"}, "KQLWATCH_LOGS_ENDPOINT", "https"),
+        ({"KQLWATCH_STATE_TABLE": "bad-name"}, "KQLWATCH_STATE_TABLE", "letters or digits"),
+        ({"KQLWATCH_MAX_CATCHUP": "a day"}, "KQLWATCH_MAX_CATCHUP", "not a duration"),
+        ({"KQLWATCH_PARAM_SenderDomain": "contoso.com"}, "KQLWATCH_PARAM_SenderDomain", "names no top-level"),
+        ({"KQLWATCH_PARAM_Bad-Name": "x"}, "KQLWATCH_PARAM_Bad-Name", "not a valid parameter name"),
+        ({"KQLWATCH_STATE_CONNECTION": "nonsense"}, "KQLWATCH_STATE_CONNECTION", "connection string"),
+    ],
+)
+def test_bad_configuration_exits_2_naming_the_setting(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    change: dict[str, str | None], setting: str, reason: str,
+) -> None:
+    for key, value in change.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    assert main(["run", "--once"]) == 2
+    err = capsys.readouterr().err
+    assert f"configuration error: {setting} " in err and reason in err
+    assert "Traceback" not in err and "SECRET" not in err
+
+
+def test_command_line_prints_no_traceback_and_no_secret(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, **cli_env, "KQLWATCH_TEAMS_WEBHOOK_URL": "http://hooks.example.com/x?sig=SECRET-abc"}
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "run", "--once"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "KQLWATCH_TEAMS_WEBHOOK_URL must be an https:// URL" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and "SECRET" not in proc.stderr + proc.stdout
+
+
+def test_webhook_secret_never_reaches_logs_or_errors(env: dict[str, str], la: LogAnalyticsStandIn,
+                                                      hook: WebhookReceiver, clock: Clock, make_detector,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
+    urls = f"{hook.url('soc')},https://127.0.0.1:1/workflows/gone/paths/invoke?sig=SECRET-gone"
+    hook.always("soc", Response(429, headers={"Retry-After": "120"}))
+    report = make_detector(KQLWATCH_TEAMS_WEBHOOK_URL=urls).run(only_due=False)
+    outcome = report.outcomes[0]
+    assert outcome.deferred == 1 and len(outcome.warnings) >= 2
+    text = caplog.text + repr(report)
+    assert "SECRET" not in text
+    assert "Retry-After 120" in text and "connection failed" in text
+    assert load_settings({**env, "KQLWATCH_TEAMS_WEBHOOK_URL": urls}).webhook_urls[1].endswith("SECRET-gone")
+
+
+def test_timer_function_runs_the_due_rules(cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
+                                           clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.functions as func
+    from azure.functions.timer import TimerRequest
+
+    monkeypatch.setenv("KQLWATCH_SCHEDULE", "0 */5 * * * *")
+    import function_app
+
+    [function] = function_app.app.get_functions()
+    bindings = function.get_function_json()
+    assert '"schedule": "%KQLWATCH_SCHEDULE%"' in bindings and '"runOnStartup": false' in bindings
+    assert '"useMonitor": true' in bindings
+    row = email(clock)
+    la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
+    la.clock = lambda: clock.now
+    user_function = function.get_user_function()
+    user_function(TimerRequest(past_due=True))
+    user_function(TimerRequest(past_due=False))  # not due again yet: nothing re-posted
+    assert delivered_ids(hook) == [row["NetworkMessageId"]]
+    assert isinstance(func.FunctionApp(), func.FunctionApp)
+
+
+def test_function_app_import_stays_light() -> None:
+    """Cold start: importing function_app must not pull in the Azure SDKs or our heavy modules."""
+    code = ("import sys, function_app; heavy = [m for m in ('azure.monitor.query', 'azure.data.tables', "
+            "'azure.identity', 'shared.detector', 'requests', 'yaml') if m in sys.modules]; print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
