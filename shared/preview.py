@@ -182,7 +182,8 @@ def _inline(run: Any) -> str:
     text = _safe(run.get("text"))
     action = run.get("selectAction")
     if isinstance(action, Mapping) and action.get("url"):
-        return f"[{text.strip()}] {_host(action.get('url'))}"
+        lead = text[: len(text) - len(text.lstrip())]
+        return f"{lead}[{text.strip()}] {_host(action.get('url'))}"
     return text
 
 

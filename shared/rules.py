@@ -119,6 +119,8 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         return str(value)
 
     rule_id = text("id", required=True).strip()
+    if not text("name", required=True).strip():
+        raise RuleError(where, "field 'name' is empty")
     if not _GUID.match(rule_id):
         raise RuleError(where, f"id {rule_id!r} is not a GUID")
     query = text("query", required=True)

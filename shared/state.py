@@ -10,9 +10,11 @@ A run owns a hit while its lease (LeaseOwner/LeaseUntil) holds; every update is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -107,11 +109,8 @@ class StateStore:
     def ensure_table(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        with _state_errors("create table"):
-            try:
-                self._table.create_table()
-            except ResourceExistsError:
-                pass
+        with _state_errors("create table"), contextlib.suppress(ResourceExistsError):
+            self._table.create_table()
 
     # --- reading ---
 
@@ -162,11 +161,11 @@ class StateStore:
             with _state_errors(f"record hits of rule {rule_id}"):
                 try:
                     results = self._table.submit_transaction([("create", e) for e in entities])
-                    created.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results))
+                    created.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results, strict=True))
                     continue
                 except TableTransactionError:
                     pass  # at least one already exists: the group failed atomically, fall back to one by one
-                for hit, entity in zip(chunk, entities):
+                for hit, entity in zip(chunk, entities, strict=True):
                     try:
                         meta = self._table.create_entity(entity)
                         created.append(replace(hit, etag=meta.get("etag")))
@@ -189,15 +188,17 @@ class StateStore:
             with _state_errors(f"update hits of rule {rule_id}"):
                 try:
                     results = self._table.submit_transaction(
-                        [("update", p, o) for p, o in zip(patches, options)]
+                        [("update", p, o) for p, o in zip(patches, options, strict=True)]
                     )
-                    updated.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results))
+                    updated.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results, strict=True))
                     continue
                 except TableTransactionError:
                     pass  # one of them changed under us: find out which, one by one
-                for hit, patch, option in zip(chunk, patches, options):
+                for hit, patch in zip(chunk, patches, strict=True):
                     try:
-                        meta = self._table.update_entity(patch, **option)
+                        meta = self._table.update_entity(
+                            patch, mode=UpdateMode.MERGE, etag=hit.etag, match_condition=MatchConditions.IfNotModified
+                        )
                         updated.append(replace(hit, etag=meta.get("etag")))
                     except ResourceModifiedError:
                         log.info("hit %s of rule %s changed by another run; leaving it to that run", hit.key, rule_id)
@@ -250,25 +251,20 @@ class StateStore:
                 yield _hit_from(entity)
 
 
-class _state_errors:
-    """Turn Azure SDK failures into StateError with what we were doing (no URLs, no keys)."""
+@contextmanager
+def _state_errors(doing: str) -> Iterator[None]:
+    """Turn Azure SDK failures into StateError saying what we were doing (no URLs, no keys). The conflicts
+    our callers handle themselves pass through."""
+    from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
+    from azure.data.tables import TableTransactionError
 
-    def __init__(self, doing: str) -> None:
-        self._doing = doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
-        from azure.data.tables import TableTransactionError
-
-        if exc is None or isinstance(exc, (ResourceExistsError, ResourceModifiedError, TableTransactionError)):
-            return False
-        if isinstance(exc, AzureError):
-            message = (getattr(exc, "message", None) or type(exc).__name__).splitlines()[0]
-            raise StateError(f"Table Storage: cannot {self._doing}: {message[:300]}") from None
-        return False
+    try:
+        yield
+    except (ResourceExistsError, ResourceModifiedError, TableTransactionError):
+        raise
+    except AzureError as exc:
+        message = (getattr(exc, "message", None) or type(exc).__name__).splitlines()[0]
+        raise StateError(f"Table Storage: cannot {doing}: {message[:300]}") from None
 
 
 def _chunks(items: Sequence[Hit], size: int) -> Iterator[Sequence[Hit]]:
@@ -302,10 +298,8 @@ def decode_row(text: str) -> dict[str, Any]:
     for column in body.get("types") or {}:
         value = row.get(column)
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 row[column] = datetime.fromisoformat(value)
-            except ValueError:
-                pass
     return row
 
 
@@ -342,7 +336,7 @@ def _hit_patch(rule_id: str, hit: Hit, changes: Mapping[str, Any]) -> dict[str, 
 
 def _hit_from(entity: Mapping[str, Any]) -> Hit:
     delivered = entity.get("DeliveredTo") or ""
-    lease = entity.get("LeaseUntil")
+    lease = _utc(entity.get("LeaseUntil"))
     return Hit(
         key=entity["RowKey"],
         row=decode_row(entity.get("Row") or "{}"),
@@ -351,7 +345,7 @@ def _hit_from(entity: Mapping[str, Any]) -> Hit:
         attempts=int(entity.get("Attempts") or 0),
         etag=getattr(entity, "metadata", {}).get("etag"),
         lease_owner=entity.get("LeaseOwner") or "",
-        lease_until=_utc(lease) if lease and _utc(lease) > datetime(1971, 1, 1, tzinfo=timezone.utc) else None,
+        lease_until=lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None,
         truncated=bool(entity.get("Truncated")),
     )
 
@@ -385,9 +379,9 @@ def _state_from(entity: Mapping[str, Any]) -> RuleState:
 def _utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
-    value = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+    plain = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
                      value.microsecond, tzinfo=value.tzinfo or timezone.utc)
-    return value.astimezone(timezone.utc)
+    return plain.astimezone(timezone.utc)
 
 
 def _clip(text: str, limit: int) -> str:

@@ -55,12 +55,12 @@ class _CappedRetry(Retry):
     """urllib3 Retry that gives up (rather than sleeps) when told to wait longer than MAX_RETRY_AFTER."""
 
     def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
-                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Retry:
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> _CappedRetry:
         if response is not None:
             retry_after = self.get_retry_after(response)
             if retry_after is not None and retry_after > MAX_RETRY_AFTER:
                 # urllib3 hands back the 429 response itself when raise_on_status is off.
-                raise MaxRetryError(_pool, url or "", "Retry-After too long")
+                raise MaxRetryError(_pool, url or "", None)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 

@@ -157,5 +157,5 @@ def delivered_ids(hook: WebhookReceiver, name: str = "soc") -> list[str]:
     for card in hook.cards(name):
         for block in card["body"]:
             for run in block.get("inlines", []):
-                ids.extend(re.findall(r"NetworkMessageId: ([^\s·]+)", run.get("text", "")))
+                ids.extend(re.findall(r"NetworkMessageId: ([^\s·\u00a0]+)", run.get("text", "")))
     return ids

@@ -16,7 +16,7 @@ from shared.settings import load_settings
 from shared.standins._http import Response
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import ROOT, Clock, delivered_ids, email
+from tests.conftest import ROOT, Clock, MakeDetector, delivered_ids, email
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_command_line_prints_no_traceback_and_no_secret(cli_env: dict[str, str],
 
 
 def test_webhook_secret_never_reaches_logs_or_errors(env: dict[str, str], la: LogAnalyticsStandIn,
-                                                      hook: WebhookReceiver, clock: Clock, make_detector,
+                                                      hook: WebhookReceiver, clock: Clock, make_detector: MakeDetector,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))

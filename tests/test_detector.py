@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 from shared.standins._http import Response
 from shared.standins.loganalytics import LogAnalyticsStandIn
@@ -160,7 +161,7 @@ def test_partial_result_is_used_and_reported(la: LogAnalyticsStandIn, hook: Webh
 
 
 def test_a_failing_query_fails_that_rule_only(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                              make_detector: MakeDetector, clock: Clock, rules_dir) -> None:
+                                              make_detector: MakeDetector, clock: Clock, rules_dir: Path) -> None:
     (rules_dir / "broken-kql.yaml").write_text(
         "id: 0b5e9c6e-1111-4a4a-9a9a-000000000001\nname: Broken query\n"
         "query: |\n  EmailEvents | where | project\n"
@@ -176,7 +177,7 @@ def test_a_failing_query_fails_that_rule_only(la: LogAnalyticsStandIn, hook: Web
 
 
 def test_a_bad_rule_file_is_reported_and_the_others_run(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                        make_detector: MakeDetector, clock: Clock, rules_dir) -> None:
+                                                        make_detector: MakeDetector, clock: Clock, rules_dir: Path) -> None:
     (rules_dir / "bad.yaml").write_text("id: [unclosed\nname: x\n")
     (rules_dir / "no-query.yaml").write_text("id: 0b5e9c6e-1111-4a4a-9a9a-000000000002\nname: No query\n")
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))

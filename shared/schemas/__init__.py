@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).parent
 
 
-@lru_cache(maxsize=None)
+@cache
 def table_schema(table: str) -> dict[str, str] | None:
     path = HERE / f"{table}.json"
     if not path.is_file():

@@ -40,7 +40,7 @@ class LogAnalyticsStandIn:
     def __init__(
         self,
         *,
-        token: str = "local-test-token",
+        token: str = "local-test-token",  # noqa: S107 - the stand-in's own throwaway token
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         import trustme
@@ -137,14 +137,15 @@ class LogAnalyticsStandIn:
             tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables()}
             tables.update({name: list(rows) for name, rows in self._tables.items()})
         with Engine() as engine:
-            for name, rows in tables.items():
-                visible = [r for r in rows if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
-                schema = dict(table_schema(name) or _infer_schema(rows))
+            for name, table_rows in tables.items():
+                visible = [r for r in table_rows
+                           if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
+                schema = dict(table_schema(name) or _infer_schema(table_rows))
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
             result = engine.query(_with_ingestion_column(query), now=now)
         keep = [i for i, c in enumerate(result.columns) if c != INGESTED]
-        rows = [[_wire(row[i], result.types[i]) for i in keep] for row in result.rows]
+        rows: list[list[Any]] = [[_wire(row[i], result.types[i]) for i in keep] for row in result.rows]
         payload: dict[str, Any] = {
             "tables": [
                 {
