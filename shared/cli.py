@@ -1,8 +1,14 @@
-"""The `kqlwatch` command. Exit codes: 0 all good, 1 a rule failed, 2 bad configuration."""
+"""The `kqlwatch` command. Exit codes: 0 all good, 1 a rule failed (or a check found problems), 2 bad
+configuration or usage.
+
+Each subcommand lives in its own module with `configure(parser)` and `main(args) -> int`; modules keep heavy
+imports inside `main` so `kqlwatch --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,25 +19,38 @@ from shared.errors import ConfigError, KqlwatchError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("shared.runcmd", "run the rules against the workspace now"),
+    "demo": ("shared.demo", "run the detector locally on the bundled sample data (no Azure)"),
+    "hunt": ("shared.hunt", "run a rule's KQL over local data files"),
+    "preview": ("shared.hunt", "write the cards a rule would post for local data, as HTML"),
+    "validate": ("shared.validate", "check rule files: Sentinel schema and KQL (Kusto.Language)"),
+    "test": ("shared.ruletest", "run the rules' own test cases"),
+    "status": ("shared.status", "show each rule's last runs and health from the state table"),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kqlwatch", description="Run Sentinel KQL rules and alert Teams.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the rules against the workspace now")
-    run.add_argument("--once", action="store_true", required=True, help="one run, then exit")
-    run.add_argument("--due-only", action="store_true", help="only rules due by their queryFrequency (as the timer)")
-    demo = commands.add_parser("demo", help="run the detector locally on bundled sample data (no Azure)")
-    demo.add_argument("--keep", action="store_true", help="keep the demo's output folder")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a command not built yet
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.configure(sub, name)
+        modules[name] = module
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        if args.command == "run":
-            return _run(due_only=args.due_only)
-        if args.command == "demo":
-            from shared.demo import demo as run_demo
-
-            return run_demo()
+        code: int = modules[args.command].main(args)
+        return code
     except ConfigError as exc:
         print(f"kqlwatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -40,15 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-    return EXIT_FAILED
-
-
-def _run(*, due_only: bool) -> int:
-    from shared.runner import run
-
-    report = run(only_due=due_only)
-    print_report(report)
-    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def print_report(report: RunReport, stream: TextIO | None = None) -> None:

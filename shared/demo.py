@@ -8,6 +8,7 @@ renderer; runs again to show nothing is posted twice; stops everything it starte
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -48,6 +49,14 @@ def sample_rows(now: datetime, path: Path = SAMPLES) -> list[dict[str, Any]]:
         row["TimeGenerated"] = row["Timestamp"] = moved
         row["_IngestedAt"] = moved + timedelta(minutes=1)
     return rows
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output", help="where to write cards.html")
+
+
+def main(args: argparse.Namespace) -> int:
+    return demo(args.out)
 
 
 def demo(out_dir: Path | None = None, stream: Any = None) -> int:
