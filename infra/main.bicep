@@ -30,6 +30,9 @@ param namePrefix string = 'kqlwatch'
 @minLength(1)
 param sentinelWorkspaceResourceId string
 
+@description('Grant the app Log Analytics Reader on the Sentinel workspace (needs the right to create deployments and role assignments in its resource group, e.g. Owner). Set false when the workspace owner grants it by hand.')
+param assignWorkspaceReader bool = true
+
 @description('Log Analytics query endpoint. Public cloud: https://api.loganalytics.io.')
 param logsEndpoint string = 'https://api.loganalytics.io'
 
@@ -37,9 +40,9 @@ param logsEndpoint string = 'https://api.loganalytics.io'
 @minLength(1)
 param acceptedDomains string
 
-@description('SPF/DMARC results that raise an alert, comma separated. Becomes KQLWATCH_PARAM_TriggerResults.')
+@description('DMARC/SPF results that raise an alert, comma separated (e.g. temperror,permerror). Becomes KQLWATCH_PARAM_TriggerResults.')
 @minLength(1)
-param triggerResults string = 'temperror,permerror'
+param triggerResults string = 'temperror'
 
 @description('NCRONTAB schedule with six fields (second minute hour day month day-of-week), UTC.')
 @minLength(11)
@@ -83,6 +86,7 @@ module resources 'resources.bicep' = {
     location: location
     namePrefix: namePrefix
     sentinelWorkspaceResourceId: sentinelWorkspaceResourceId
+    assignWorkspaceReader: assignWorkspaceReader
     logsEndpoint: logsEndpoint
     acceptedDomains: acceptedDomains
     triggerResults: triggerResults

@@ -30,6 +30,9 @@ param namePrefix string = 'kqlwatch'
 @minLength(1)
 param sentinelWorkspaceResourceId string
 
+@description('Grant the app Log Analytics Reader on the Sentinel workspace. Needs the right to create deployments and role assignments in the workspace\'s resource group (e.g. Owner); set false when the workspace owner grants the role by hand (docs/deploy.md).')
+param assignWorkspaceReader bool = true
+
 @description('Log Analytics query endpoint. Public cloud: https://api.loganalytics.io; Azure Government: https://api.loganalytics.us.')
 param logsEndpoint string = 'https://api.loganalytics.io'
 
@@ -37,9 +40,9 @@ param logsEndpoint string = 'https://api.loganalytics.io'
 @minLength(1)
 param acceptedDomains string
 
-@description('SPF/DMARC results that raise an alert, comma separated. Becomes KQLWATCH_PARAM_TriggerResults.')
+@description('DMARC/SPF results that raise an alert, comma separated (e.g. temperror,permerror). Becomes KQLWATCH_PARAM_TriggerResults.')
 @minLength(1)
-param triggerResults string = 'temperror,permerror'
+param triggerResults string = 'temperror'
 
 @description('NCRONTAB schedule with six fields (second minute hour day month day-of-week), UTC.')
 @minLength(11)
@@ -350,8 +353,15 @@ resource appSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// Log Analytics Reader on the Sentinel workspace only, wherever it lives.
-module sentinelAccess 'modules/workspace-reader.bicep' = {
+// The Sentinel workspace, wherever it lives (reading its GUID needs Reader on it).
+resource sentinelWorkspace 'Microsoft.OperationalInsights/workspaces@2025-02-01' existing = {
+  name: last(sentinelWorkspaceParts)
+  scope: resourceGroup(sentinelWorkspaceParts[2], sentinelWorkspaceParts[4])
+}
+
+// Log Analytics Reader on the Sentinel workspace only, deployed in the workspace's resource group.
+// assignWorkspaceReader false: the workspace owner grants it by hand (docs/deploy.md).
+module sentinelAccess 'modules/workspace-reader.bicep' = if (assignWorkspaceReader) {
   name: 'kqlwatch-workspace-reader-${resourceToken}'
   scope: resourceGroup(sentinelWorkspaceParts[2], sentinelWorkspaceParts[4])
   params: {
@@ -452,7 +462,7 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
         // kqlwatch settings (shared/settings.py). KQLWATCH_ACCESS_TOKEN is local-only and never set here.
         {
           name: 'KQLWATCH_WORKSPACE_ID'
-          value: sentinelAccess.outputs.customerId
+          value: sentinelWorkspace.properties.customerId
         }
         {
           name: 'KQLWATCH_WORKSPACE_RESOURCE_ID'
@@ -523,11 +533,12 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
     }
   }
   dependsOn: [
-    // The host needs its storage and Key Vault roles before the first start.
+    // The host needs its roles before the first start.
     appBlobDataOwner
     appTableDataContributor
     appMetricsPublisher
     appSecretsUser
+    sentinelAccess
   ]
 }
 
@@ -562,4 +573,4 @@ output stateTableName string = stateTable.name
 output storageAccountName string = storage.name
 output keyVaultName string = vault.name
 output applicationInsightsName string = appInsights.name
-output sentinelWorkspaceId string = sentinelAccess.outputs.customerId
+output sentinelWorkspaceId string = sentinelWorkspace.properties.customerId

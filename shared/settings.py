@@ -62,6 +62,7 @@ DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
 DEFAULT_DELIVERY_MAX_AGE = timedelta(hours=24)
 
+APP_ROOT = Path(__file__).resolve().parents[1]
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -91,7 +92,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         state_connection=_required(env, STATE_CONNECTION),
         state_table=_table_name(env),
         webhook_urls=_webhooks(env),
-        rules_dir=Path(env.get(RULES_DIR) or DEFAULT_RULES_DIR),
+        rules_dir=_rules_dir(env.get(RULES_DIR) or DEFAULT_RULES_DIR),
         access_token=env.get(ACCESS_TOKEN) or None,
         workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
         max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP),
@@ -109,6 +110,15 @@ def read_params(env: Mapping[str, str]) -> dict[str, str]:
                 raise ConfigError(key, "is not a valid parameter name (letters, digits, _)")
             params[name] = value
     return params
+
+
+def _rules_dir(raw: str) -> Path:
+    """A relative path is taken from the working directory when it exists there, else from the app's own folder
+    (where function_app.py is): the Functions host's working directory is not guaranteed."""
+    path = Path(raw)
+    if path.is_absolute() or path.exists():
+        return path
+    return APP_ROOT / path
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

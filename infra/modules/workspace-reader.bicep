@@ -1,8 +1,9 @@
 // Grants the app's identity read access to the existing Sentinel (Log Analytics) workspace - and
 // nothing else. Deployed by resources.bicep with `scope: resourceGroup(<sub>, <rg>)` taken from the
 // workspace's resource id, so the workspace may live in another resource group or subscription
-// of the same tenant. The deploying user needs Owner, User Access Administrator or Role Based
-// Access Control Administrator on that workspace.
+// of the same tenant. The deploying user needs, on that resource group, the right to create
+// deployments and role assignments (e.g. Owner). Without it, deploy with assignWorkspaceReader
+// false and have the workspace owner grant the role by hand (docs/deploy.md).
 
 @description('Name of the existing Log Analytics workspace that holds the Sentinel data.')
 param workspaceName string
@@ -27,6 +28,3 @@ resource workspaceReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
     description: 'kqlwatch: run the detection queries'
   }
 }
-
-@description('The workspace GUID (customerId) that the Log Analytics query API takes.')
-output customerId string = workspace.properties.customerId
