@@ -53,6 +53,10 @@ param schedule string = '0 */5 * * * *'
 @minLength(1)
 param teamsWebhookUrl string
 
+@description('Optional separate Teams Workflows webhook for kqlwatch\'s own notices. Empty: the main webhook. Stored only in Key Vault.')
+@secure()
+param opsWebhookUrl string = ''
+
 @description('Also grant the deploying user Key Vault Secrets Officer and Storage Table Data Reader. Off by default.')
 param grantDeployerAccess bool = false
 
@@ -92,6 +96,7 @@ module resources 'resources.bicep' = {
     triggerResults: triggerResults
     schedule: schedule
     teamsWebhookUrl: teamsWebhookUrl
+    opsWebhookUrl: opsWebhookUrl
     grantDeployerAccess: grantDeployerAccess
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType

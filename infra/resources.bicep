@@ -53,6 +53,15 @@ param schedule string = '0 */5 * * * *'
 @minLength(1)
 param teamsWebhookUrl string
 
+@description('Optional separate Teams Workflows webhook for kqlwatch\'s own notices (rule failing or recovered, expired exclusions, dropped alerts). Empty: they go to the main webhook. Stored only in Key Vault.')
+@secure()
+param opsWebhookUrl string = ''
+
+@description('Most cards one rule posts to one webhook in one run; the rest of a burst is summed up in one card.')
+@minValue(2)
+@maxValue(1000)
+param maxCardsPerRun int = 20
+
 @description('Name of the Table Storage table that holds the dedupe state (letters and digits, starting with a letter).')
 @minLength(3)
 @maxLength(63)
@@ -301,6 +310,16 @@ resource webhookSecret 'Microsoft.KeyVault/vaults/secrets@2025-05-01' = {
   }
 }
 
+// Always present (a placeholder when no ops webhook is given) so the app setting's reference always resolves.
+resource opsWebhookSecret 'Microsoft.KeyVault/vaults/secrets@2025-05-01' = {
+  parent: vault
+  name: 'ops-webhook-url'
+  properties: {
+    value: empty(opsWebhookUrl) ? 'none' : opsWebhookUrl
+    contentType: 'text/plain'
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Role assignments: least privilege, each named guid(scope, principal, role)
 // ---------------------------------------------------------------------------------------------
@@ -485,6 +504,10 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
           value: '@Microsoft.KeyVault(SecretUri=${vault.properties.vaultUri}secrets/${webhookSecret.name}/)'
         }
         {
+          name: 'KQLWATCH_OPS_WEBHOOK_URL'
+          value: empty(opsWebhookUrl) ? '' : '@Microsoft.KeyVault(SecretUri=${vault.properties.vaultUri}secrets/${opsWebhookSecret.name}/)'
+        }
+        {
           name: 'KQLWATCH_RULES_DIR'
           value: rulesDir
         }
@@ -499,6 +522,10 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
         {
           name: 'KQLWATCH_DELIVERY_MAX_AGE'
           value: deliveryMaxAge
+        }
+        {
+          name: 'KQLWATCH_MAX_CARDS_PER_RUN'
+          value: string(maxCardsPerRun)
         }
         // Parameters of the seed rule (rules/*.yaml `let` bindings).
         {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 _SEVERITY_STYLE = {"High": "attention", "Medium": "warning", "Low": "accent", "Informational": "default"}
 _PORTALS = {"api.loganalytics.us": "https://portal.azure.us", "api.loganalytics.azure.cn": "https://portal.azure.cn"}
 _GENERIC_COLUMNS = 12
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # No-break spaces: renderers collapse ordinary runs of spaces.
 _GAP = "\u00a0\u00a0"
 _SEP = "\u00a0\u00a0·\u00a0\u00a0"
@@ -36,6 +38,7 @@ class CardContext:
     rule: Rule
     total: int  # hits to report in this run (for "x of y")
     query_link: str | None = None
+    single_cards: int = 10  # AlertPerResult: this many hits get a card each, the rest go into digests
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,18 @@ class Post:
 def build_posts(ctx: CardContext, hits: Sequence[Mapping[str, Any]]) -> list[Post]:
     """Teams messages for these hits, in order: each under MAX_CARD_BYTES with at most MAX_HITS_PER_CARD hits."""
     posts: list[Post] = []
-    for start in range(0, len(hits), MAX_HITS_PER_CARD):
+    singles = min(ctx.single_cards, len(hits)) if ctx.rule.aggregation == "AlertPerResult" else 0
+    for index in range(singles):
+        posts.extend(_fit(ctx, hits, index, index + 1))
+    for start in range(singles, len(hits), MAX_HITS_PER_CARD):
         posts.extend(_fit(ctx, hits, start, min(start + MAX_HITS_PER_CARD, len(hits))))
     return posts
+
+
+def build_post(ctx: CardContext, hits: Sequence[Mapping[str, Any]], start: int, end: int, *,
+               compact: bool = False) -> dict[str, Any]:
+    """One message for hits[start:end] with the shortest values: the fallback when Teams rejects a card."""
+    return message(card(ctx, hits[start:end], start, _VALUE_LIMITS[-1], compact=compact))
 
 
 def _fit(ctx: CardContext, hits: Sequence[Mapping[str, Any]], start: int, end: int) -> list[Post]:
@@ -85,20 +97,21 @@ def card(
     ctx: CardContext, hits: Sequence[Mapping[str, Any]], first: int, limit: int, *, compact: bool = False
 ) -> dict[str, Any]:
     rule = ctx.rule
+    title = title_for(rule, hits[0]) if len(hits) == 1 else rule.name
     body: list[dict[str, Any]] = [
         {
             "type": "Container",
             "style": _SEVERITY_STYLE.get(rule.severity, "default"),
             "bleed": True,
             "items": [
-                _rich([_run(truncate(rule.name, 200), weight="Bolder", size="Large")]),
+                _rich([_run(truncate(title, 200), weight="Bolder", size="Large")]),
                 _rich(_labelled([("Severity", rule.severity), *_mitre(rule)], 100)),
                 _rich([_run(_count_line(ctx.total, first, len(hits)), isSubtle=True)]),
             ],
         }
     ]
     for hit in hits:
-        body.extend(_hit_lines(hit, limit, compact))
+        body.extend(_hit_lines(rule, hit, limit, compact))
     content: dict[str, Any] = {
         "type": "AdaptiveCard",
         "$schema": SCHEMA,
@@ -128,6 +141,13 @@ def operational_card(title: str, lines: Sequence[tuple[str, str]], style: str = 
     )
 
 
+def title_for(rule: Rule, hit: Mapping[str, Any]) -> str:
+    """Sentinel's alertDisplayNameFormat: `{{Column}}` placeholders filled with the hit's (cleaned) values."""
+    if not rule.title_format:
+        return rule.name
+    return _PLACEHOLDER.sub(lambda m: clean(hit.get(m.group(1)), 80) or "-", rule.title_format)
+
+
 def _count_line(total: int, first: int, shown: int) -> str:
     noun = "hit" if total == 1 else "hits"
     if shown == total:
@@ -144,8 +164,11 @@ def _mitre(rule: Rule) -> list[tuple[str, str]]:
     return parts
 
 
-def _hit_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
+def _hit_lines(rule: Rule, hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
     lines = _email_lines(hit, limit, compact) if "NetworkMessageId" in hit or "Subject" in hit else _generic_lines(hit, limit)
+    if rule.custom_details:
+        details = [(clean(name, 40), clean(hit.get(column), limit)) for name, column in rule.custom_details.items()]
+        lines.append(_rich([_run(_joined(details))]))
     # A separator above each hit; no wrapping Container: 25 hits must fit in 28 KB.
     lines[0] = {**lines[0], "separator": True, "spacing": "Medium"}
     return lines

@@ -72,7 +72,8 @@ def print_report(report: RunReport, stream: TextIO | None = None) -> None:
         status = "ok" if o.ok else "FAILED"
         print(
             f"{status:<8} {o.name}: {o.rows} rows, {o.new_hits} new, {o.delivered} delivered, "
-            f"{o.deferred} deferred, {o.dropped} dropped ({o.duration_ms} ms)",
+            + (f"{o.suppressed} suppressed, " if o.suppressed else "")
+            + f"{o.deferred} deferred, {o.dropped} dropped ({o.duration_ms} ms)",
             file=stream,
         )
         for message in o.errors:

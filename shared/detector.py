@@ -1,8 +1,8 @@
 """One run of kqlwatch: every (due) rule -> query its window -> record new hits -> deliver -> record the run.
 
-Where things happen: windowing in window.py, dedupe identities in dedupe.py, Table Storage in state.py,
-the card in card.py, the webhook in teams.py. This module only sequences them and keeps one rule's failure
-from touching the others.
+Where things happen: windowing in window.py, identities in dedupe.py, Table Storage in state.py, the card in
+card.py, the webhook in teams.py, tuning in exclusions.py, kqlwatch's own notices in notices.py. This module
+sequences them and keeps one rule's failure from touching the others.
 """
 
 from __future__ import annotations
@@ -11,20 +11,24 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from shared.card import CardContext, build_posts, query_link
+from shared import exclusions as excl
+from shared import notices
+from shared.card import CardContext, build_post, build_posts, query_link
 from shared.dedupe import identity, identity_columns, short_hash
 from shared.errors import ConfigError, KqlwatchError, RuleError
+from shared.exclusions import Exclusion
 from shared.kql import KqlLexError
 from shared.loganalytics import QueryResult
 from shared.params import ParamError, apply_params, bindings
-from shared.rules import Rule, load_rules, trigger_met
+from shared.rules import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.settings import PARAM_PREFIX, Settings
-from shared.state import DELIVERED, DROPPED, Hit, RunRecord, StateStore, expired, lease_is_free
+from shared.state import DELIVERED, DROPPED, SUPPRESSED, Hit, RuleState, RunRecord, StateStore, expired, lease_is_free
 from shared.teams import PostResult
 from shared.window import Window, is_due, next_window
 
@@ -32,6 +36,12 @@ log = logging.getLogger("kqlwatch")
 
 LEASE = timedelta(minutes=10)  # how long a run owns the hits it is delivering
 LEASE_MARGIN = timedelta(minutes=1)  # stop posting when less than this is left on the lease
+MAX_SPLITS = 4  # a truncated (partial) result is re-queried as up to 2**4 smaller windows
+MIN_SPLIT = timedelta(minutes=1)
+NOTICE_INTERVAL = timedelta(hours=1)  # at most one "rule failing" card per rule per hour
+PURGE_EVERY = timedelta(days=1)
+HIT_RETENTION = timedelta(days=14)  # beyond the furthest a window reaches back
+RUN_RETENTION = timedelta(days=30)
 
 
 class LogsApi(Protocol):
@@ -51,6 +61,7 @@ class RuleOutcome:
     window: Window | None = None
     rows: int = 0
     new_hits: int = 0
+    suppressed: int = 0
     delivered: int = 0
     deferred: int = 0
     dropped: int = 0
@@ -68,6 +79,7 @@ class RuleOutcome:
             "window_end": self.window.end.isoformat() if self.window else None,
             "rows": self.rows,
             "new_hits": self.new_hits,
+            "suppressed": self.suppressed,
             "delivered": self.delivered,
             "deferred": self.deferred,
             "dropped": self.dropped,
@@ -90,28 +102,41 @@ class RunReport:
 @dataclass(frozen=True)
 class PreparedRule:
     rule: Rule
-    query: str  # the rule's query with parameters applied: exactly what is sent
+    query: str  # parameters and active exclusions applied: exactly what is sent
+    expired: tuple[Exclusion, ...] = ()  # exclusions past their date: no longer applied, to be reported
 
 
-def prepare_rules(rules: Sequence[Rule], params: dict[str, str]) -> tuple[list[PreparedRule], list[RuleError]]:
-    """Apply KQLWATCH_PARAM_* to every rule. A parameter no rule binds is a configuration error (exit 2):
-    a typo would otherwise silently leave the default in place."""
+def prepare_rules(
+    rules: Sequence[Rule],
+    params: dict[str, str],
+    exclusions: Sequence[Exclusion] = (),
+    today: date | None = None,
+) -> tuple[list[PreparedRule], list[RuleError]]:
+    """Apply KQLWATCH_PARAM_* and the active exclusions to every rule. A parameter no rule binds is a
+    configuration error (exit 2): a typo would otherwise silently leave the default in place."""
+    today = today or datetime.now(timezone.utc).date()
+    by_rule = excl.by_rule(exclusions)
+    known_ids = {r.id for r in rules}
+    errors = [RuleError(e.source, f"exclusion '{e.name}' names rule {e.rule_id}, which is not loaded")
+              for e in exclusions if e.rule_id not in known_ids]
     used: set[str] = set()
     prepared: list[PreparedRule] = []
-    errors: list[RuleError] = []
     for rule in rules:
         try:
             names = bindings(rule.query)
             used.update(n for n in params if n in names)
-            prepared.append(PreparedRule(rule, apply_params(rule.query, params)))
+            query = apply_params(rule.query, params)
         except KqlLexError as exc:
             errors.append(RuleError(rule.path, f"query cannot be read: {exc}"))
+            continue
         except ParamError as exc:
             name = str(exc).split(" ", 1)[0]
             raise ConfigError(f"{PARAM_PREFIX}{name}", f"does not fit rule {rule.id}: {exc}") from None
         except ValueError as exc:  # control characters in a value
-            bad = next((n for n in params if n in bindings(rule.query)), "?")
+            bad = next((n for n in params if n in names), "?")
             raise ConfigError(f"{PARAM_PREFIX}{bad}", str(exc)) from None
+        active, stale = excl.split_by_expiry([*rule.exclusions, *by_rule.get(rule.id, [])], today)
+        prepared.append(PreparedRule(rule, excl.apply(query, active), tuple(stale)))
     unused = sorted(set(params) - used)
     if unused:
         raise ConfigError(
@@ -119,6 +144,14 @@ def prepare_rules(rules: Sequence[Rule], params: dict[str, str]) -> tuple[list[P
             f"names no top-level `let {unused[0]} = ...;` binding in any rule",
         )
     return prepared, errors
+
+
+def load_prepared(settings: Settings, today: date | None = None) -> tuple[list[PreparedRule], list[RuleError]]:
+    """The rules, exclusions and parameters as a run uses them (also what `kqlwatch hunt --explain` shows)."""
+    loaded = load_rules(settings.rules_dir)
+    exclusions, exclusion_errors = load_exclusion_files(settings.rules_dir)
+    prepared, errors = prepare_rules(loaded.rules, dict(settings.params), exclusions, today)
+    return prepared, loaded.errors + exclusion_errors + errors
 
 
 class Detector:
@@ -139,9 +172,7 @@ class Detector:
         self.run_id = uuid.uuid4().hex[:12]
 
     def run(self, *, only_due: bool) -> RunReport:
-        loaded = load_rules(self.settings.rules_dir)
-        prepared, lex_errors = prepare_rules(loaded.rules, dict(self.settings.params))
-        errors = loaded.errors + lex_errors
+        prepared, errors = load_prepared(self.settings, self.clock().date())
         for error in errors:
             log.error("rule skipped: %s", error)
         self.store.ensure_table()
@@ -185,20 +216,18 @@ class Detector:
         )
         outcome.window = window
         lease_until = now + LEASE
+        self._report_expired_exclusions(prepared, now, outcome)
 
         created: list[Hit] = []
         query_ok = False
         try:
-            result = self.logs.query(self.settings.workspace_id, prepared.query, window.start, window.end)
+            result = self._query(prepared.query, window.start, window.end)
             query_ok = result.partial_error is None
             if result.partial_error:
                 outcome.warnings.append(f"partial result used ({len(result.rows)} rows): {result.partial_error}")
             outcome.rows = len(result.rows)
-            hits = self._hits(rule, result, now, lease_until)
-            if hits:
-                known = self.store.known_keys(rule.id, window.start)
-                created = self.store.insert_new(rule.id, [h for h in hits if h.key not in known])
-            outcome.new_hits = len(created)
+            created, suppressed = self._record_new_hits(rule, state, result, window, now, lease_until)
+            outcome.new_hits, outcome.suppressed = len(created), suppressed
         except KqlwatchError as exc:
             outcome.ok = False
             outcome.errors.append(f"query failed: {exc}")
@@ -208,13 +237,7 @@ class Detector:
         older = [h for h in snap.pending if h.key not in created_keys and lease_is_free(h, now)]
         too_old = [h for h in older if expired(h, now, self.settings.delivery_max_age)]
         if too_old:
-            dropped = self.store.update_hits(rule.id, too_old, Status=DROPPED)
-            outcome.dropped = len(dropped)
-            outcome.ok = False
-            outcome.errors.append(
-                f"dropped {len(dropped)} hit(s) undelivered for over {self.settings.delivery_max_age}: "
-                + ", ".join(h.key[:12] for h in dropped[:10])
-            )
+            self._drop(rule, too_old, outcome)
         retry = [replace(h, lease_owner=self.run_id, lease_until=lease_until) for h in older if h not in too_old]
         claimed = self.store.update_hits(rule.id, retry) if retry else []
 
@@ -226,17 +249,15 @@ class Detector:
         state.last_run = now
         state.runs += 1
         state.hits_total += len(created)
+        state.delivered_total += outcome.delivered
+        state.last_rows = outcome.rows
         if query_ok:
             state.last_window_end = window.end
-        if outcome.ok:
-            state.last_success = now
-            state.consecutive_failures = 0
-            state.failing_since = None
-            state.last_error = ""
-        else:
-            state.consecutive_failures += 1
-            state.failing_since = state.failing_since or now
-            state.last_error = "; ".join(outcome.errors)
+        self._update_health(rule, state, outcome, now)
+        if state.last_purge is None or now - state.last_purge >= PURGE_EVERY:
+            reach = max(self.settings.max_catchup, rule.query_period)
+            self.store.purge(rule.id, hits_before=now - reach - HIT_RETENTION, runs_before=now - RUN_RETENTION)
+            state.last_purge = now
         self.store.save_run(
             rule.id,
             state,
@@ -254,15 +275,72 @@ class Detector:
             ),
         )
 
+    # --- querying ---
+
+    def _query(self, query: str, start: datetime, end: datetime, depth: int = 0) -> QueryResult:
+        """Query the window; a truncated (partial) result is re-queried as two halves rather than losing rows."""
+        result = self.logs.query(self.settings.workspace_id, query, start, end)
+        if result.partial_error is None or depth >= MAX_SPLITS or end - start <= MIN_SPLIT:
+            return result
+        middle = start + (end - start) / 2
+        log.warning("partial result for %s..%s (%s): querying the halves", start, end, result.partial_error)
+        first = self._query(query, start, middle, depth + 1)
+        second = self._query(query, middle, end, depth + 1)
+        columns = first.columns or second.columns
+        return QueryResult(
+            columns,
+            {**second.types, **first.types},
+            first.rows + second.rows,
+            first.partial_error or second.partial_error,
+        )
+
+    # --- hits ---
+
+    def _record_new_hits(
+        self, rule: Rule, state: RuleState, result: QueryResult, window: Window, now: datetime, lease_until: datetime
+    ) -> tuple[list[Hit], int]:
+        """Create the hits this run is first to see; returns those to deliver, and how many were suppressed."""
+        hits = self._hits(rule, result, now, lease_until)
+        if not hits:
+            return [], 0
+        known = self.store.known_keys(rule.id, window.start)
+        fresh = [h for h in hits if h.key not in known]
+        if not fresh:
+            return [], 0
+        to_alert, to_suppress = self._suppression(rule, state, fresh, now)
+        created = self.store.insert_new(rule.id, to_alert)
+        suppressed = self.store.insert_new(rule.id, to_suppress, status=SUPPRESSED) if to_suppress else []
+        if rule.realert_key and created:
+            self.store.mark_entities(rule.id, {_entity(rule, h) for h in created}, now)
+        if rule.suppression and created:
+            state.suppressed_until = now + rule.suppression
+        return created, len(suppressed)
+
+    def _suppression(self, rule: Rule, state: RuleState, hits: list[Hit], now: datetime) -> tuple[list[Hit], list[Hit]]:
+        """Sentinel's suppression (no alert for a while after one), then kqlwatch.realert (the same entity is
+        not re-alerted within its window; another entity is). Read at run time, so a change applies at once."""
+        if rule.suppression and state.suppressed_until and now < state.suppressed_until:
+            return [], hits
+        if not rule.realert_key or not rule.realert_window:
+            return hits, []
+        seen = self.store.recent_entities(rule.id, now - rule.realert_window)
+        alert: list[Hit] = []
+        quiet: list[Hit] = []
+        for hit in hits:
+            key = _entity(rule, hit)
+            (quiet if key in seen else alert).append(hit)
+            seen.add(key)
+        return alert, quiet
+
     def _hits(self, rule: Rule, result: QueryResult, now: datetime, lease_until: datetime) -> list[Hit]:
         if not result.rows or not trigger_met(rule, len(result.rows)):
             return []
         columns = identity_columns(
             result.columns, result.time_columns, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns
         )
-        missing = [c for c in columns if c not in result.columns]
+        missing = [c for c in (*columns, *rule.realert_key) if c not in result.columns]
         if missing:
-            raise RuleError(rule.path, f"kqlwatch.dedupeKey names column(s) the query does not return: {missing}")
+            raise RuleError(rule.path, f"dedupe/realert key names column(s) the query does not return: {missing}")
         by_key: dict[str, Hit] = {}
         for row in result.rows:
             key = identity(row, columns)
@@ -270,43 +348,136 @@ class Detector:
             by_key[key] = Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
         return list(by_key.values())
 
+    def _drop(self, rule: Rule, hits: list[Hit], outcome: RuleOutcome) -> None:
+        dropped = self.store.update_hits(rule.id, hits, Status=DROPPED)
+        outcome.dropped = len(dropped)
+        outcome.ok = False
+        age = str(self.settings.delivery_max_age)
+        outcome.errors.append(
+            f"dropped {len(dropped)} hit(s) undelivered for over {age}: " + ", ".join(h.key[:12] for h in dropped[:10])
+        )
+        self._notify(notices.dropped(rule, len(dropped), [h.key for h in dropped], age), outcome)
+
+    # --- delivery ---
+
     def _deliver(
         self, prepared: PreparedRule, hits: list[Hit], window: Window, lease_until: datetime
     ) -> tuple[int, int, list[str]]:
         if not hits:
             return 0, 0, []
         rule = prepared.rule
-        urls = {short_hash(u): u for u in self.settings.webhook_urls}
+        urls = {short_hash(u): u for u in self.settings.webhooks_for(rule.route, rule.severity)}
         current = {h.key: h for h in hits}
-        errors: list[str] = []
+        problems: list[str] = []
         link = query_link(
             prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
         )
         for url_id, url in urls.items():
             todo = [current[h.key] for h in hits if url_id not in current[h.key].delivered_to]
-            if not todo:
-                continue
-            ctx = CardContext(rule, total=len(todo), query_link=link)
-            for post in build_posts(ctx, [h.row for h in todo]):
-                if self.clock() > lease_until - LEASE_MARGIN:
-                    errors.append("lease nearly expired: remaining deliveries left to the next run")
-                    break
-                result = self.teams.post(url, post.payload)
-                if not result.ok:
-                    errors.append(f"delivery failed: {result.detail}")
-                    break  # this webhook is unwell: leave the rest for the next run, try the other webhooks
-                batch = todo[post.first : post.first + post.count]
-                marked = [replace(h, delivered_to=h.delivered_to | {url_id}) for h in batch]
-                done = [replace(h, lease_owner="", lease_until=None) for h in marked if h.delivered_to >= urls.keys()]
-                not_done = [h for h in marked if not h.delivered_to >= urls.keys()]
-                for h in self.store.update_hits(rule.id, done, Status=DELIVERED) + (
-                    self.store.update_hits(rule.id, not_done) if not_done else []
-                ):
-                    current[h.key] = h
+            if todo:
+                self._deliver_to(rule, url, url_id, set(urls), todo, link, lease_until, current, problems)
         remaining = [h for h in current.values() if not h.delivered_to >= urls.keys()]
         if remaining:
             # Release the lease so the next run can retry at once, and count the attempt.
             self.store.update_hits(
                 rule.id, [replace(h, attempts=h.attempts + 1, lease_owner="", lease_until=None) for h in remaining]
             )
-        return len(hits) - len(remaining), len(remaining), errors
+        return len(hits) - len(remaining), len(remaining), problems
+
+    def _deliver_to(
+        self, rule: Rule, url: str, url_id: str, all_ids: set[str], todo: list[Hit], link: str | None,
+        lease_until: datetime, current: dict[str, Hit], problems: list[str],
+    ) -> None:
+        """Post todo's cards to one webhook, recording each success at once. At most max_cards_per_run cards:
+        the rest is summed up in one card. A card Teams rejects (400/413) is split, then compacted."""
+        cap = self.settings.max_cards_per_run
+        rows = [h.row for h in todo]
+        ctx = CardContext(rule, total=len(todo), query_link=link, single_cards=cap // 2)
+        posts = build_posts(ctx, rows)
+        overflow: list[Hit] = []
+        if len(posts) > cap:
+            posts = posts[: cap - 1]
+            shown = posts[-1].first + posts[-1].count
+            overflow = todo[shown:]
+        queue = deque((p.first, p.count, p.payload, False) for p in posts)
+        sent = 0
+        while queue:
+            if self.clock() > lease_until - LEASE_MARGIN:
+                problems.append("lease nearly expired: remaining deliveries left to the next run")
+                return
+            first, count, payload, compact = queue.popleft()
+            result = self.teams.post(url, payload)
+            sent += 1
+            if result.ok:
+                self._mark(rule, todo[first : first + count], url_id, all_ids, current)
+                continue
+            if result.rejected and count > 1:
+                half = count // 2
+                queue.extendleft([(first + half, count - half, build_post(ctx, rows, first + half, first + count), False),
+                                  (first, half, build_post(ctx, rows, first, first + half), False)])
+                continue
+            if result.rejected and not compact:
+                queue.appendleft((first, 1, build_post(ctx, rows, first, first + 1, compact=True), True))
+                continue
+            problems.append(f"delivery failed: {result.detail}")
+            return  # this webhook is unwell: leave the rest for the next run, try the other webhooks
+        if overflow:
+            shown_hits = len(todo) - len(overflow)
+            result = self.teams.post(url, notices.overflow(rule, shown_hits, len(overflow), link))
+            if result.ok:
+                self._mark(rule, overflow, url_id, all_ids, current)
+            else:
+                problems.append(f"delivery failed: {result.detail}")
+
+    def _mark(self, rule: Rule, batch: list[Hit], url_id: str, all_ids: set[str], current: dict[str, Hit]) -> None:
+        marked = [replace(current[h.key], delivered_to=current[h.key].delivered_to | {url_id}) for h in batch]
+        done = [replace(h, lease_owner="", lease_until=None) for h in marked if h.delivered_to >= all_ids]
+        not_done = [h for h in marked if not h.delivered_to >= all_ids]
+        for h in self.store.update_hits(rule.id, done, Status=DELIVERED) + self.store.update_hits(rule.id, not_done):
+            current[h.key] = h
+
+    # --- health and notices ---
+
+    def _update_health(self, rule: Rule, state: RuleState, outcome: RuleOutcome, now: datetime) -> None:
+        """Count consecutive failures; after FAILURES_BEFORE_NOTICE post one "failing" card (again at most
+        hourly), and one "recovered" card when the rule works again."""
+        if outcome.ok:
+            if state.failure_notified_at is not None:
+                self._notify(notices.recovered(rule, state.failing_since, now), outcome)
+            state.last_success = now
+            state.consecutive_failures = 0
+            state.failing_since = None
+            state.failure_notified_at = None
+            state.last_error = ""
+            return
+        state.consecutive_failures += 1
+        state.failing_since = state.failing_since or now
+        state.last_error = "; ".join(outcome.errors)
+        quiet = state.failure_notified_at is not None and now - state.failure_notified_at < NOTICE_INTERVAL
+        if state.consecutive_failures >= notices.FAILURES_BEFORE_NOTICE and not quiet:
+            card = notices.failing(rule, state.failing_since, state.consecutive_failures, state.last_error)
+            if self._notify(card, outcome):
+                state.failure_notified_at = now
+
+    def _report_expired_exclusions(self, prepared: PreparedRule, now: datetime, outcome: RuleOutcome) -> None:
+        for exclusion in prepared.expired:
+            message = (f"exclusion '{exclusion.name}' ({exclusion.source}) expired on {exclusion.expires}: "
+                       "no longer applied")
+            outcome.warnings.append(message)
+            notice = f"expired-{short_hash(repr(exclusion))}"
+            if self.store.first_time(prepared.rule.id, notice, now):
+                log.warning("kqlwatch: %s; owner %s should review it", message, exclusion.owner)
+                self._notify(notices.exclusion_expired(prepared.rule, exclusion), outcome)
+
+    def _notify(self, payload: dict[str, Any], outcome: RuleOutcome) -> bool:
+        delivered = False
+        for url in self.settings.ops_webhooks:
+            result = self.teams.post(url, payload)
+            delivered = delivered or result.ok
+            if not result.ok:
+                outcome.warnings.append(f"notice not delivered: {result.detail}")
+        return delivered
+
+
+def _entity(rule: Rule, hit: Hit) -> str:
+    return identity(hit.row, rule.realert_key)

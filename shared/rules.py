@@ -17,6 +17,7 @@ import yaml
 
 from shared.durations import parse_duration
 from shared.errors import RuleError
+from shared.exclusions import Exclusion, ExclusionError, parse_exclusions
 
 NAMESPACE = "kqlwatch"
 DEFAULT_FREQUENCY = timedelta(minutes=5)
@@ -25,7 +26,9 @@ DEFAULT_SEVERITY = "Medium"
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
-_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests"}
+_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route"}
+AGGREGATIONS = ("SingleAlert", "AlertPerResult")
+_ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TRIGGER_OPERATORS = {"gt", "lt", "eq", "ne", "GreaterThan", "LessThan", "Equal", "NotEqual"}
 
@@ -47,6 +50,14 @@ class Rule:
     entity_columns: tuple[str, ...] = ()
     dedupe_key: tuple[str, ...] = ()
     version: str = ""
+    exclusions: tuple[Exclusion, ...] = ()
+    suppression: timedelta | None = None  # Sentinel suppressionEnabled/suppressionDuration
+    realert_key: tuple[str, ...] = ()  # kqlwatch.realert: the same entity is not re-alerted within the window
+    realert_window: timedelta | None = None
+    aggregation: str = "SingleAlert"  # eventGroupingSettings.aggregationKind
+    title_format: str = ""  # alertDetailsOverride.alertDisplayNameFormat
+    custom_details: Mapping[str, str] = field(default_factory=dict)
+    route: str = ""  # kqlwatch.route: a named webhook route (KQLWATCH_ROUTE_<NAME>)
     extension: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -57,10 +68,39 @@ class LoadResult:
 
 
 def load_rules(directory: Path) -> LoadResult:
-    """Load every *.yaml / *.yml under `directory`; collect errors instead of stopping at the first."""
+    """Load every rule file (*.yaml / *.yml) under `directory`; collect errors instead of stopping at the first."""
     if not directory.is_dir():
         return LoadResult([], [RuleError(str(directory), "rules directory does not exist")])
-    return load_files(sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+    return load_files(p for p in rule_files(directory) if not is_exclusions_file(p))
+
+
+def rule_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def is_exclusions_file(path: Path) -> bool:
+    return path.name in ("exclusions.yaml", "exclusions.yml") or path.name.endswith(
+        (".exclusions.yaml", ".exclusions.yml")
+    )
+
+
+def load_exclusion_files(directory: Path) -> tuple[list[Exclusion], list[RuleError]]:
+    """Tuning kept beside the rules: `exclusions.yaml` / `*.exclusions.yaml`, each `exclusions: [...]`."""
+    found: list[Exclusion] = []
+    errors: list[RuleError] = []
+    if not directory.is_dir():
+        return found, errors
+    for path in (p for p in rule_files(directory) if is_exclusions_file(p)):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(doc, dict):
+                raise ExclusionError(f"{path}: must be a mapping with an 'exclusions' list")
+            found.extend(parse_exclusions(doc.get("exclusions"), source=str(path)))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            errors.append(RuleError(str(path), f"cannot read exclusions: {str(exc).splitlines()[0]}"))
+        except ExclusionError as exc:
+            errors.append(RuleError(str(path), str(exc).removeprefix(f"{path}: ")))
+    return found, errors
 
 
 def load_files(paths: Iterable[Path]) -> LoadResult:
@@ -151,6 +191,27 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
             f"unknown key(s) under '{NAMESPACE}': {', '.join(map(str, unknown))} "
             f"(known: {', '.join(sorted(_KNOWN_EXTENSION_KEYS))})",
         )
+    try:
+        exclusions = tuple(parse_exclusions(extension.get("exclusions"), source=where, rule_id=rule_id.lower()))
+    except ExclusionError as exc:
+        raise RuleError(where, str(exc).removeprefix(f"{where}: ")) from None
+    realert = extension.get("realert") or {}
+    if not isinstance(realert, dict) or (realert and not {"key", "window"} <= set(realert)):
+        raise RuleError(where, f"{NAMESPACE}.realert needs 'key' (columns) and 'window' (a duration)")
+    route = str(extension.get("route") or "")
+    if route and not _ROUTE.match(route):
+        raise RuleError(where, f"{NAMESPACE}.route {route!r} must be a name (letters, digits, _)")
+    grouping = doc.get("eventGroupingSettings") or {}
+    aggregation = grouping.get("aggregationKind", "SingleAlert") if isinstance(grouping, dict) else None
+    if aggregation not in AGGREGATIONS:
+        raise RuleError(where, f"eventGroupingSettings.aggregationKind must be one of {', '.join(AGGREGATIONS)}")
+    override = doc.get("alertDetailsOverride") or {}
+    details = doc.get("customDetails") or {}
+    if not isinstance(override, dict) or not isinstance(details, dict):
+        raise RuleError(where, "alertDetailsOverride and customDetails must be mappings")
+    if len(details) > 20:
+        raise RuleError(where, "customDetails allows at most 20 entries")
+    suppressed = doc.get("suppressionEnabled") is True
     return Rule(
         id=rule_id.lower(),
         name=text("name", required=True).strip(),
@@ -167,6 +228,14 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         entity_columns=_entity_columns(doc.get("entityMappings"), where),
         dedupe_key=_names(extension, "dedupeKey", where, prefix=f"{NAMESPACE}."),
         version=text("version"),
+        exclusions=exclusions,
+        suppression=_duration(doc, "suppressionDuration", timedelta(hours=5), where) if suppressed else None,
+        realert_key=_names(realert, "key", where, prefix=f"{NAMESPACE}.realert.") if realert else (),
+        realert_window=_duration(realert, "window", timedelta(0), where) if realert else None,
+        aggregation=str(aggregation),
+        title_format=str(override.get("alertDisplayNameFormat") or ""),
+        custom_details={str(k): str(v) for k, v in details.items()},
+        route=route.lower(),
         extension=extension,
     )
 

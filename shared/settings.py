@@ -28,7 +28,10 @@ SCHEDULE = "KQLWATCH_SCHEDULE"
 ACCESS_TOKEN = "KQLWATCH_ACCESS_TOKEN"  # noqa: S105 - a setting name, not a secret
 MAX_CATCHUP = "KQLWATCH_MAX_CATCHUP"
 DELIVERY_MAX_AGE = "KQLWATCH_DELIVERY_MAX_AGE"
+MAX_CARDS_PER_RUN = "KQLWATCH_MAX_CARDS_PER_RUN"
+OPS_WEBHOOK_URL = "KQLWATCH_OPS_WEBHOOK_URL"
 PARAM_PREFIX = "KQLWATCH_PARAM_"
+ROUTE_PREFIX = "KQLWATCH_ROUTE_"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 
 # Read by the code; the infra tests check that the deployment sets each one it must.
@@ -39,11 +42,13 @@ SETTING_NAMES: tuple[str, ...] = (
     STATE_CONNECTION,
     STATE_TABLE,
     TEAMS_WEBHOOK_URL,
+    OPS_WEBHOOK_URL,
     RULES_DIR,
     SCHEDULE,
     ACCESS_TOKEN,
     MAX_CATCHUP,
     DELIVERY_MAX_AGE,
+    MAX_CARDS_PER_RUN,
     AZURE_CLIENT_ID,
 )
 # What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
@@ -61,6 +66,7 @@ DEFAULT_RULES_DIR = "rules"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
 DEFAULT_DELIVERY_MAX_AGE = timedelta(hours=24)
+DEFAULT_MAX_CARDS_PER_RUN = 20
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -80,7 +86,18 @@ class Settings:
     workspace_resource_id: str | None = None
     max_catchup: timedelta = DEFAULT_MAX_CATCHUP
     delivery_max_age: timedelta = DEFAULT_DELIVERY_MAX_AGE
+    max_cards_per_run: int = DEFAULT_MAX_CARDS_PER_RUN
     params: Mapping[str, str] = field(default_factory=dict)
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route name (lower case) -> URLs
+    ops_webhook_urls: tuple[str, ...] = ()  # kqlwatch's own notices; default: the default webhooks
+
+    def webhooks_for(self, route: str, severity: str) -> tuple[str, ...]:
+        """A rule's own route, else its severity's route, else the default webhooks."""
+        return self.routes.get(route) or self.routes.get(severity.lower()) or self.webhook_urls
+
+    @property
+    def ops_webhooks(self) -> tuple[str, ...]:
+        return self.ops_webhook_urls or self.webhook_urls
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -91,12 +108,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
         state_connection=_required(env, STATE_CONNECTION),
         state_table=_table_name(env),
-        webhook_urls=_webhooks(env),
+        webhook_urls=_webhooks(env, TEAMS_WEBHOOK_URL),
+        ops_webhook_urls=_webhooks(env, OPS_WEBHOOK_URL) if (env.get(OPS_WEBHOOK_URL) or "").strip() else (),
+        routes=read_routes(env),
         rules_dir=_rules_dir(env.get(RULES_DIR) or DEFAULT_RULES_DIR),
         access_token=env.get(ACCESS_TOKEN) or None,
         workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
         max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP),
         delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE),
+        max_cards_per_run=_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
         params=read_params(env),
     )
 
@@ -155,6 +175,15 @@ def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelt
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 2 <= int(raw) <= 1000:
+        raise ConfigError(name, f"must be a whole number from 2 to 1000, got {raw!r}")
+    return int(raw)
+
+
 def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False) -> str:
     shown = redact_url(value) if secret else value
     parts = urlsplit(value.strip())
@@ -165,14 +194,27 @@ def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False)
     raise ConfigError(name, f"must be an https:// URL (http only for loopback), got {shown!r}")
 
 
-def _webhooks(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = _required(env, TEAMS_WEBHOOK_URL)
+def _webhooks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _required(env, name)
     urls = tuple(u.strip() for u in raw.split(",") if u.strip())
     if not urls:
-        raise ConfigError(TEAMS_WEBHOOK_URL, "is empty")
+        raise ConfigError(name, "is empty")
     for url in urls:
-        _url(env, TEAMS_WEBHOOK_URL, url, secret=True)
+        _url(env, name, url, secret=True)
     return tuple(dict.fromkeys(urls))
+
+
+def read_routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """KQLWATCH_ROUTE_<NAME>=url[,url]: webhooks for rules with `kqlwatch.route: <name>`, or for a severity
+    (KQLWATCH_ROUTE_HIGH). Route names are case-insensitive."""
+    routes = {}
+    for key in env:
+        if key.startswith(ROUTE_PREFIX) and (env.get(key) or "").strip():
+            name = key[len(ROUTE_PREFIX) :]
+            if not _PARAM_NAME.match(name):
+                raise ConfigError(key, "is not a valid route name (letters, digits, _)")
+            routes[name.lower()] = _webhooks(env, key)
+    return routes
 
 
 def _is_loopback(host: str) -> bool:

@@ -28,10 +28,12 @@ log = logging.getLogger("kqlwatch.state")
 
 STATE_ROW = "~state"
 RUN_PREFIX = "~run~"
+ENTITY_PREFIX = "~ent~"  # an entity's last alert, for kqlwatch.realert
+NOTICE_PREFIX = "~notice~"  # a notice that must be sent once (an expired exclusion)
 BATCH = 100  # entity-group transaction limit (the SDK fails on 101)
 MAX_ROW_JSON = 30_000  # a string property holds 64 KiB (32K UTF-16 chars)
 _MAX_TICKS = 10**19
-PENDING, DELIVERED, DROPPED = "pending", "delivered", "dropped"
+PENDING, DELIVERED, DROPPED, SUPPRESSED = "pending", "delivered", "dropped", "suppressed"
 
 
 @dataclass
@@ -57,6 +59,11 @@ class RuleState:
     consecutive_failures: int = 0
     runs: int = 0
     hits_total: int = 0
+    delivered_total: int = 0
+    last_rows: int = 0
+    suppressed_until: datetime | None = None  # Sentinel suppression after an alert
+    failure_notified_at: datetime | None = None  # last "rule failing" notice (at most one an hour)
+    last_purge: datetime | None = None
 
 
 @dataclass
@@ -149,7 +156,7 @@ class StateStore:
 
     # --- writing hits ---
 
-    def insert_new(self, rule_id: str, hits: Sequence[Hit]) -> list[Hit]:
+    def insert_new(self, rule_id: str, hits: Sequence[Hit], *, status: str = PENDING) -> list[Hit]:
         """Create the hits; return those this call created (an existing key means another run or an
         earlier one already owns that hit)."""
         from azure.core.exceptions import ResourceExistsError
@@ -157,7 +164,7 @@ class StateStore:
 
         created: list[Hit] = []
         for chunk in _chunks(hits, BATCH):
-            entities = [_hit_entity(rule_id, hit, status=PENDING) for hit in chunk]
+            entities = [_hit_entity(rule_id, hit, status=status) for hit in chunk]
             with _state_errors(f"record hits of rule {rule_id}"):
                 try:
                     results = self._table.submit_transaction([("create", e) for e in entities])
@@ -203,6 +210,66 @@ class StateStore:
                     except ResourceModifiedError:
                         log.info("hit %s of rule %s changed by another run; leaving it to that run", hit.key, rule_id)
         return updated
+
+    # --- entities (kqlwatch.realert) and one-time notices ---
+
+    def recent_entities(self, rule_id: str, since: datetime) -> set[str]:
+        with _state_errors(f"read entities of rule {rule_id}"):
+            return {
+                e["RowKey"][len(ENTITY_PREFIX) :]
+                for e in self._table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and LastAlerted ge @since",
+                    parameters={"pk": rule_id, "lo": ENTITY_PREFIX, "hi": ENTITY_PREFIX + "~", "since": since},
+                    select=["RowKey"],
+                )
+            }
+
+    def mark_entities(self, rule_id: str, entity_keys: Iterable[str], when: datetime) -> None:
+        from azure.data.tables import UpdateMode
+
+        entities = [{"PartitionKey": rule_id, "RowKey": ENTITY_PREFIX + k, "Kind": "entity", "LastAlerted": when}
+                    for k in sorted(set(entity_keys))]
+        for start in range(0, len(entities), BATCH):
+            with _state_errors(f"record entities of rule {rule_id}"):
+                self._table.submit_transaction(
+                    [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities[start : start + BATCH]]
+                )
+
+    def first_time(self, rule_id: str, notice: str, when: datetime) -> bool:
+        """True exactly once per (rule, notice), across runs and concurrent runs."""
+        from azure.core.exceptions import ResourceExistsError
+
+        with _state_errors(f"record a notice of rule {rule_id}"):
+            try:
+                self._table.create_entity(
+                    {"PartitionKey": rule_id, "RowKey": NOTICE_PREFIX + notice, "Kind": "notice", "At": when}
+                )
+            except ResourceExistsError:
+                return False
+        return True
+
+    # --- purging (Table Storage has no TTL) ---
+
+    def purge(self, rule_id: str, *, hits_before: datetime, runs_before: datetime) -> int:
+        """Delete settled hits first seen before `hits_before`, entity marks and run records older than their
+        cut-offs. Pending hits are never touched: they are still to be delivered (or reported dropped)."""
+        query = (
+            # The SDK's @name substitution needs a space after each name.
+            "PartitionKey eq @pk and ((RowKey lt @tilde and Status ne @pending and FirstSeen lt @hits ) "
+            "or (Kind eq @run and Started lt @runs ) or (Kind eq @entity and LastAlerted lt @hits ) )"
+        )
+        params = {"pk": rule_id, "tilde": "~", "pending": PENDING, "hits": hits_before, "runs": runs_before,
+                  "run": "run", "entity": "entity"}
+        deleted = 0
+        with _state_errors(f"purge old state of rule {rule_id}"):
+            doomed = [e["RowKey"] for e in self._table.query_entities(query, parameters=params,
+                                                                       select=["RowKey"])]
+            for start in range(0, len(doomed), BATCH):
+                self._table.submit_transaction(
+                    [("delete", {"PartitionKey": rule_id, "RowKey": key}) for key in doomed[start : start + BATCH]]
+                )
+                deleted += len(doomed[start : start + BATCH])
+        return deleted
 
     # --- run bookkeeping ---
 
@@ -273,20 +340,28 @@ def _chunks(items: Sequence[Hit], size: int) -> Iterator[Sequence[Hit]]:
 
 
 def encode_row(row: Mapping[str, Any], types: Mapping[str, str]) -> tuple[str, bool]:
-    """Row -> JSON small enough for one property; long values are clipped (the query link has the rest)."""
+    """Row -> JSON small enough for one property, and whether values had to be clipped to get there
+    (the card's query link shows the full row)."""
     plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-    body = {"row": plain, "types": {k: t for k, t in types.items() if k in row and t == "datetime"}}
-    text = json.dumps(body, ensure_ascii=False, default=str)
-    for limit in (4000, 500, 100):
+    kinds = {k: t for k, t in types.items() if k in row and t == "datetime"}
+    for limit in (None, 4000, 500, 100, 20):
+        values = plain if limit is None else {k: _clip_value(v, limit) for k, v in plain.items()}
+        text = json.dumps({"row": values, "types": kinds}, ensure_ascii=False, default=str)
         if len(text) <= MAX_ROW_JSON:
+            return text, limit is not None
+    kept: dict[str, Any] = {}  # hundreds of columns: keep the first ones that fit
+    for key, value in plain.items():
+        kept[key] = _clip_value(value, 20)
+        if len(json.dumps({"row": kept, "types": kinds}, ensure_ascii=False, default=str)) > MAX_ROW_JSON:
+            del kept[key]
             break
-        body["row"] = {k: (_clip(v, limit) if isinstance(v, str) else v) for k, v in plain.items()}
-        text = json.dumps(body, ensure_ascii=False, default=str)
-    else:
-        if len(text) > MAX_ROW_JSON:
-            body["row"] = {k: _clip(json.dumps(v, default=str), 50) for k, v in plain.items()}
-            text = json.dumps(body, ensure_ascii=False)[:MAX_ROW_JSON]
-    return text, text != json.dumps({"row": plain, "types": body["types"]}, ensure_ascii=False, default=str)
+    return json.dumps({"row": kept, "types": kinds}, ensure_ascii=False, default=str), True
+
+
+def _clip_value(value: Any, limit: int) -> Any:
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False, default=str)
+    return _clip(value, limit) if isinstance(value, str) else value
 
 
 def decode_row(text: str) -> dict[str, Any]:
@@ -304,7 +379,7 @@ def decode_row(text: str) -> dict[str, Any]:
 
 
 def _hit_entity(rule_id: str, hit: Hit, *, status: str) -> dict[str, Any]:
-    row_json, _ = encode_row(hit.row, {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)})
+    row_json, clipped = encode_row(hit.row, {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)})
     return _drop_none({
         "PartitionKey": rule_id,
         "RowKey": hit.key,
@@ -312,7 +387,7 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str) -> dict[str, Any]:
         "Status": status,
         "FirstSeen": hit.first_seen,
         "Row": row_json,
-        "Truncated": hit.truncated,
+        "Truncated": hit.truncated or clipped,
         "DeliveredTo": ",".join(sorted(hit.delivered_to)),
         "Attempts": hit.attempts,
         "LeaseOwner": hit.lease_owner,
@@ -360,6 +435,11 @@ def _state_fields(state: RuleState) -> dict[str, Any]:
         "ConsecutiveFailures": state.consecutive_failures,
         "Runs": state.runs,
         "HitsTotal": state.hits_total,
+        "DeliveredTotal": state.delivered_total,
+        "LastRows": state.last_rows,
+        "SuppressedUntil": state.suppressed_until,
+        "FailureNotifiedAt": state.failure_notified_at,
+        "LastPurge": state.last_purge,
     }
 
 
@@ -373,6 +453,11 @@ def _state_from(entity: Mapping[str, Any]) -> RuleState:
         consecutive_failures=int(entity.get("ConsecutiveFailures") or 0),
         runs=int(entity.get("Runs") or 0),
         hits_total=int(entity.get("HitsTotal") or 0),
+        delivered_total=int(entity.get("DeliveredTotal") or 0),
+        last_rows=int(entity.get("LastRows") or 0),
+        suppressed_until=_utc(entity.get("SuppressedUntil")),
+        failure_notified_at=_utc(entity.get("FailureNotifiedAt")),
+        last_purge=_utc(entity.get("LastPurge")),
     )
 
 

@@ -151,13 +151,28 @@ def test_only_due_rules_run_on_the_timer(la: LogAnalyticsStandIn, hook: WebhookR
     assert len(la.requests) == 2
 
 
-def test_partial_result_is_used_and_reported(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                             make_detector: MakeDetector, clock: Clock) -> None:
-    la.ingest("EmailEvents", [email(clock) for _ in range(5)], at=clock.now - timedelta(minutes=10))
+def test_truncated_result_is_split_into_smaller_windows_and_no_row_is_lost(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    rows = [email(clock, TimeGenerated=clock.now - timedelta(minutes=5 + 7 * i)) for i in range(8)]
+    la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=1))
+    la.row_cap = 3  # the service answers at most 3 rows, flagged as a partial result
+    outcome = make_detector().run(only_due=False).outcomes[0]
+    assert outcome.ok and outcome.warnings == []
+    assert sorted(delivered_ids(hook)) == sorted(r["NetworkMessageId"] for r in rows)
+    assert len(la.requests) > 2
+
+
+def test_partial_result_that_cannot_be_split_is_used_and_reported(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    same_time = clock.now - timedelta(minutes=15)  # no smaller window separates these rows
+    la.ingest("EmailEvents", [email(clock, TimeGenerated=same_time) for _ in range(5)],
+              at=clock.now - timedelta(minutes=10))
     la.row_cap = 3
     outcome = make_detector().run(only_due=False).outcomes[0]
-    assert outcome.rows == 3 and outcome.delivered == 3
-    assert any("partial result" in w and "exceeded the limit" in w for w in outcome.warnings)
+    assert outcome.delivered == 3
+    assert any("partial result" in w and "exceeded the limit of 3 records" in w for w in outcome.warnings)
 
 
 def test_a_failing_query_fails_that_rule_only(la: LogAnalyticsStandIn, hook: WebhookReceiver,

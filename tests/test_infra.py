@@ -407,19 +407,24 @@ def check_key_vault(t: Template) -> Problems:
             problems.append(f"Key Vault {key} is {vault.properties.get(key)!r}, must be true")
     if vault.properties.get("accessPolicies"):
         problems.append("Key Vault uses access policies; RBAC only")
-    secrets = t.resources("Microsoft.KeyVault/vaults/secrets")
-    if len(secrets) != 1:
-        return [*problems, f"expected one Key Vault secret (the webhook URL), found {len(secrets)}"]
-    value = render(secrets[0].properties.get("value"))
+    secrets = {s.symbol: s for s in t.resources("Microsoft.KeyVault/vaults/secrets")}
+    if set(secrets) != {"webhookSecret", "opsWebhookSecret"}:
+        return [*problems, f"expected the webhook and ops-webhook secrets, found {sorted(secrets)}"]
+    value = render(secrets["webhookSecret"].properties.get("value"))
     if not t.is_secure_param(value):
         problems.append(f"the secret's value {value!r} must be a @secure() parameter")
-    reference = app_settings(t).get("KQLWATCH_TEAMS_WEBHOOK_URL", "")
-    secret_uri = f"${{{vault.symbol}.properties.vaultUri}}secrets/${{{secrets[0].symbol}.name}}/"
-    want = f"@Microsoft.KeyVault(SecretUri={secret_uri})"
-    if reference != want:
-        problems.append(
-            f"KQLWATCH_TEAMS_WEBHOOK_URL must be the Key Vault reference {want!r}, got {reference!r}"
-        )
+    ops_value = render(secrets["opsWebhookSecret"].properties.get("value"))
+    if not any(t.is_secure_param(w) for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", ops_value)):
+        problems.append(f"the ops secret's value {ops_value!r} must come from a @secure() parameter")
+    for setting, symbol, template in (
+        ("KQLWATCH_TEAMS_WEBHOOK_URL", "webhookSecret", "{ref}"),
+        ("KQLWATCH_OPS_WEBHOOK_URL", "opsWebhookSecret", "conditional(empty(opsWebhookUrl), , {ref})"),
+    ):
+        reference = app_settings(t).get(setting, "")
+        secret_uri = f"${{{vault.symbol}.properties.vaultUri}}secrets/${{{symbol}.name}}/"
+        want = template.format(ref=f"@Microsoft.KeyVault(SecretUri={secret_uri})")
+        if reference != want:
+            problems.append(f"{setting} must be the Key Vault reference {want!r}, got {reference!r}")
     return problems
 
 

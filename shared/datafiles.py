@@ -1,0 +1,154 @@
+"""Local data for the workbench (`kqlwatch hunt`, `preview`, `test`): exported files and inline rows -> engine tables.
+
+Files are read by DuckDB itself (`Engine.load_file`), never row by row in Python, so a million-row export loads
+in seconds. A table with a schema in shared/schemas gets exactly the workspace's column types (missing strings
+are "" as in Kusto); a table without one has its types inferred. Every other table with a schema exists, empty,
+as it does in a workspace with the connector.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dtime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import KqlwatchError
+
+if TYPE_CHECKING:
+    from shared.engine import Engine, LoadedTable
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Exports that add columns the table does not have: the az CLI adds TableName to every row.
+_EXPORT_NOISE = ("TableName",)
+# An Advanced Hunting export has Timestamp but no TimeGenerated; Sentinel's copy of the table has both, equal.
+_FILL_FROM = {"TimeGenerated": "Timestamp"}
+
+
+class DataError(KqlwatchError):
+    """A data argument or file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    table: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Loaded:
+    spec: DataSpec
+    table: LoadedTable
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_data_arg(text: str) -> DataSpec:
+    """`TABLE=FILE`, or just `FILE` when its name starts with the table's (`EmailEvents.jsonl`, `EmailEvents-1d.csv`)."""
+    table, sep, path = text.partition("=")
+    if sep and _TABLE_NAME.match(table.strip()):
+        return DataSpec(table.strip(), Path(path.strip()))
+    stem = re.match(r"[A-Za-z_][A-Za-z0-9_]*", Path(text).name)
+    if stem is None:
+        raise DataError(f"--data {text!r}: expected TABLE=FILE")
+    return DataSpec(stem.group(), Path(text))
+
+
+def load_files(engine: Engine, specs: Sequence[DataSpec], query: str | None = None) -> list[Loaded]:
+    """Load each file into its table (one file per table); then create the other known tables `query` names,
+    empty."""
+    from shared.schemas import table_schema
+
+    seen: dict[str, Path] = {}
+    loaded: list[Loaded] = []
+    for spec in specs:
+        if spec.table in seen:
+            raise DataError(
+                f"table {spec.table} is given twice ({seen[spec.table]}, {spec.path}): one file per table"
+            )
+        seen[spec.table] = spec.path
+        if not spec.path.is_file():
+            raise DataError(f"{spec.path}: no such file")
+        loaded.append(load_file(engine, spec, table_schema(spec.table)))
+    create_known_tables(engine, query, skip=seen)
+    return loaded
+
+
+def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) -> Loaded:
+    started = time.perf_counter()
+    table = engine.load_file(
+        spec.table,
+        str(spec.path),
+        schema,
+        extra_columns=True,
+        ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
+        fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
+    )
+    notes = []
+    if schema is None:
+        notes.append(f"{spec.table} has no schema in shared/schemas: column types inferred from the file")
+    elif table.inferred:
+        notes.append(f"columns not in the {spec.table} schema, types inferred: {', '.join(table.inferred)}")
+    notes.extend(f"{target} is not in the file: filled from {source}" for target, source in table.filled.items())
+    return Loaded(spec, table, time.perf_counter() - started, notes)
+
+
+def load_rows(
+    engine: Engine, table: str, rows: Iterable[Mapping[str, Any]], directory: Path, *, strict: bool = True
+) -> LoadedTable:
+    """Inline rows (a rule's test case) -> `table`, through the same loader as files. With `strict`, a column the
+    table's schema does not have is an error: a misspelt column would otherwise leave the real one empty and
+    make a "no alert" case pass for the wrong reason."""
+    from shared.schemas import table_schema
+
+    schema = table_schema(table)
+    rows = list(rows)
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DataError(f"{table}[{index}] is not a mapping of column: value")
+        unknown = sorted(str(c) for c in row if schema is not None and c not in schema)
+        if unknown and strict:
+            raise DataError(f"{table}[{index}]: {table} has no column {', '.join(map(repr, unknown))}")
+    if schema is None and not rows:
+        raise DataError(f"{table} has no schema in shared/schemas: give at least one row so its columns are known")
+    path = directory / f"{table}.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps({str(k): v for k, v in row.items()}, default=_json_value, ensure_ascii=False))
+            out.write("\n")
+    return engine.load_file(table, str(path), schema, fmt="json", extra_columns=not strict)
+
+
+def create_known_tables(engine: Engine, query: str | None = None, skip: Iterable[str] = ()) -> None:
+    """Every table with a schema that the data did not fill, empty (only those `query` names, when given)."""
+    from shared.kql import KqlLexError, tokenize
+    from shared.schemas import known_tables, table_schema
+
+    skipped = set(skip)
+    names: set[str] | None = None
+    if query is not None:
+        try:
+            names = {t.text for t in tokenize(query) if t.kind == "ident"}
+        except KqlLexError:
+            names = None
+    for name in known_tables():
+        schema = table_schema(name)
+        if name not in skipped and schema and (names is None or name in names):
+            engine.create_table(name, schema)
+
+
+def _json_value(value: Any) -> Any:
+    """YAML gives datetimes and dates for unquoted timestamps: write them as ISO text (UTC when naive)."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, (dtime, timedelta)):
+        return str(value)
+    return str(value)

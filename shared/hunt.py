@@ -1,0 +1,416 @@
+"""`kqlwatch hunt` and `kqlwatch preview`: a rule's final query over local data files, offline.
+
+`hunt` prints the result rows (an aligned table, JSON lines or CSV); `--explain` prints the final query - the
+rule's KQL with parameters (and exclusions) applied by `prepare_rules`, exactly what the detector sends.
+`preview` turns the rows into the cards the detector would post (same dedupe, same card builder), writes them as
+an HTML page rendered by Microsoft's `adaptivecards` renderer and prints them as text. Nothing is sent anywhere.
+
+Data values are attacker-controlled (subjects, display names): everything printed to the terminal is made
+inert first (control and bidi characters visible, no escape sequences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
+import time
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from shared.detector import PreparedRule
+    from shared.engine import EngineResult
+    from shared.rules import Rule
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_WIDTH = 60
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+_CSV_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # all but tab, LF, CR
+_NUMERIC = ("int", "long", "real", "double", "decimal")
+
+
+class UsageError(Exception):
+    """A command-line mistake: exit 2 with this message."""
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.set_defaults(hunt_mode=name)
+    parser.add_argument("rule", metavar="RULE", help="a rule file, or the id, name or file name of a rule in rules/")
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="TABLE=FILE",
+        help="a table's rows: JSON lines, a JSON array or CSV, as exported from Advanced Hunting / Log Analytics "
+             "(.gz read too); repeat for more tables. FILE alone takes the table from the file name",
+    )
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="set a rule parameter as KQLWATCH_PARAM_NAME=VALUE would (environment parameters are not read)",
+    )
+    parser.add_argument("--now", metavar="DATETIME", help="evaluate now() and ago() at this UTC time (default: now)")
+    if name == "preview":
+        parser.add_argument("--out", type=Path, default=Path("cards.html"), help="the HTML page to write")
+        return
+    parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table", help="output format")
+    parser.add_argument("--columns", metavar="A,B,...", help="print only these result columns, in this order")
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, metavar="N",
+                        help=f"table format: cut values longer than N characters (default {DEFAULT_WIDTH})")
+    parser.add_argument("--explain", action="store_true", help="print the final query (no data needed)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from shared.engine import EngineError
+    from shared.errors import KqlwatchError, RuleError
+
+    command = f"kqlwatch {args.hunt_mode}"
+    try:
+        rule = find_rule(args.rule)
+        prepared = final_query(rule, parse_params(args.param))
+        if getattr(args, "explain", False):
+            sys.stdout.write(terminal_safe(prepared.query).rstrip("\n") + "\n")
+            return EXIT_OK
+        if not args.data:
+            raise UsageError("give the data to run over: --data TABLE=FILE (or --explain to see the query)")
+        now = parse_now(args.now)
+        if args.hunt_mode == "preview":
+            return _preview(prepared, args, now)
+        return _hunt(prepared, args, now)
+    except UsageError as exc:
+        print(f"{command}: {terminal_safe(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except (EngineError, RuleError, KqlwatchError) as exc:
+        print(f"{command}: {terminal_safe(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# --- the rule and its final query -------------------------------------------------------------------------
+
+
+def rules_dir() -> Path:
+    """KQLWATCH_RULES_DIR, else rules/ here, else the app's own rules/ (as the detector resolves it)."""
+    raw = Path(os.environ.get("KQLWATCH_RULES_DIR") or "rules")
+    if raw.is_absolute() or raw.exists():
+        return raw
+    return Path(__file__).resolve().parents[1] / raw
+
+
+def find_rule(spec: str) -> Rule:
+    """A rule file path, or a rule's id, name or file name (without .yaml) in the rules folder."""
+    from shared.rules import load_rule, load_rules
+
+    path = Path(spec)
+    if path.is_file():
+        return load_rule(path)
+    directory = rules_dir()
+    loaded = load_rules(directory)
+    wanted = spec.strip().casefold()
+    matches = [
+        r for r in loaded.rules
+        if wanted in (r.id.casefold(), r.name.casefold(), Path(r.path).stem.casefold(), Path(r.path).name.casefold())
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UsageError(f"{spec!r} matches several rules: " + ", ".join(r.path for r in matches))
+    raise UsageError(f"no rule file, id or name {spec!r} (looked in {directory})")
+
+
+def parse_params(items: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not _PARAM_NAME.match(name):
+            raise UsageError(f"--param {item!r}: expected NAME=VALUE (NAME: letters, digits, _)")
+        params[name] = value
+    return params
+
+
+def final_query(rule: Rule, params: Mapping[str, str]) -> PreparedRule:
+    """The query the detector would send for this rule with these parameters: through `prepare_rules`."""
+    from shared.detector import prepare_rules
+    from shared.errors import ConfigError, RuleError
+    from shared.kql import KqlLexError
+    from shared.params import bindings
+    from shared.settings import PARAM_PREFIX
+
+    try:
+        names = bindings(rule.query)
+    except KqlLexError:
+        names = None  # prepare_rules reports it
+    if names is not None:
+        unknown = [n for n in params if n not in names]
+        if unknown:
+            known = ", ".join(names) or "none"
+            raise UsageError(
+                f"--param {unknown[0]}: rule {rule.name!r} has no top-level `let {unknown[0]} = ...;` "
+                f"(its parameters: {known})"
+            )
+    try:
+        prepared, errors = prepare_rules([rule], dict(params))
+    except ConfigError as exc:
+        name = exc.setting.removeprefix(PARAM_PREFIX)
+        reason = str(exc)[len(exc.setting) :].strip()
+        raise UsageError(f"--param {name}: {reason}") from None
+    if errors or not prepared:
+        raise errors[0] if errors else RuleError(rule.path, "the rule could not be prepared")
+    return prepared[0]
+
+
+def parse_now(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--now {text!r} is not an ISO date/time (like 2026-11-20T12:00:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# --- running ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    result: EngineResult
+    rows_in: dict[str, int]
+    load_seconds: float
+    query_seconds: float
+    notes: list[str]
+
+
+def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None) -> Run:
+    """Load the data files into a fresh engine and run the final query over them."""
+    from shared.datafiles import DataError, load_files, parse_data_arg
+    from shared.engine import Engine
+
+    with Engine() as engine:
+        started = time.perf_counter()
+        try:
+            loaded = load_files(engine, [parse_data_arg(item) for item in data], prepared.query)
+        except DataError as exc:  # the arguments, not the data in the files
+            raise UsageError(str(exc)) from None
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        result = engine.query(prepared.query, now=now)
+        query_seconds = time.perf_counter() - started
+    notes = [note for item in loaded for note in item.notes]
+    return Run(result, {item.spec.table: item.table.rows for item in loaded}, load_seconds, query_seconds, notes)
+
+
+def _hunt(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
+    from shared.rules import trigger_met
+
+    started = time.perf_counter()
+    outcome = run(prepared, args.data, now)
+    result = outcome.result
+    columns = select_columns(result.columns, args.columns)
+    for note in outcome.notes:
+        print(f"note: {terminal_safe(note)}", file=sys.stderr)
+    out = sys.stdout
+    if args.format == "jsonl":
+        write_jsonl(result, columns, out)
+    elif args.format == "csv":
+        write_csv(result, columns, out, terminal=out.isatty())
+    else:
+        for line in format_table(result, columns, max(args.width, 5)):
+            out.write(line + "\n")
+    out.flush()
+    rule = prepared.rule
+    count = len(result.rows)
+    met = "met" if trigger_met(rule, count) else "not met"
+    loaded = ", ".join(f"{table} {rows:,}" for table, rows in outcome.rows_in.items())
+    print(
+        f"{count:,} row{'s' if count != 1 else ''} (trigger {rule.trigger_operator} {rule.trigger_threshold}: {met})"
+        f" · load {outcome.load_seconds:.2f} s ({loaded} rows) · query {outcome.query_seconds:.2f} s"
+        f" · total {time.perf_counter() - started:.2f} s",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
+    from shared.card import CardContext, build_posts
+    from shared.preview import card_content, card_text, render_cards
+
+    outcome = run(prepared, args.data, now)
+    for note in outcome.notes:
+        print(f"note: {terminal_safe(note)}", file=sys.stderr)
+    rule = prepared.rule
+    hits, summary = detector_hits(rule, outcome.result)
+    posts = build_posts(CardContext(rule, total=len(hits)), hits) if hits else []
+    payloads = [post.payload for post in posts]
+    rendered = render_cards([card_content(p) for p in payloads], f"kqlwatch preview: {rule.name}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(rendered.page, encoding="utf-8")  # as shared.preview.write_preview, keeping the verdicts
+    for index, (payload, verdict) in enumerate(zip(payloads, rendered.results, strict=True), start=1):
+        print(f"── card {index} of {len(payloads)} " + "─" * 40)
+        print(card_text(payload))
+        for error in verdict.errors:
+            print(f"   INVALID: {terminal_safe(error)}")
+        for warning in verdict.warnings:
+            print(f"   warning: {terminal_safe(warning)}")
+    print(f"{terminal_safe(summary)} -> {len(payloads)} card(s); nothing was sent. Preview: {args.out}")
+    invalid = [i for i, verdict in enumerate(rendered.results, start=1) if not verdict.ok]
+    if invalid:
+        print(f"kqlwatch preview: the renderer reports card(s) {', '.join(map(str, invalid))} invalid for Teams",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def detector_hits(rule: Rule, result: EngineResult) -> tuple[list[dict[str, Any]], str]:
+    """The hits the detector makes of these rows on a first run: trigger threshold, then one hit per identity
+    (the latest row wins, in first-seen order) - the rows its cards show."""
+    from shared.dedupe import identity, identity_columns
+    from shared.errors import RuleError
+    from shared.rules import trigger_met
+
+    rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+    count = f"{len(rows):,} row{'s' if len(rows) != 1 else ''}"
+    if not rows:
+        return [], count
+    if not trigger_met(rule, len(rows)):
+        return [], f"{count}: trigger ({rule.trigger_operator} {rule.trigger_threshold}) not met, no alert"
+    times = [c for c, t in zip(result.columns, result.types, strict=True) if t == "datetime"]
+    key = identity_columns(result.columns, times, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns)
+    missing = [c for c in key if c not in result.columns]
+    if missing:
+        raise RuleError(rule.path, f"kqlwatch.dedupeKey names column(s) the query does not return: {missing}")
+    by_key: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_key[identity(row, key)] = row
+    hits = list(by_key.values())
+    return hits, f"{count} -> {len(hits):,} hit{'s' if len(hits) != 1 else ''} (one per {', '.join(key)})"
+
+
+# --- output -----------------------------------------------------------------------------------------------
+
+
+def select_columns(columns: Sequence[str], wanted: str | None) -> list[int]:
+    if not wanted:
+        return list(range(len(columns)))
+    names = [c.strip() for c in wanted.split(",") if c.strip()]
+    unknown = [n for n in names if n not in columns]
+    if unknown:
+        raise UsageError(f"--columns: no column {unknown[0]!r} in the result (columns: {', '.join(columns)})")
+    return [columns.index(n) for n in names]
+
+
+def as_text(value: Any, kind: str) -> str:
+    """A result value as Kusto would print it (datetimes ISO-8601 UTC, booleans true/false, null empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return _timespan(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def as_json(value: Any, kind: str) -> Any:
+    if kind == "dynamic" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, (datetime, timedelta)):
+        return as_text(value, kind)
+    return value
+
+
+def write_jsonl(result: EngineResult, columns: Sequence[int], out: TextIO) -> None:
+    """One JSON object per row; ASCII only, so no control or bidi character reaches the terminal raw."""
+    for row in result.rows:
+        record = {result.columns[i]: as_json(row[i], result.types[i]) for i in columns}
+        out.write(json.dumps(record, ensure_ascii=True, default=str) + "\n")
+
+
+def write_csv(result: EngineResult, columns: Sequence[int], out: TextIO, *, terminal: bool = False) -> None:
+    """CSV with a header, readable by `--data` again. Control characters other than tab and line breaks are
+    replaced by U+FFFD always (they carry no meaning in mail data and drive terminals); on a terminal, line
+    breaks and bidi controls are shown as escapes too."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([_csv_safe(result.columns[i], terminal) for i in columns])
+    for row in result.rows:
+        writer.writerow([_csv_safe(as_text(row[i], result.types[i]), terminal) for i in columns])
+        if buffer.tell() > 1 << 16:
+            out.write(buffer.getvalue())
+            buffer.seek(0)
+            buffer.truncate()
+    out.write(buffer.getvalue())
+
+
+def format_table(result: EngineResult, columns: Sequence[int], width: int = DEFAULT_WIDTH) -> list[str]:
+    """Aligned columns; long values cut at `width` characters; everything made inert for a terminal."""
+    from shared.sanitize import clean
+
+    header = [clean(result.columns[i], width, defang_text=False) for i in columns]
+    cells = [[clean(as_text(row[i], result.types[i]), width, defang_text=False) for i in columns]
+             for row in result.rows]
+    widths = [display_width(h) for h in header]
+    for line in cells:
+        widths = [max(w, display_width(c)) for w, c in zip(widths, line, strict=True)]
+    right = [result.types[i] in _NUMERIC for i in columns]
+    lines = [_join(header, widths, [False] * len(header)), "  ".join("-" * w for w in widths)]
+    lines.extend(_join(line, widths, right) for line in cells)
+    return lines
+
+
+def _join(cells: Sequence[str], widths: Sequence[int], right: Sequence[bool]) -> str:
+    parts = []
+    for cell, width, align_right in zip(cells, widths, right, strict=True):
+        pad = " " * (width - display_width(cell))
+        parts.append(pad + cell if align_right else cell + pad)
+    return "  ".join(parts).rstrip()
+
+
+def display_width(text: str) -> int:
+    """Terminal columns: wide East Asian characters take two, combining marks and zero-width characters none."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or ch in "\u200b\u200c\u200d\u2060\ufe0e\ufe0f":
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def terminal_safe(text: str) -> str:
+    """Multi-line text (a query, a message) fit for a terminal: line breaks and tabs kept, other control
+    characters replaced, bidi controls shown as [U+XXXX] (so nothing reorders or hides what is shown)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+    return _CONTROL.sub("\ufffd", text)
+
+
+def _csv_safe(text: str, terminal: bool) -> str:
+    if terminal:
+        text = _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return _CSV_CONTROL.sub("\ufffd", text)
+
+
+def _timespan(value: timedelta) -> str:
+    """Kusto's timespan text: [-][d.]hh:mm:ss[.fffffff]."""
+    sign = "-" if value < timedelta(0) else ""
+    value = abs(value)
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    days = f"{value.days}." if value.days else ""
+    fraction = f".{value.microseconds:06d}0" if value.microseconds else ""
+    return f"{sign}{days}{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}"
