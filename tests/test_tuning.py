@@ -6,6 +6,7 @@ import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from shared.detector import prepare_rules
 from shared.exclusions import parse_exclusions
@@ -30,7 +31,7 @@ exclusions:
 """
 
 
-def _scheduler(clock: Clock, **fields: str) -> dict[str, object]:
+def _scheduler(clock: Clock, **fields: str) -> dict[str, Any]:
     job = {"SenderFromAddress": "noreply-scheduler@contoso.com", "SenderMailFromAddress": "noreply-scheduler@contoso.com",
            "SenderIPv4": "10.20.30.40", "Connectors": "Contoso-OnPrem-Relay"}
     return email(clock, **{**job, **fields})
