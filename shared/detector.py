@@ -35,7 +35,7 @@ from shared.window import Window, is_due, next_window
 log = logging.getLogger("kqlwatch")
 
 LEASE = timedelta(minutes=10)  # how long a run owns the hits it is delivering
-LEASE_MARGIN = timedelta(minutes=1)  # stop posting when less than this is left on the lease
+LEASE_MARGIN = timedelta(minutes=3)  # stop posting when less than this is left: a post with its retries fits in it
 MAX_SPLITS = 4  # a truncated (partial) result is re-queried as up to 2**4 smaller windows
 MIN_SPLIT = timedelta(minutes=1)
 NOTICE_INTERVAL = timedelta(hours=1)  # at most one "rule failing" card per rule per hour
@@ -219,18 +219,21 @@ class Detector:
         self._report_expired_exclusions(prepared, now, outcome)
 
         created: list[Hit] = []
-        query_ok = False
+        result: QueryResult | None = None
         try:
             result = self._query(prepared.query, window.start, window.end)
-            query_ok = result.partial_error is None
-            if result.partial_error:
-                outcome.warnings.append(f"partial result used ({len(result.rows)} rows): {result.partial_error}")
-            outcome.rows = len(result.rows)
-            created, suppressed = self._record_new_hits(rule, state, result, window, now, lease_until)
-            outcome.new_hits, outcome.suppressed = len(created), suppressed
         except KqlwatchError as exc:
             outcome.ok = False
             outcome.errors.append(f"query failed: {exc}")
+        query_ok = result is not None and result.partial_error is None
+        if result is not None:
+            if result.partial_error:
+                outcome.warnings.append(f"partial result used ({len(result.rows)} rows): {result.partial_error}")
+            outcome.rows = len(result.rows)
+            # A Table Storage failure here fails the rule without saving the run: the next run's window
+            # reaches back over this one, and hits already created are pending, so none is lost.
+            created, outcome.suppressed = self._record_new_hits(rule, state, result, window, now, lease_until)
+            outcome.new_hits = len(created)
 
         # Hits earlier runs could not deliver: drop the ones too old, claim the rest (unless another run holds them).
         created_keys = {h.key for h in created}

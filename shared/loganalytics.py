@@ -90,7 +90,12 @@ class LogsClient:
         self._client.close()
 
     def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
         from azure.monitor.query import LogsQueryStatus
 
         try:
@@ -98,6 +103,8 @@ class LogsClient:
                 workspace_id, query, timespan=(start, end), server_timeout=SERVER_TIMEOUT_SECONDS
             )
         except ClientAuthenticationError as exc:
+            if getattr(exc, "response", None) is not None:  # the service's own 401, not a token failure
+                raise QueryError(_http_error(exc, workspace_id)) from None
             raise QueryError(
                 f"could not get a token for {identity_name()} to query workspace {workspace_id}: "
                 f"{_first_line(exc.message)}"
@@ -106,6 +113,9 @@ class LogsClient:
             raise QueryError(_http_error(exc, workspace_id)) from None
         except ServiceRequestError as exc:
             raise QueryError(f"cannot reach {self._endpoint}: {_first_line(str(exc))}") from None
+        except ServiceResponseError as exc:
+            # A read timeout on a POST is not retried by the SDK (not idempotent); the next run covers the window.
+            raise QueryError(f"no answer from {self._endpoint}: {_first_line(str(exc))}") from None
         if response.status == LogsQueryStatus.PARTIAL:
             tables = response.partial_data
             return _result(tables, partial_error=_describe_partial(response.partial_error))
@@ -133,10 +143,10 @@ def _describe_partial(error: Any) -> str:
 
 
 def _http_error(exc: Any, workspace_id: str) -> str:
-    status = exc.status_code
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", "?")
     model = getattr(exc, "model", None)
-    message = getattr(model, "message", None) or exc.message or ""
-    code = getattr(model, "code", None) or exc.error_code or ""
+    message = getattr(model, "message", None) or getattr(exc, "message", None) or ""
+    code = getattr(model, "code", None) or getattr(exc, "error_code", None) or ""
     if status in (401, 403):
         return (
             f"HTTP {status} {code}: {identity_name()} may not query workspace {workspace_id} "

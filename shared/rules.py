@@ -75,7 +75,7 @@ def load_rules(directory: Path) -> LoadResult:
 
 
 def rule_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
 
 
 def is_exclusions_file(path: Path) -> bool:

@@ -47,6 +47,7 @@ class Hit:
     lease_owner: str = ""
     lease_until: datetime | None = None
     truncated: bool = False
+    status: str = "pending"
 
 
 @dataclass
@@ -422,6 +423,7 @@ def _hit_from(entity: Mapping[str, Any]) -> Hit:
         lease_owner=entity.get("LeaseOwner") or "",
         lease_until=lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None,
         truncated=bool(entity.get("Truncated")),
+        status=entity.get("Status") or PENDING,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from shared.card import encode
@@ -119,7 +119,8 @@ class TeamsClient:
 
 def _describe(exc: requests.RequestException) -> str:
     # requests' messages embed the full URL (with its signature): name only the kind of failure.
-    if isinstance(exc, requests.Timeout):
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # requests wraps urllib3's MaxRetryError
+    if isinstance(exc, requests.Timeout) or isinstance(reason, TimeoutError | ReadTimeoutError):
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS error"

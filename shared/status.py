@@ -1,0 +1,104 @@
+"""`kqlwatch status`: each rule's heartbeat from the state table, so an operator sees at a glance what runs.
+
+    kqlwatch status                       one line per rule: last run, last success, failures, hits, pending
+    kqlwatch status --rule ID             that rule's recent runs
+    kqlwatch status --rule ID --dropped   its hits that could not be delivered
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from shared.sanitize import clean
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--rule", help="a rule id: show its recent runs")
+    parser.add_argument("--dropped", action="store_true", help="with --rule: list hits that were dropped")
+    parser.add_argument("--runs", type=int, default=10, help="with --rule: how many runs (default 10)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from shared.rules import load_rules
+    from shared.settings import load_settings
+    from shared.state import DROPPED, StateStore, connect
+
+    settings = load_settings()
+    store = StateStore(connect(settings.state_connection, settings.state_table))
+    try:
+        names = {r.id: r.name for r in load_rules(settings.rules_dir).rules}
+        if args.rule:
+            rule_id = args.rule.lower()
+            if args.dropped:
+                rows = [[h.first_seen, h.key[:12], h.attempts, _summary(h.row)]
+                        for h in store.hits(rule_id) if h.status == DROPPED]
+                print_table(["first seen", "hit", "attempts", "row"], rows)
+            else:
+                runs = [[r.get("Started"), r.get("Rows"), r.get("NewHits"), r.get("Delivered"), r.get("Deferred"),
+                         r.get("Dropped"), r.get("DurationMs"), "; ".join(json.loads(r.get("Errors") or "[]"))]
+                        for r in store.runs(rule_id, limit=args.runs)]
+                print(f"{names.get(rule_id, rule_id)} ({rule_id})")
+                print_table(["started", "rows", "new", "delivered", "deferred", "dropped", "ms", "errors"], runs)
+            return 0
+        states = store.rule_states()
+        now = datetime.now(timezone.utc)
+        rows = []
+        for rule_id in sorted(set(names) | set(states), key=lambda i: names.get(i, i)):
+            state = states.get(rule_id)
+            if state is None:
+                rows.append([names.get(rule_id, "?"), rule_id, "never", "-", "-", 0, 0, "not run yet"])
+                continue
+            health = "FAILING" if state.consecutive_failures else "ok"
+            rows.append([
+                names.get(rule_id, "(no rule file)"), rule_id, _ago(state.last_run, now), _ago(state.last_success, now),
+                f"{health} ({state.consecutive_failures})" if state.consecutive_failures else health,
+                state.hits_total, state.delivered_total, state.last_error or "",
+            ])
+        print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "last error"], rows)
+        return 1 if any(s.consecutive_failures for s in states.values()) else 0
+    finally:
+        store.close()
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO | None = None,
+                width: int = 48) -> None:
+    """Aligned columns; every value cleaned (no control characters from data reach the terminal)."""
+    out = stream or sys.stdout
+    cells = [[clean(_text(v), width, defang_text=False) for v in row] for row in rows]
+    sizes = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(sizes[i]) for i, h in enumerate(headers)).rstrip(), file=out)
+    print("  ".join("-" * s for s in sizes), file=out)
+    for row in cells:
+        print("  ".join(v.ljust(sizes[i]) for i, v in enumerate(row)).rstrip(), file=out)
+    if not rows:
+        print("(none)", file=out)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(value)
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    if seconds < 172800:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _summary(row: dict[str, Any]) -> str:
+    keys = ("NetworkMessageId", "RecipientEmailAddress", "Subject")
+    shown = {k: row[k] for k in keys if k in row} or dict(list(row.items())[:3])
+    return json.dumps(shown, ensure_ascii=False, default=str)
