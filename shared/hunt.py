@@ -1,7 +1,8 @@
 """`kqlwatch hunt` and `kqlwatch preview`: a rule's final query over local data files, offline.
 
 `hunt` prints the result rows (an aligned table, JSON lines or CSV); `--explain` prints the final query - the
-rule's KQL with parameters (and exclusions) applied by `prepare_rules`, exactly what the detector sends.
+rule's KQL with parameters and exclusions (its own and the exclusion files beside it) applied by `prepare_rules`,
+exactly what the detector sends.
 `preview` turns the rows into the cards the detector would post (same dedupe, same card builder), writes them as
 an HTML page rendered by Microsoft's `adaptivecards` renderer and prints them as text. Nothing is sent anywhere.
 
@@ -21,14 +22,15 @@ import sys
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from shared.detector import PreparedRule
     from shared.engine import EngineResult
+    from shared.exclusions import Exclusion
     from shared.rules import Rule
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -56,7 +58,10 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="set a rule parameter as KQLWATCH_PARAM_NAME=VALUE would (environment parameters are not read)",
     )
-    parser.add_argument("--now", metavar="DATETIME", help="evaluate now() and ago() at this UTC time (default: now)")
+    parser.add_argument("--now", metavar="DATETIME",
+                        help="evaluate now() and ago(), and exclusion expiry, at this UTC time (default: now)")
+    parser.add_argument("--no-exclusions", action="store_true",
+                        help="leave out the rule's exclusions (kqlwatch.exclusions and exclusions.yaml files)")
     if name == "preview":
         parser.add_argument("--out", type=Path, default=Path("cards.html"), help="the HTML page to write")
         return
@@ -68,26 +73,29 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shared.engine import EngineError
-    from shared.errors import KqlwatchError, RuleError
+    from shared.errors import KqlwatchError
 
     command = f"kqlwatch {args.hunt_mode}"
     try:
         rule = find_rule(args.rule)
-        prepared = final_query(rule, parse_params(args.param))
+        now = parse_now(args.now)
+        prepared = final_query(rule, parse_params(args.param), exclusions=not args.no_exclusions,
+                               today=now.date() if now else None)
+        for stale in prepared.expired:
+            print(f"note: exclusion {terminal_safe(stale.name)!r} expired on {stale.expires}: no longer applied",
+                  file=sys.stderr)
         if getattr(args, "explain", False):
             sys.stdout.write(terminal_safe(prepared.query).rstrip("\n") + "\n")
             return EXIT_OK
         if not args.data:
             raise UsageError("give the data to run over: --data TABLE=FILE (or --explain to see the query)")
-        now = parse_now(args.now)
         if args.hunt_mode == "preview":
             return _preview(prepared, args, now)
         return _hunt(prepared, args, now)
     except UsageError as exc:
         print(f"{command}: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (EngineError, RuleError, KqlwatchError) as exc:
+    except KqlwatchError as exc:  # the rule, the data or the query: EngineError names what the engine refused
         print(f"{command}: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -135,12 +143,17 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
     return params
 
 
-def final_query(rule: Rule, params: Mapping[str, str]) -> PreparedRule:
-    """The query the detector would send for this rule with these parameters: through `prepare_rules`."""
+def final_query(
+    rule: Rule, params: Mapping[str, str], *, exclusions: bool = True, today: date | None = None,
+    extra_exclusions: Sequence[Exclusion] = (),
+) -> PreparedRule:
+    """The query the detector would send for this rule with these parameters: through `prepare_rules`, with the
+    rule's own exclusions and those in the exclusion files beside it (`exclusion_dir`), active on `today`."""
     from shared.detector import prepare_rules
     from shared.errors import ConfigError, RuleError
     from shared.kql import KqlLexError
     from shared.params import bindings
+    from shared.rules import load_exclusion_files
     from shared.settings import PARAM_PREFIX
 
     try:
@@ -155,8 +168,16 @@ def final_query(rule: Rule, params: Mapping[str, str]) -> PreparedRule:
                 f"--param {unknown[0]}: rule {rule.name!r} has no top-level `let {unknown[0]} = ...;` "
                 f"(its parameters: {known})"
             )
+    if exclusions:
+        found, problems = load_exclusion_files(exclusion_dir(Path(rule.path)))
+        if problems:
+            raise problems[0]
+        mine = [e for e in [*found, *extra_exclusions] if e.rule_id == rule.id]
+    else:
+        rule = replace(rule, exclusions=())
+        mine = []
     try:
-        prepared, errors = prepare_rules([rule], dict(params))
+        prepared, errors = prepare_rules([rule], dict(params), mine, today)
     except ConfigError as exc:
         name = exc.setting.removeprefix(PARAM_PREFIX)
         reason = str(exc)[len(exc.setting) :].strip()
@@ -164,6 +185,14 @@ def final_query(rule: Rule, params: Mapping[str, str]) -> PreparedRule:
     if errors or not prepared:
         raise errors[0] if errors else RuleError(rule.path, "the rule could not be prepared")
     return prepared[0]
+
+
+def exclusion_dir(rule_path: Path) -> Path:
+    """Where the detector would look for this rule's exclusion files: the rules folder when the rule is in it,
+    else the rule file's own folder."""
+    folder = rules_dir().resolve()
+    path = rule_path.resolve()
+    return folder if path.is_relative_to(folder) else path.parent
 
 
 def parse_now(text: str | None) -> datetime | None:

@@ -88,19 +88,25 @@ def load_exclusion_files(directory: Path) -> tuple[list[Exclusion], list[RuleErr
     """Tuning kept beside the rules: `exclusions.yaml` / `*.exclusions.yaml`, each `exclusions: [...]`."""
     found: list[Exclusion] = []
     errors: list[RuleError] = []
-    if not directory.is_dir():
-        return found, errors
-    for path in (p for p in rule_files(directory) if is_exclusions_file(p)):
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(doc, dict):
-                raise ExclusionError(f"{path}: must be a mapping with an 'exclusions' list")
-            found.extend(parse_exclusions(doc.get("exclusions"), source=str(path)))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            errors.append(RuleError(str(path), f"cannot read exclusions: {str(exc).splitlines()[0]}"))
-        except ExclusionError as exc:
-            errors.append(RuleError(str(path), str(exc).removeprefix(f"{path}: ")))
+    if directory.is_dir():
+        for path in (p for p in rule_files(directory) if is_exclusions_file(p)):
+            try:
+                found.extend(load_exclusion_file(path))
+            except RuleError as exc:
+                errors.append(exc)
     return found, errors
+
+
+def load_exclusion_file(path: Path) -> list[Exclusion]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(doc, dict):
+            raise ExclusionError(f"{path}: must be a mapping with an 'exclusions' list")
+        return parse_exclusions(doc.get("exclusions"), source=str(path))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RuleError(str(path), f"cannot read exclusions: {str(exc).splitlines()[0]}") from None
+    except ExclusionError as exc:
+        raise RuleError(str(path), str(exc).removeprefix(f"{path}: ")) from None
 
 
 def load_files(paths: Iterable[Path]) -> LoadResult:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from shared.rules import Rule
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CASE_KEYS = ("name", "description", "data", "dataFile", "table", "params", "now", "expect")
+CASE_KEYS = ("name", "description", "data", "dataFile", "table", "params", "now", "exclusions", "expect")
 EXPECT_KEYS = ("count", "rows", "partial")
 _SHOWN_ROWS = 10  # result rows listed under a failure
 _SHOWN_COLUMNS = 6
@@ -43,6 +43,7 @@ class Case:
     data_table: str = ""
     params: dict[str, str] = field(default_factory=dict)
     now: datetime | None = None
+    exclusions: Path | None = None  # an exclusions file applied for this case (relative to the rule file)
     count: int | None = None
     rows: list[Mapping[str, Any]] | None = None
     partial: bool = False
@@ -215,6 +216,11 @@ def parse_case(raw: Any, index: int, rule_path: Path) -> Case:
         raise CaseError("give 'data' (inline rows per table) or 'dataFile' with 'table'")
     case.params = _params(raw.get("params"))
     case.now = _now(raw.get("now"))
+    exclusions = raw.get("exclusions")
+    if exclusions is not None:
+        if not isinstance(exclusions, str) or not (rule_path.parent / exclusions).is_file():
+            raise CaseError(f"exclusions {exclusions!r}: no such exclusions file (a path relative to the rule file)")
+        case.exclusions = (rule_path.parent / exclusions).resolve()
     _expectation(raw.get("expect"), case)
     return case
 
@@ -292,12 +298,17 @@ def run_case(rule: Rule, case: Case) -> Outcome:
     from shared.engine import Engine, EngineError
     from shared.errors import KqlwatchError
     from shared.hunt import UsageError, final_query
+    from shared.rules import load_exclusion_file
     from shared.schemas import table_schema
 
     try:
-        prepared = final_query(rule, case.params)
-    except (UsageError, KqlwatchError) as exc:
+        extra = load_exclusion_file(case.exclusions) if case.exclusions else []
+        prepared = final_query(rule, case.params, today=case.now.date() if case.now else None,
+                               extra_exclusions=extra)
+    except UsageError as exc:
         raise CaseError(str(exc).replace("--param ", "params.")) from None
+    except KqlwatchError as exc:  # the rule's query or its exclusion files
+        return Outcome(False, [f"the final query cannot be built: {exc}"])
     with Engine() as engine, tempfile.TemporaryDirectory(prefix="kqlwatch-test-") as tmp:
         try:
             for table, rows in case.tables.items():
@@ -423,7 +434,7 @@ def values_equal(expected: Any, actual: Any, kind: str) -> bool:
             try:
                 return bool(json.loads(expected) == got)
             except ValueError:
-                return expected == got
+                return bool(expected == got)
         return bool(expected == got)
     if kind == "bool":
         if isinstance(expected, str):
@@ -445,7 +456,7 @@ def values_equal(expected: Any, actual: Any, kind: str) -> bool:
             return isinstance(expected, str) and parse_duration(expected) == actual
         except ValueError:
             return False
-    return isinstance(expected, str) and expected == actual
+    return isinstance(expected, str) and bool(expected == actual)
 
 
 def _as_time(value: Any) -> datetime | None:
@@ -499,9 +510,3 @@ def _show(result: EngineResult, row: tuple[Any, ...], columns: Sequence[str]) ->
 def _show_expected(want: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{c}: {_value(v)}" for c, v in want.items()) + "}"
 
-
-def iter_cases(rule: Rule) -> Iterator[Any]:
-    """The raw test cases of a rule (for tools)."""
-    tests = rule.extension.get("tests")
-    if isinstance(tests, list):
-        yield from tests

@@ -1,0 +1,182 @@
+"""Benchmark `kqlwatch hunt` of the seed rule over a large EmailEvents export (default 1,000,000 rows).
+
+Generates the rows inside DuckDB (seconds, not minutes) as JSON lines and as a CSV export (the Logs blade's
+shape: ` [UTC]` headers, US-style times), then runs the real command, `.venv/bin/kqlwatch hunt`, once per file in
+a child process and reports its load and query times (from hunt's footer), wall time and peak memory (the child's
+ru_maxrss). Run from the repository root:
+
+    .venv/bin/python bench/hunt_1m.py               # 1,000,000 rows
+    .venv/bin/python bench/hunt_1m.py --rows 10000  # smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
+KQLWATCH = ROOT / ".venv" / "bin" / "kqlwatch"
+FOOTER = re.compile(r"([\d,]+) rows? .*· load ([\d.]+) s .*· query ([\d.]+) s · total ([\d.]+) s")
+
+# One day of mail, two rows (recipients) per message. Every 100th message is from an accepted domain (some upper-case, some look-alikes)
+# with a temperror somewhere, so the rule returns a few thousand rows per million, as a busy tenant would see.
+_ROWS_SQL = """
+WITH base AS (
+  SELECT i,
+         TIMESTAMPTZ '2026-11-20 00:00:00+00' + to_microseconds(CAST(i * (86400000000 // {rows}) AS BIGINT)) AS t,
+         hash(i // 2) AS h  -- two recipients per message: message-level values hash the message number
+  FROM range({rows}) r(i)
+), shaped AS (
+  SELECT *,
+    ['contoso.com', 'fabrikam.fr', 'Contoso.com', 'c0ntoso.com', 'mail.contoso.com', 'contoso.com.evil.io',
+     'tailspintoys.com', 'northwindtraders.com', 'adatum.com', 'wingtiptoys.com', 'mailchimp-bounce.example',
+     'github.com', 'docusign.net', 'outlook.com', 'gmail.com', 'spam-{{n}}.top'][1 + (h % 16)::INTEGER] AS domain,
+    CASE WHEN h % 10 < 7 THEN 'Inbound' WHEN h % 10 < 9 THEN 'Intra-org' ELSE 'Outbound' END AS direction,
+    ['pass', 'pass', 'pass', 'pass', 'pass', 'pass', 'fail', 'softfail', 'neutral', 'none', 'permerror',
+     'temperror'][1 + ((h // 16) % 12)::INTEGER] AS spf,
+    CASE WHEN (i // 2) % 100 = 0 THEN 'temperror'
+         ELSE ['pass', 'pass', 'pass', 'pass', 'bestguesspass', 'fail', 'none', 'permerror'][1 + ((h // 256) % 8)::INTEGER]
+    END AS dmarc
+  FROM base
+)
+SELECT
+  strftime(t, '%Y-%m-%dT%H:%M:%S.%fZ') AS TimeGenerated,
+  strftime(t, '%Y-%m-%dT%H:%M:%S.%fZ') AS Timestamp,
+  '4a1c2b3d-0000-4000-8000-00000000c0de' AS TenantId,
+  md5(CAST(i // 2 AS VARCHAR))[1:8] || '-' || md5(CAST(i // 2 AS VARCHAR))[9:12] || '-4' ||
+    md5(CAST(i // 2 AS VARCHAR))[14:16] || '-8' || md5(CAST(i // 2 AS VARCHAR))[18:20] || '-' ||
+    md5(CAST(i // 2 AS VARCHAR))[21:32] AS NetworkMessageId,
+  '<' || md5(CAST(i // 2 AS VARCHAR)) || '@' || replace(domain, '{{n}}', CAST(h % 97 AS VARCHAR)) || '>'
+    AS InternetMessageId,
+  md5(CAST(i // 2 AS VARCHAR)) || '-' || CAST(i % 2 AS VARCHAR) AS ReportId,
+  'user' || CAST(h % 500 AS VARCHAR) || '@' || replace(domain, '{{n}}', CAST(h % 97 AS VARCHAR))
+    AS SenderMailFromAddress,
+  replace(domain, '{{n}}', CAST(h % 97 AS VARCHAR)) AS SenderMailFromDomain,
+  'user' || CAST(h % 500 AS VARCHAR) || '@' || replace(domain, '{{n}}', CAST(h % 97 AS VARCHAR)) AS SenderFromAddress,
+  replace(domain, '{{n}}', CAST(h % 97 AS VARCHAR)) AS SenderFromDomain,
+  'Sender ' || CAST(h % 500 AS VARCHAR) AS SenderDisplayName,
+  CAST(1 + h % 223 AS VARCHAR) || '.' || CAST((h // 7) % 256 AS VARCHAR) || '.' || CAST((h // 11) % 256 AS VARCHAR)
+    || '.' || CAST((h // 13) % 256 AS VARCHAR) AS SenderIPv4,
+  'person' || CAST(i % 3000 AS VARCHAR) || '@contoso.com' AS RecipientEmailAddress,
+  'Message ' || CAST(i // 2 AS VARCHAR) || ' about ' || ['invoices', 'the budget', 'lunch', 'your account', 'a delivery']
+    [1 + (h % 5)::INTEGER] AS Subject,
+  CAST(h % 100000 AS BIGINT) AS EmailClusterId,
+  direction AS EmailDirection,
+  CASE WHEN h % 50 = 0 THEN 'Junked' ELSE 'Delivered' END AS DeliveryAction,
+  CASE WHEN h % 50 = 0 THEN 'Junk folder' ELSE 'Inbox/folder' END AS DeliveryLocation,
+  CAST(h % 10 AS INTEGER) AS BulkComplaintLevel,
+  '{{"SPF":"' || spf || '","DKIM":"pass","DMARC":"' || dmarc || '","CompAuth":"pass"}}' AS AuthenticationDetails,
+  CAST(h % 3 AS INTEGER) AS AttachmentCount,
+  CAST(h % 7 AS INTEGER) AS UrlCount,
+  'en' AS EmailLanguage,
+  CASE WHEN h % 40 = 0 THEN 'Contoso-OnPrem-Relay' ELSE '' END AS Connectors,
+  CAST('{{}}' AS JSON) AS AdditionalFields,
+  to_json(['person' || CAST(i % 3000 AS VARCHAR) || '@contoso.com']) AS "To",
+  CAST('[]' AS JSON) AS Cc,
+  h % 4 = 0 AS IsFirstContact,
+  'EmailEvents' AS "Type"
+FROM shaped
+"""
+
+# The Logs blade's CSV export: ` [UTC]` on datetime headers, US-style times with milliseconds, dynamic as JSON text.
+_CSV_SQL = """
+SELECT * EXCLUDE (TimeGenerated, Timestamp)
+         REPLACE (CAST("To" AS VARCHAR) AS "To", CAST(Cc AS VARCHAR) AS Cc,
+                  CAST(AdditionalFields AS VARCHAR) AS AdditionalFields),
+  strftime(CAST(TimeGenerated AS TIMESTAMPTZ), '%m/%d/%Y, %-I:%M:%S.%g %p') AS "TimeGenerated [UTC]",
+  strftime(CAST(Timestamp AS TIMESTAMPTZ), '%m/%d/%Y, %-I:%M:%S.%g %p') AS "Timestamp [UTC]"
+FROM ({rows_sql})
+"""
+
+
+def generate(rows: int, directory: Path, formats: list[str]) -> dict[str, Path]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    files: dict[str, Path] = {}
+    jsonl = directory / "EmailEvents.jsonl"
+    started = time.perf_counter()
+    con.execute(f"COPY ({_ROWS_SQL.format(rows=rows)}) TO '{jsonl}' (FORMAT JSON)")
+    print(f"generated {rows:,} rows as JSON lines in {time.perf_counter() - started:.1f} s: "
+          f"{jsonl.stat().st_size / 2**20:,.0f} MiB")
+    files["jsonl"] = jsonl
+    if "csv" in formats:
+        csv_path = directory / "EmailEvents.csv"
+        started = time.perf_counter()
+        sql = _CSV_SQL.format(rows_sql=_ROWS_SQL.format(rows=rows))
+        con.execute(f"COPY ({sql}) TO '{csv_path}' (FORMAT CSV, HEADER)")
+        print(f"generated the same rows as a Logs-blade CSV in {time.perf_counter() - started:.1f} s: "
+              f"{csv_path.stat().st_size / 2**20:,.0f} MiB")
+        files["csv"] = csv_path
+    con.close()
+    return files
+
+
+def hunt(path: Path, directory: Path) -> dict[str, float]:
+    """Run `kqlwatch hunt` in a child process: its figures from the footer, its own peak RSS from wait4."""
+    out_path, err_path = directory / "hunt.out", directory / "hunt.err"
+    started = time.perf_counter()
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [str(KQLWATCH), "hunt", str(RULE), "--data", f"EmailEvents={path}", "--format", "jsonl"],
+            stdout=out, stderr=err, cwd=ROOT,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    stderr = err_path.read_text(encoding="utf-8", errors="replace")
+    if proc.returncode != 0:
+        sys.exit(f"kqlwatch hunt failed ({proc.returncode}): {stderr.strip()[-2000:]}")
+    match = FOOTER.search(stderr)
+    if not match:
+        sys.exit(f"no footer in kqlwatch hunt's output: {stderr.strip()[-2000:]}")
+    with out_path.open("rb") as produced:
+        lines = sum(1 for _ in produced)
+    return {
+        "rows": float(match.group(1).replace(",", "")),
+        "load": float(match.group(2)),
+        "query": float(match.group(3)),
+        "total": float(match.group(4)),
+        "wall": wall,
+        "peak_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+        "output_lines": float(lines),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate (default 1,000,000)")
+    parser.add_argument("--formats", default="jsonl,csv", help="inputs to time: jsonl, csv or both (default)")
+    parser.add_argument("--keep", type=Path, help="write the files here and keep them (default: a temp folder)")
+    args = parser.parse_args()
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not KQLWATCH.exists():
+        sys.exit(f"{KQLWATCH} not found: run scripts/setup.sh first")
+    with tempfile.TemporaryDirectory(prefix="kqlwatch-bench-") as tmp:
+        directory = args.keep or Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = generate(args.rows, directory, formats)
+        results = {}
+        for fmt in formats:
+            figures = hunt(files[fmt], directory)
+            results[fmt] = figures
+            print(f"kqlwatch hunt ({fmt:5}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
+                  f"load {figures['load']:.2f} s, query {figures['query']:.2f} s, "
+                  f"command {figures['total']:.2f} s, wall (with start-up) {figures['wall']:.2f} s, "
+                  f"peak RSS {figures['peak_mib']:,.0f} MiB")
+        if len({r["rows"] for r in results.values()}) > 1:
+            print("MISMATCH: the inputs gave different row counts")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
