@@ -19,6 +19,7 @@ from shared.loganalytics import LogsClient, StaticTokenCredential
 from shared.settings import Settings, load_settings
 from shared.standins.azurite import Azurite
 from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
 from shared.state import StateStore, connect
 from shared.teams import TeamsClient
@@ -130,25 +131,8 @@ def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
 
 
 def email(clock: Clock, **fields: Any) -> dict[str, Any]:
-    """An EmailEvents row that the seed rule matches unless fields say otherwise."""
-    row: dict[str, Any] = {
-        "TimeGenerated": clock.now - timedelta(minutes=15),
-        "EmailDirection": "Inbound",
-        "SenderMailFromDomain": "contoso.com",
-        "SenderFromDomain": "contoso.com",
-        "SenderMailFromAddress": "ceo@contoso.com",
-        "SenderFromAddress": "ceo@contoso.com",
-        "SenderDisplayName": "The CEO",
-        "SenderIPv4": "203.0.113.7",
-        "RecipientEmailAddress": "alice@contoso.com",
-        "Subject": "Quarterly numbers",
-        "NetworkMessageId": str(uuid.uuid4()),
-        "AuthenticationDetails": '{"SPF":"pass","DKIM":"none","DMARC":"temperror","CompAuth":"fail"}',
-        "DeliveryAction": "Delivered",
-        "DeliveryLocation": "Inbox/folder",
-    }
-    row.update(fields)
-    return row
+    """An EmailEvents row from 15 minutes ago that the seed rule matches unless fields say otherwise."""
+    return email_row(clock.now - timedelta(minutes=15), **fields)
 
 
 def delivered_ids(hook: WebhookReceiver, name: str = "soc") -> list[str]:

@@ -21,6 +21,7 @@ from shared.card import CardContext, Post, build_posts, defender_link, operation
 from shared.errors import KqlwatchError
 from shared.preview import RenderResult, card_content, card_text, render_cards, write_preview
 from shared.rules import Rule, parse_rule
+from shared.standins.rows import email_row
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
@@ -40,21 +41,7 @@ def seed_rule() -> Rule:
 
 
 def email(**fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "TimeGenerated": WHEN,
-        "SenderMailFromAddress": "ceo@contoso.com",
-        "SenderFromAddress": "ceo@contoso.com",
-        "SenderDisplayName": "The CEO",
-        "SenderIPv4": "203.0.113.7",
-        "RecipientEmailAddress": "alice@contoso.com",
-        "Subject": "Quarterly numbers",
-        "NetworkMessageId": "6a3b1f5e-2c1d-4e6f-9a7b-0c8d9e1f2a3b",
-        "AuthenticationDetails": '{"SPF":"pass","DKIM":"none","DMARC":"temperror","CompAuth":"fail"}',
-        "DeliveryAction": "Delivered",
-        "DeliveryLocation": "Inbox/folder",
-    }
-    row.update(fields)
-    return row
+    return email_row(WHEN, **{"NetworkMessageId": "6a3b1f5e-2c1d-4e6f-9a7b-0c8d9e1f2a3b", **fields})
 
 
 HTML_SUBJECT = '<img src=x onerror=alert(1)><a href="https://evil.example/a">click</a><script>alert(2)</script>'
