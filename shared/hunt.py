@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_WIDTH = 60
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 _CSV_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # all but tab, LF, CR
 _NUMERIC = ("int", "long", "real", "double", "decimal")
 
@@ -422,14 +420,16 @@ def display_width(text: str) -> int:
 def terminal_safe(text: str) -> str:
     """Multi-line text (a query, a message) fit for a terminal: line breaks and tabs kept, other control
     characters replaced, bidi controls shown as [U+XXXX] (so nothing reorders or hides what is shown)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
-    return _CONTROL.sub("\ufffd", text)
+    from shared.sanitize import replace_controls, show_bidi
+
+    return replace_controls(show_bidi(text.replace("\r\n", "\n").replace("\r", "\n")))
 
 
 def _csv_safe(text: str, terminal: bool) -> str:
     if terminal:
-        text = _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+        from shared.sanitize import show_bidi
+
+        text = show_bidi(text)
         text = text.replace("\r", "\\r").replace("\n", "\\n")
     return _CSV_CONTROL.sub("\ufffd", text)
 

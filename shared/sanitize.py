@@ -43,13 +43,23 @@ def clean(value: Any, limit: int, *, defang_text: bool = True) -> str:
     text = as_text(value)
     # Truncate before the (expanding) rewrites so a 100 KB value costs nothing; then again after.
     text = text[: limit * 2]
-    text = _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+    text = show_bidi(text)
     text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
-    text = _CONTROL.sub("\ufffd", text)
+    text = replace_controls(text)
     text = text.replace("{{", "{\u200b{").replace("}}", "}\u200b}")
     if defang_text:
         text = defang(text)
     return truncate(text, limit)
+
+
+def show_bidi(text: str) -> str:
+    """Bidi controls (which can reorder or hide what is shown) as visible [U+XXXX]."""
+    return _BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+
+
+def replace_controls(text: str) -> str:
+    """Control characters other than tab and line feed as U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 def defang(text: str) -> str:
