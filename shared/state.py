@@ -110,6 +110,7 @@ def connect(connection: str, table_name: str, *, retry_total: int = 3, credentia
 class StateStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
+        self._table_ready = False  # created (or found) once per process, not once per run
 
     def close(self) -> None:
         self._table.close()
