@@ -37,12 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a command not built yet
+        module = importlib.import_module(module_name)
         sub = commands.add_parser(name, help=help_text, description=help_text)
         module.configure(sub, name)
         modules[name] = module
