@@ -331,6 +331,17 @@ class _Checked:
         pair = self.nodes.get(key)
         return pair[1] if pair else None
 
+    def shaped(self, key: str, kind: type[yaml.Node], message: str, code: str) -> Any:
+        """The field's node when it is set and of `kind` (a list or a mapping); otherwise None, and a wrong
+        shape is reported with `message`."""
+        node = self.node(key)
+        if node is None or self.doc.get(key) is None:
+            return None
+        if not isinstance(node, kind):
+            self.error(message, code, node)
+            return None
+        return node
+
 
 def _check_file(path: Path) -> _Checked:
     import yaml
@@ -512,11 +523,8 @@ def _list_of_text(c: _Checked, key: str) -> list[tuple[str, yaml.Node]]:
     """The items of a list-of-text field with their nodes; reports a wrong shape."""
     import yaml
 
-    node = c.node(key)
-    if node is None or c.doc.get(key) is None:
-        return []
-    if not isinstance(node, yaml.SequenceNode):
-        c.error(f"'{key}' must be a list", "type", node)
+    node = c.shaped(key, yaml.SequenceNode, f"'{key}' must be a list", "type")
+    if node is None:
         return []
     items: list[tuple[str, yaml.Node]] = []
     for item in node.value:
@@ -577,11 +585,9 @@ def _check_techniques(c: _Checked, tactics: set[str]) -> None:
 def _check_connectors(c: _Checked) -> None:
     import yaml
 
-    node = c.node("requiredDataConnectors")
-    if node is None or c.doc.get("requiredDataConnectors") is None:
-        return
-    if not isinstance(node, yaml.SequenceNode):
-        c.error("'requiredDataConnectors' must be a list of {connectorId, dataTypes}", "type", node)
+    node = c.shaped("requiredDataConnectors", yaml.SequenceNode,
+                    "'requiredDataConnectors' must be a list of {connectorId, dataTypes}", "type")
+    if node is None:
         return
     for item in node.value:
         fields = _mapping(item)
@@ -600,11 +606,8 @@ def _check_connectors(c: _Checked) -> None:
 def _check_entities(c: _Checked) -> None:
     import yaml
 
-    node = c.node("entityMappings")
-    if node is None or c.doc.get("entityMappings") is None:
-        return
-    if not isinstance(node, yaml.SequenceNode):
-        c.error("'entityMappings' must be a list", "entity", node)
+    node = c.shaped("entityMappings", yaml.SequenceNode, "'entityMappings' must be a list", "entity")
+    if node is None:
         return
     if not 1 <= len(node.value) <= 5:
         c.error(f"entityMappings has {len(node.value)} entries; Sentinel allows 1 to 5", "entity", node)
@@ -653,11 +656,9 @@ def _check_entities(c: _Checked) -> None:
 def _check_custom_details(c: _Checked) -> None:
     import yaml
 
-    node = c.node("customDetails")
-    if node is None or c.doc.get("customDetails") is None:
-        return
-    if not isinstance(node, yaml.MappingNode):
-        c.error("'customDetails' must be a mapping of name: column", "custom-details", node)
+    node = c.shaped("customDetails", yaml.MappingNode, "'customDetails' must be a mapping of name: column",
+                    "custom-details")
+    if node is None:
         return
     if len(node.value) > 20:
         c.error(f"customDetails has {len(node.value)} entries; Sentinel allows 20", "custom-details", node)
