@@ -8,7 +8,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from shared.detector import Detector
 from shared.loganalytics import LogsClient, StaticTokenCredential
 from shared.settings import Settings, load_settings
 from shared.standins.azurite import Azurite
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
@@ -27,19 +28,6 @@ from shared.teams import TeamsClient
 ROOT = Path(__file__).resolve().parents[1]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
 WORKSPACE = "11111111-2222-3333-4444-555555555555"
-
-
-class Clock:
-    """A settable UTC clock shared by the detector and the Log Analytics stand-in."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(timezone.utc).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 @pytest.fixture(scope="session")

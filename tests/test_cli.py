@@ -14,9 +14,10 @@ import pytest
 from shared.cli import main
 from shared.settings import load_settings
 from shared.standins._http import Response
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import ROOT, Clock, MakeDetector, delivered_ids, email
+from tests.conftest import ROOT, MakeDetector, delivered_ids, email
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from shared.standins._http import Response
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import Clock, MakeDetector, delivered_ids, email
+from tests.conftest import MakeDetector, delivered_ids, email
 
 
 def test_each_hit_is_alerted_once_across_consecutive_runs(la: LogAnalyticsStandIn, hook: WebhookReceiver,

@@ -20,11 +20,12 @@ from shared.cli import main
 from shared.detector import LEASE
 from shared.errors import StateError
 from shared.standins._http import Response
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
 from shared.state import DELIVERED, PENDING, Hit, StateStore, connect
 from shared.teams import PostResult
-from tests.conftest import WORKSPACE, Clock, MakeDetector, delivered_ids, email
+from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
 
 AFTER_LEASE = LEASE + timedelta(minutes=1)
 

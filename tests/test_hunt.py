@@ -21,9 +21,10 @@ from shared.engine import Engine, EngineError, EngineResult
 from shared.hunt import write_csv as write_csv_output
 from shared.rules import load_rule
 from shared.schemas import table_schema
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import ROOT, SEED_RULE, Clock, MakeDetector, delivered_ids, email
+from tests.conftest import ROOT, SEED_RULE, MakeDetector, delivered_ids, email
 
 SCHEMA = table_schema("EmailEvents") or {}
 EXAMPLE_EXCLUSIONS = ROOT / "docs" / "examples" / "sample-tenant.exclusions.yaml"

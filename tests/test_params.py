@@ -13,9 +13,10 @@ from shared.errors import ConfigError
 from shared.kql import Token, tokenize, top_level_lets
 from shared.params import ParamError, apply_params
 from shared.rules import load_rules
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import SEED_RULE, Clock, MakeDetector, delivered_ids, email
+from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 
 SEED_QUERY = load_rules(SEED_RULE.parent).rules[0].query
 PIECES = [*"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *", "//", "\u2018", "\u2019", "\u201c", "\u201d", "```", "let ", "or true",

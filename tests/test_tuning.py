@@ -11,9 +11,10 @@ from typing import Any
 from shared.detector import prepare_rules
 from shared.exclusions import parse_exclusions
 from shared.rules import load_rules
+from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import SEED_RULE, Clock, MakeDetector, delivered_ids, email
+from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 
 SEED_ID = "a256f4ea-deec-4fcd-bdf3-63987638eed9"
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sample-tenant.exclusions.yaml"
