@@ -29,6 +29,8 @@ MAX_QUERY_CHARS = 64_000
 _KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route"}
 AGGREGATIONS = ("SingleAlert", "AlertPerResult")
 _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+# libyaml's parser when PyYAML has it (its wheels do): rule files are parsed on every run.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TRIGGER_OPERATORS = {"gt", "lt", "eq", "ne", "GreaterThan", "LessThan", "Equal", "NotEqual"}
 
@@ -99,7 +101,7 @@ def load_exclusion_files(directory: Path) -> tuple[list[Exclusion], list[RuleErr
 
 def load_exclusion_file(path: Path) -> list[Exclusion]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}  # noqa: S506 - a safe loader
         if not isinstance(doc, dict):
             raise ExclusionError(f"{path}: must be a mapping with an 'exclusions' list")
         return parse_exclusions(doc.get("exclusions"), source=str(path))
@@ -143,7 +145,7 @@ def load_rule(path: Path) -> Rule:
 
 def parse_rule(text: str, where: str) -> Rule:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
