@@ -1,10 +1,10 @@
-"""Shared plumbing for the benchmarks: the local stand-ins, a Detector wired to them through counting and timing
-proxies, and writing figures into docs/benchmarks.md.
+"""Shared plumbing for the benchmarks: a Detector wired to the local stand-ins through counting and timing
+proxies, running in a child process of its own, and writing figures into docs/benchmarks.md.
 
-What the proxies measure, per kind of call: how many round-trips, their wall time, and the CPU time the calling
-thread spent inside them (SDK serialisation, TLS, JSON parsing: our own cost). wall - cpu is time spent waiting on
-the stand-in. The detector is single-threaded and the SDKs are synchronous, so the calling thread's CPU time
-(time.thread_time) is ours alone even when a stand-in runs in the same process.
+What the proxies measure, per kind of call: how many round-trips, their wall time, and the CPU time our process
+spent inside them (SDK serialisation, TLS, JSON parsing: our own cost). wall - CPU is time spent waiting on the
+stand-in. The stand-ins (Log Analytics, webhook receiver: the parent process; Azurite: node) never share the
+detector's process, so its CPU time is ours alone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from shared.detector import Detector  # noqa: E402
 from shared.loganalytics import LogsClient, QueryResult, StaticTokenCredential  # noqa: E402
 from shared.settings import Settings, load_settings  # noqa: E402
 from shared.standins._http import Request, Response  # noqa: E402
+from shared.standins.rows import email_row  # noqa: E402
 from shared.standins.teams import WebhookReceiver  # noqa: E402
 from shared.state import StateStore, connect  # noqa: E402
 from shared.teams import PostResult, TeamsClient  # noqa: E402
@@ -65,16 +66,19 @@ class Meter:
 @dataclass
 class Meters:
     by_name: dict[str, Meter] = field(default_factory=lambda: defaultdict(Meter))
+    # The process's CPU time: right when the stand-ins run in other processes (the benchmarks run the detector in
+    # a child of its own), and it includes the worker threads azure-core starts to encode a batch transaction.
+    cpu_clock: Callable[[], float] = time.process_time
 
     @contextmanager
     def measure(self, name: str, *, count: bool = True) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.thread_time()
+        wall, cpu = time.perf_counter(), self.cpu_clock()
         try:
             yield
         finally:
             meter = self.by_name[name]
             meter.wall += time.perf_counter() - wall
-            meter.cpu += time.thread_time() - cpu
+            meter.cpu += self.cpu_clock() - cpu
             meter.count += 1 if count else 0
 
     def total(self, prefix: str) -> Meter:
@@ -187,9 +191,47 @@ class TimedReceiver(WebhookReceiver):
                 self.arrivals[name].append(time.monotonic())
         return response
 
+    def __enter__(self) -> TimedReceiver:
+        self.start()
+        return self
+
     def clear_arrivals(self) -> None:
         with self._times_lock:
             self.arrivals.clear()
+
+
+def run_child(script: str, mode: str, config: Mapping[str, Any]) -> Any:
+    """Run `script --child MODE` with `config` (JSON) on stdin; its last stdout line is its JSON result."""
+    done = subprocess.run([sys.executable, script, "--child", mode], input=json.dumps(config, default=str), cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{mode} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_memory_mb() -> tuple[float, float]:
+    """This process's peak resident memory: ru_maxrss and /proc VmHWM, in MiB."""
+    import resource
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    hwm = 0.0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return maxrss, hwm
+
+
+def warm_up(la_endpoint: str, token: str) -> None:
+    """One query, so the stand-in's one-off start-up (its KQL engine's import) is not charged to a measurement."""
+    client = LogsClient(la_endpoint, StaticTokenCredential(token))
+    try:
+        now = datetime.now(timezone.utc)
+        client.query(WORKSPACE, "EmailEvents | take 1", now - timedelta(hours=1), now)
+    finally:
+        client.close()
 
 
 def max_per_second(times: list[float], window: float = 1.0) -> int:
@@ -204,19 +246,6 @@ def max_per_second(times: list[float], window: float = 1.0) -> int:
 
 
 # --- the stand-ins ------------------------------------------------------------------------------------------
-
-
-class Clock:
-    """A settable UTC clock shared by the detector and the Log Analytics stand-in."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(timezone.utc).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 def rules_dir(directory: Path, count: int = 1) -> Path:
@@ -235,32 +264,14 @@ def rules_dir(directory: Path, count: int = 1) -> Path:
 
 
 def email(now: datetime, **fields: Any) -> dict[str, Any]:
-    """An EmailEvents row that the seed rule matches unless fields say otherwise (as tests/conftest.py)."""
-    row: dict[str, Any] = {
-        "TimeGenerated": now - timedelta(minutes=15),
-        "EmailDirection": "Inbound",
-        "SenderMailFromDomain": "contoso.com",
-        "SenderFromDomain": "contoso.com",
-        "SenderMailFromAddress": "ceo@contoso.com",
-        "SenderFromAddress": "ceo@contoso.com",
-        "SenderDisplayName": "The CEO",
-        "SenderIPv4": "203.0.113.7",
-        "RecipientEmailAddress": "alice@contoso.com",
-        "Subject": "Quarterly numbers",
-        "NetworkMessageId": str(uuid.uuid4()),
-        "AuthenticationDetails": '{"SPF":"pass","DKIM":"none","DMARC":"temperror","CompAuth":"fail"}',
-        "DeliveryAction": "Delivered",
-        "DeliveryLocation": "Inbox/folder",
-    }
-    row.update(fields)
-    return row
+    """An EmailEvents row the seed rule matches (unless fields say otherwise), generated 15 minutes before `now`."""
+    return email_row(now - timedelta(minutes=15), **fields)
 
 
-def quiet_email(now: datetime, index: int) -> dict[str, Any]:
+def quiet_email(when: datetime, index: int) -> dict[str, Any]:
     """Ordinary mail the seed rule does not match (passes SPF/DMARC): what an idle run reads past."""
-    return email(now, AuthenticationDetails='{"SPF":"pass","DKIM":"pass","DMARC":"pass","CompAuth":"pass"}',
-                 SenderMailFromDomain="fabrikam-partner.example", RecipientEmailAddress=f"user{index}@contoso.com",
-                 TimeGenerated=now - timedelta(seconds=30 + index % 3000))
+    return email_row(when, AuthenticationDetails='{"SPF":"pass","DKIM":"pass","DMARC":"pass","CompAuth":"pass"}',
+                     SenderMailFromDomain="fabrikam-partner.example", RecipientEmailAddress=f"user{index}@contoso.com")
 
 
 def env_for(*, la_endpoint: str, token: str, connection: str, webhook: str, rules: Path,
@@ -379,7 +390,7 @@ def report(name: str, body: str, *, write: bool) -> None:
 
 
 def save_json(name: str, data: Any) -> Path:
-    """Figures other scripts (cost.py) read: bench/results/NAME.json."""
+    """Figures other scripts (cost.py) read: bench/results/NAME.json (written with --write only, like the doc)."""
     out = ROOT / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

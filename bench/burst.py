@@ -5,12 +5,12 @@ and one post per hit, unspaced, on the same stand-ins. For sizes over --baseline
 on that many hits and extrapolated linearly (said so in the output).
 
 Where the time goes: the child times every call through counting proxies (Table Storage, Log Analytics, posts);
-"waiting" is a call's wall time minus the CPU time our thread spent in it. Posts per second are taken from the
+"waiting" is a call's wall time minus the CPU time the child spent in it. Posts per second are taken from the
 receiver's own arrival times.
 
-    .venv/bin/python bench/burst.py                                # 100, 1,000, 10,000 hits (~3 min)
-    .venv/bin/python bench/burst.py --sizes 100,1000,10000,50000   # + 50,000 (adds ~10 min: optional)
-    .venv/bin/python bench/burst.py --sizes 20 --baseline-sample 20   # smoke size
+    .venv/bin/python bench/burst.py                                # 100, 1,000, 10,000 hits (~2 min)
+    .venv/bin/python bench/burst.py --sizes 100,1000,10000,50000   # + 50,000: optional, ~40 min on Azurite
+    .venv/bin/python bench/burst.py --sizes 30 --baseline-sample 10   # smoke size
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,18 +43,6 @@ ASSUMED_TX_RTT = 0.015  # s: an in-region Table Storage round-trip, an assumptio
 
 
 # --- child: one measured run --------------------------------------------------------------------------------
-
-
-def _peak_mb() -> tuple[float, float]:
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    hwm = 0.0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return maxrss, hwm
 
 
 def _instrument(meters: _stand.Meters) -> None:
@@ -89,7 +75,7 @@ def child_kqlwatch(config: dict[str, Any]) -> dict[str, Any]:
     wall, cpu, thread_cpu = time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - thread_cpu
     _stand.close(detector)
     outcome = report.outcomes[0]
-    maxrss, hwm = _peak_mb()
+    maxrss, hwm = _stand.peak_memory_mb()
     return {"wall": wall, "cpu": cpu, "thread_cpu": thread_cpu, "threads": threading.active_count(),
             "maxrss_mb": maxrss, "hwm_mb": hwm, "meters": meters.as_dict(),
             "outcome": {k: v for k, v in outcome.log_line().items() if k not in ("window_start", "window_end")}}
@@ -134,11 +120,7 @@ def child_baseline(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(mode: str, config: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--child", mode], input=json.dumps(config), cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"{mode} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = _stand.run_child(__file__, mode, config)
     return result
 
 
@@ -168,7 +150,7 @@ def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedRe
     hook.clear_arrivals()
     env = _stand.env_for(la_endpoint=la.endpoint, token=la.token, connection=azurite.connection_string,
                          webhook=hook.url("soc"), rules=rules)
-    started = time.perf_counter()
+    started, spawned = time.perf_counter(), time.monotonic()
     child = run_child("kqlwatch", {"env": env})
     out["process_wall"] = time.perf_counter() - started
     meters = _stand.Meters.from_dict(child["meters"])
@@ -176,6 +158,7 @@ def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedRe
     out["kqlwatch"] = {
         **{k: child[k] for k in ("wall", "cpu", "thread_cpu", "threads", "maxrss_mb", "hwm_mb", "outcome")},
         **_split(meters),
+        "table_cpu": meters.total("table.").cpu,
         "la_requests": len(la.requests),
         "table_ops": sum(meters.counts("table.").values()),
         "table_kinds": meters.counts("table."),
@@ -183,13 +166,15 @@ def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedRe
         "posts": len(hook.received("soc")),
         "max_posts_per_s": _stand.max_per_second(arrivals),
         "mean_posts_per_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0,
+        "first_card": min(arrivals) - spawned if arrivals else 0.0,  # includes the child's start-up and imports
         "store": {k.removeprefix("store."): {"calls": v.count, "wall": v.wall}
                   for k, v in meters.by_name.items() if k.startswith("store.")},
         "cpu_steps": {k.removeprefix("cpu."): v.wall for k, v in meters.by_name.items() if k.startswith("cpu.")},
     }
-    delivered = out["kqlwatch"]["outcome"]["delivered"]
-    if out["kqlwatch"]["outcome"]["new_hits"] != size or delivered != size:
-        raise SystemExit(f"kqlwatch did not record and deliver all {size} hits: {out['kqlwatch']['outcome']}")
+    if out["kqlwatch"]["outcome"]["new_hits"] != size:
+        raise SystemExit(f"kqlwatch did not record all {size} hits: {out['kqlwatch']['outcome']}")
+    # Delivery can fall short (the run's lease running out before the posts): reported, not hidden.
+    out["kqlwatch"]["delivered"] = out["kqlwatch"]["outcome"]["delivered"]
     # the naive baseline, on the same data and stand-ins
     hook.reset()
     hook.clear_arrivals()
@@ -223,10 +208,10 @@ def _entity_ops(meters: _stand.Meters, size: int) -> int:
 def _estimate_real(k: dict[str, Any]) -> float:
     """Seconds kqlwatch would take against real Table Storage (an estimate: same posts, same LA time, our CPU as
     measured, Table Storage at the documented per-partition rate or an assumed round-trip, whichever is slower)."""
-    entity_ops = k["table_entities"] or 0
-    table_time = max(entity_ops / PARTITION_ENTITIES_PER_S, k["table_ops"] * ASSUMED_TX_RTT)
-    posts = k["posts"] * POST_SPACING  # posts are spaced 0.3 s apart; Teams' latency is hidden in that gap
-    return k["cpu"] + k["la_wait"] + table_time + posts
+    entity_ops = float(k["table_entities"] or 0)
+    table_time = max(entity_ops / PARTITION_ENTITIES_PER_S, float(k["table_ops"]) * ASSUMED_TX_RTT)
+    posts = float(k["posts"]) * POST_SPACING  # posts are spaced 0.3 s apart; Teams' latency is hidden in that gap
+    return float(k["cpu"]) + float(k["la_wait"]) + table_time + posts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,12 +235,14 @@ def main(argv: list[str] | None = None) -> int:
           tempfile.TemporaryDirectory(prefix="kqlwatch-bench-") as tmp):
         os.environ["REQUESTS_CA_BUNDLE"] = la.ca_file  # inherited by the children
         rules = _stand.rules_dir(Path(tmp) / "rules")
+        _stand.warm_up(la.endpoint, la.token)
         for size in sizes:
             started = time.perf_counter()
             results.append(measure_size(azurite, la, hook, size, args.baseline_sample, rules))
             print(f"  {size:,} hits measured in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     _stand.report("burst", render(results, args.baseline_sample), write=args.write)
-    _stand.save_json("burst", results)
+    if args.write:
+        _stand.save_json("burst", results)
     return 0
 
 
@@ -264,20 +251,24 @@ def render(results: list[dict[str, Any]], baseline_sample: int) -> str:
     for r in results:
         k, b, n = r["kqlwatch"], r["baseline"], r["size"]
         trips = k["la_requests"] + k["table_ops"] + k["posts"]
-        rows.append([f"{n:,}", _stand.ms(k["wall"]), f"{k['hwm_mb']:.0f} MB", f"{k['table_ops']:,}",
-                     f"{k['table_entities']:,}", f"{k['posts']}", f"{k['max_posts_per_s']} ({k['mean_posts_per_s']:.1f})",
-                     f"{trips:,}", f"{b['round_trips']:,.0f}", f"{b['round_trips'] / trips:.0f}x",
+        rows.append([f"{n:,}", f"{k['delivered']:,}", _stand.ms(k["wall"]),
+                     _stand.ms(k["first_card"]) if k["posts"] else "none", f"{k['hwm_mb']:.0f} MB",
+                     f"{k['table_ops']:,}",
+                     f"{k['table_entities']:,}", f"{k['posts']}",
+                     f"{k['max_posts_per_s']} ({k['mean_posts_per_s']:.1f})", f"{trips:,}",
+                     f"{b['round_trips']:,.0f}", f"{b['round_trips'] / trips:.0f}x",
                      _stand.ms(b["wall"]) + (" (extrapolated)" if b["extrapolated"] else ""),
                      f"{b['max_posts_per_s']}"])
         other = k["wall"] - k["la_wait"] - k["table_wait"] - k["hook_wait"] - k["spacing"]
-        split_rows.append([f"{n:,}", _stand.ms(k["wall"]), _stand.ms(k["cpu"]), _stand.ms(k["table_wait"]),
+        split_rows.append([f"{n:,}", _stand.ms(k["wall"]), _stand.ms(k["cpu"]), _stand.ms(k["table_cpu"]),
+                           _stand.ms(k["table_wait"]),
                            _stand.ms(k["la_wait"]), _stand.ms(k["hook_wait"]), _stand.ms(k["spacing"]),
                            _stand.ms(other), _stand.ms(_estimate_real(k))])
         store = k["store"]
-        store_rows.append([f"{n:,}"] + [f"{store.get(m, {}).get('calls', 0)} / {_stand.ms(store.get(m, {}).get('wall', 0))}"
-                                        for m in ("insert_new", "update_hits", "snapshot", "known_keys", "purge",
-                                                  "save_run")]
-                          + [_stand.ms(k["cpu_steps"].get("identities", 0)), _stand.ms(k["cpu_steps"].get("build_posts", 0))])
+        calls = [f"{store.get(m, {}).get('calls', 0)} / {_stand.ms(store.get(m, {}).get('wall', 0))}"
+                 for m in ("insert_new", "update_hits", "snapshot", "known_keys", "purge", "save_run")]
+        steps = [_stand.ms(k["cpu_steps"].get(step, 0)) for step in ("identities", "build_posts")]
+        store_rows.append([f"{n:,}", *calls, *steps])
         base_rows.append([f"{n:,}", f"{b['sampled']:,}", f"{b['per_hit'] * 1000:.1f} ms", _stand.ms(b["wall"]),
                           _stand.ms(b["at_4_per_s"])])
     goal = next((r for r in results if r["size"] == GOAL_SIZE), None)
@@ -300,22 +291,25 @@ def render(results: list[dict[str, Any]], baseline_sample: int) -> str:
             f"(most in any 1 s window, any size: {max(r['kqlwatch']['max_posts_per_s'] for r in results)}; "
             f"the naive baseline reached {b['max_posts_per_s']}).",
         ]
+    notes = [f"- {r['size']:,} hits: {w}" for r in results for w in r["kqlwatch"]["outcome"]["warnings"]]
     return "\n".join([
         "kqlwatch: one run (`Detector.run`) in a fresh child process; round-trips = Log Analytics queries + Table "
-        "Storage operations (transactions, entity calls, query pages) + webhook posts. Baseline: naive, one "
+        "Storage operations (transactions, entity calls, query pages) + webhook posts; first card after = from "
+        "spawning the child (its ~0.5 s start-up included) to the first post received. Baseline: naive, one "
         f"create_entity and one post per hit, unspaced; measured on up to {baseline_sample:,} hits and extrapolated "
         "linearly beyond (marked).",
         "",
-        _stand.table(["hits", "kqlwatch wall", "peak memory", "Table ops", "entities written", "posts",
-                      "max posts/s (mean)", "round-trips", "baseline round-trips", "fewer", "baseline wall",
-                      "baseline max posts/s"], rows),
+        _stand.table(["hits", "delivered", "kqlwatch wall", "first card after", "peak memory", "Table ops",
+                      "entities written", "posts", "max posts/s (mean)", "round-trips", "baseline round-trips",
+                      "fewer", "baseline wall", "baseline max posts/s"], rows),
         "",
-        "Where kqlwatch's time goes (waiting = call wall time minus our thread's CPU in it; CPU includes the SDKs' "
+        "Where kqlwatch's time goes (waiting = call wall time minus the child's CPU in it; CPU includes the SDKs' "
         "serialisation and TLS; spacing = the deliberate 0.3 s between posts; last column: an **estimate**, not a "
         "measurement, of the same run against real Table Storage):",
         "",
-        _stand.table(["hits", "wall", "our CPU", "waiting on Azurite", "waiting on LA stand-in",
-                      "waiting on webhook", "post spacing", "other", "est. real Table Storage"], split_rows),
+        _stand.table(["hits", "wall", "our CPU", "of which in Table SDK calls", "waiting on Azurite",
+                      "waiting on LA stand-in", "waiting on webhook", "post spacing", "own time (the rest)",
+                      "est. real Table Storage"], split_rows),
         "",
         "By state-store call (calls / wall, Azurite included) and our two CPU-heavy steps:",
         "",
@@ -328,6 +322,7 @@ def render(results: list[dict[str, Any]], baseline_sample: int) -> str:
                      base_rows),
         "",
         *verdicts,
+        *(["", "Warnings the runs reported:", "", *notes] if notes else []),
     ])
 
 
