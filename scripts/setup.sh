@@ -25,7 +25,8 @@ if [ "$(cat node_modules/.kqlwatch-installed 2>/dev/null)" != "$want" ]; then
   echo "$want" > node_modules/.kqlwatch-installed
 fi
 
-if [ -f requirements-infra.txt ]; then
+# checkov (the infra checks) is only needed by the tests; the demo skips it with KQLWATCH_SETUP_INFRA=0.
+if [ -f requirements-infra.txt ] && [ "${KQLWATCH_SETUP_INFRA:-1}" != 0 ]; then
   if [ ! -x .venv-infra/bin/python ]; then "$PYTHON" -m venv .venv-infra; fi
   want=$(stamp requirements-infra.txt)
   if [ "$(cat .venv-infra/.kqlwatch-installed 2>/dev/null)" != "$want" ]; then
