@@ -118,8 +118,11 @@ class StateStore:
     def ensure_table(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
+        if self._table_ready:
+            return
         with _state_errors("create table"), contextlib.suppress(ResourceExistsError):
             self._table.create_table()
+        self._table_ready = True
 
     # --- reading ---
 

@@ -394,3 +394,14 @@ def test_state_errors_carry_no_connection_secrets(make_detector: MakeDetector) -
     assert "c2VjcmV0" not in str(caught.value) and "Table Storage: cannot create table" in str(caught.value)
 
 
+
+
+def test_the_state_table_is_created_once_per_process(make_detector: MakeDetector) -> None:
+    store = make_detector().store
+    calls = FlakyTable(store._table, fail=lambda n: False)
+    created: list[int] = []
+    calls.create_table = lambda **kw: created.append(1)  # type: ignore[attr-defined]
+    counted = StateStore(calls)  # type: ignore[arg-type]
+    counted.ensure_table()
+    counted.ensure_table()
+    assert created == [1]
