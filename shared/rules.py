@@ -81,9 +81,9 @@ def rule_files(directory: Path) -> list[Path]:
 
 
 def is_exclusions_file(path: Path) -> bool:
-    return path.name in ("exclusions.yaml", "exclusions.yml") or path.name.endswith(
-        (".exclusions.yaml", ".exclusions.yml")
-    )
+    """Tuning files kept beside the rules (`exclusions.yaml`, `*.exclusions.yaml`) are not rules."""
+    name = path.name.lower()
+    return name in ("exclusions.yaml", "exclusions.yml") or name.endswith((".exclusions.yaml", ".exclusions.yml"))
 
 
 def load_exclusion_files(directory: Path) -> tuple[list[Exclusion], list[RuleError]]:

@@ -18,6 +18,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from shared.rules import is_exclusions_file
+
 if TYPE_CHECKING:
     from shared.engine import EngineResult
     from shared.rules import Rule
@@ -79,10 +81,6 @@ def main(args: argparse.Namespace) -> int:
 
 # --- collecting ------------------------------------------------------------------------------------------
 
-
-def is_exclusions_file(path: Path) -> bool:
-    name = path.name
-    return name in ("exclusions.yaml", "exclusions.yml") or name.endswith((".exclusions.yaml", ".exclusions.yml"))
 
 
 def collect(paths: Sequence[str]) -> list[tuple[Path, str | None]]:

@@ -489,7 +489,3 @@ def lease_is_free(hit: Hit, now: datetime) -> bool:
 
 def expired(hit: Hit, now: datetime, max_age: timedelta) -> bool:
     return now - hit.first_seen > max_age
-
-
-def keys(hits: Iterable[Hit]) -> set[str]:
-    return {h.key for h in hits}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import KqlwatchError
+from shared.rules import is_exclusions_file
 
 if TYPE_CHECKING:
     import yaml
@@ -278,11 +279,6 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     unique = list(dict.fromkeys(found))
     return unique, problems
 
-
-def is_exclusions_file(path: Path) -> bool:
-    """Tuning files kept beside the rules (`exclusions.yaml`, `*.exclusions.yaml`) are not rules."""
-    name = path.name.lower()
-    return name in ("exclusions.yaml", "exclusions.yml") or name.endswith((".exclusions.yaml", ".exclusions.yml"))
 
 
 def validate_paths(paths: Iterable[Path], *, kql: bool = True) -> Report:
