@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from shared.rules import Rule
-from shared.sanitize import clean, format_time, truncate
+from shared.sanitize import clean, format_time, scrub_surrogates, truncate
 
 MAX_HITS_PER_CARD = 25
 MAX_CARD_BYTES = 27_500  # Teams drops messages over ~28 KB after answering 202; keep a margin
@@ -81,7 +81,8 @@ def payload_size(payload: Mapping[str, Any]) -> int:
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # clean() already scrubs data values; this also covers rule text (names, custom detail labels).
+    return scrub_surrogates(json.dumps(payload, ensure_ascii=False, separators=(",", ":"))).encode("utf-8")
 
 
 def message(content: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 ELLIPSIS = "…"
 _BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SCHEME = re.compile(r"(h)(tt)(ps?)(:)//", re.IGNORECASE)
 _OTHER_SCHEME = re.compile(r"(ftp|file|mailto|javascript|data|vbscript)(:)", re.IGNORECASE)
 # A dot between a name character and a letter: every domain label boundary (evil.example, www.x.co.uk),
@@ -22,16 +23,29 @@ _OTHER_SCHEME = re.compile(r"(ftp|file|mailto|javascript|data|vbscript)(:)", re.
 _DOMAIN_DOT = re.compile(r"(?<=[\w-])\.(?=[^\W\d_])")
 
 
+def scrub_surrogates(text: str) -> str:
+    """Lone surrogates (U+D800-U+DFFF, e.g. from a JSON `\\ud800` escape) as U+FFFD, a split pair joined:
+    no UTF-8 encoder accepts them, so a card or a stored row holding one could not be sent at all."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def utf16_units(text: str) -> int:
+    """Length as Table Storage counts it (UTF-16 code units: an emoji is 2)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
 def as_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return scrub_surrogates(value)
     if isinstance(value, datetime):
         return format_time(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    return str(value)
+        return scrub_surrogates(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    return scrub_surrogates(str(value))
 
 
 def format_time(value: datetime) -> str:

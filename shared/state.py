@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import StateError
+from shared.sanitize import scrub_surrogates, utf16_units
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -31,7 +32,14 @@ RUN_PREFIX = "~run~"
 ENTITY_PREFIX = "~ent~"  # an entity's last alert, for kqlwatch.realert
 NOTICE_PREFIX = "~notice~"  # a notice that must be sent once (an expired exclusion)
 BATCH = 100  # entity-group transaction limit (the SDK fails on 101)
-MAX_ROW_JSON = 30_000  # a string property holds 64 KiB (32K UTF-16 chars)
+MAX_PROPERTY_UNITS = 32_768  # a string property holds 64 KiB: 32K UTF-16 code units (an emoji counts 2)
+MAX_ROW_UNITS = 30_000  # the Row property, with room to spare
+MINIMAL_ROW_UNITS = 2_000  # a hit Table Storage refused anyway is stored with only this much of its row
+MAX_TEXT_UNITS = 4_000  # errors and other free text we store
+# What the card shows of an email hit: kept first when a row must be clipped.
+CARD_COLUMNS = ("NetworkMessageId", "RecipientEmailAddress", "Subject", "SenderFromAddress", "SenderDisplayName",
+                "SenderMailFromAddress", "SenderIPv4", "SenderIPv6", "AuthenticationDetails", "DeliveryAction",
+                "DeliveryLocation", "TimeGenerated", "Timestamp", "SPF", "DKIM", "DMARC", "CompAuth")
 _MAX_TICKS = 10**19
 PENDING, DELIVERED, DROPPED, SUPPRESSED = "pending", "delivered", "dropped", "suppressed"
 
@@ -48,6 +56,7 @@ class Hit:
     lease_until: datetime | None = None
     truncated: bool = False
     status: str = "pending"
+    store_note: str = ""  # why Table Storage holds only a minimal form of this hit (empty: stored in full)
 
 
 @dataclass
@@ -91,6 +100,9 @@ def connect(connection: str, table_name: str, *, retry_total: int = 3, credentia
     """A TableClient from an Azurite/account connection string, or from a Table service URL with Entra ID."""
     from azure.data.tables import TableClient
 
+    from shared import redact
+
+    redact.install()  # azure-core's transport and pipeline logs print request URLs
     options: dict[str, Any] = {"retry_total": retry_total, "retry_backoff_factor": 0.5, "connection_timeout": 10,
                                "read_timeout": 30}
     if connection.startswith(("https://", "http://")):
@@ -152,6 +164,17 @@ class StateStore:
                 )
             }
 
+    def pending_leases(self) -> dict[str, list[datetime | None]]:
+        """Every rule's pending hits, as the end of the lease each is held under (None: free to deliver)."""
+        out: dict[str, list[datetime | None]] = {}
+        with _state_errors("read pending hits"):
+            for e in self._table.query_entities("Status eq @pending", parameters={"pending": PENDING},
+                                                select=["PartitionKey", "LeaseUntil"]):
+                lease = _utc(e.get("LeaseUntil"))
+                out.setdefault(e["PartitionKey"], []).append(
+                    lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None)
+        return out
+
     def rule_states(self) -> dict[str, RuleState]:
         with _state_errors("read rule states"):
             return {
@@ -164,7 +187,6 @@ class StateStore:
     def insert_new(self, rule_id: str, hits: Sequence[Hit], *, status: str = PENDING) -> list[Hit]:
         """Create the hits; return those this call created (an existing key means another run or an
         earlier one already owns that hit)."""
-        from azure.core.exceptions import ResourceExistsError
         from azure.data.tables import TableTransactionError
 
         created: list[Hit] = []
@@ -178,12 +200,33 @@ class StateStore:
                 except TableTransactionError:
                     pass  # at least one already exists: the group failed atomically, fall back to one by one
                 for hit, entity in zip(chunk, entities, strict=True):
-                    try:
-                        meta = self._table.create_entity(entity)
-                        created.append(replace(hit, etag=meta.get("etag")))
-                    except ResourceExistsError:
-                        continue
+                    one = self._create_one(rule_id, hit, entity, status)
+                    if one is not None:
+                        created.append(one)
         return created
+
+    def _create_one(self, rule_id: str, hit: Hit, entity: dict[str, Any], status: str) -> Hit | None:
+        """Create one hit; None if it already exists. A hit Table Storage refuses (400: a value our bounds
+        missed) is stored in a minimal form instead, so it can never block the rule's other hits; the
+        returned hit says so in `store_note` (the in-memory row, and so this run's card, stays whole)."""
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+        try:
+            meta = self._table.create_entity(entity)
+            return replace(hit, etag=meta.get("etag"))
+        except ResourceExistsError:
+            return None
+        except HttpResponseError as exc:
+            if exc.status_code != 400:
+                raise
+            code = _error_code(exc)
+        note = f"Table Storage refused the full hit ({code}); stored a minimal form"
+        log.warning("hit %s of rule %s: %s", hit.key[:12], rule_id, note)
+        try:
+            meta = self._table.create_entity(_hit_entity(rule_id, hit, status=status, minimal=note))
+        except ResourceExistsError:
+            return None
+        return replace(hit, etag=meta.get("etag"), store_note=note, truncated=True)
 
     def update_hits(self, rule_id: str, hits: Sequence[Hit], **changes: Any) -> list[Hit]:
         """Merge `changes` (and each hit's own lease/delivery fields) into the hits, each conditional on its
@@ -295,7 +338,7 @@ class StateStore:
             "Delivered": record.delivered,
             "Deferred": record.deferred,
             "Dropped": record.dropped,
-            "Errors": _clip(json.dumps(list(record.errors)), 8000),
+            "Errors": errors_json(record.errors),
             "DurationMs": record.duration_ms,
         }
         with _state_errors(f"save run of rule {rule_id}"):
@@ -335,7 +378,9 @@ def _state_errors(doing: str) -> Iterator[None]:
     except (ResourceExistsError, ResourceModifiedError, TableTransactionError):
         raise
     except AzureError as exc:
-        message = (getattr(exc, "message", None) or type(exc).__name__).splitlines()[0]
+        from shared.redact import redact_text
+
+        message = redact_text((getattr(exc, "message", None) or type(exc).__name__).splitlines()[0])
         raise StateError(f"Table Storage: cannot {doing}: {message[:300]}") from None
 
 
@@ -344,23 +389,33 @@ def _chunks(items: Sequence[Hit], size: int) -> Iterator[Sequence[Hit]]:
         yield items[start : start + size]
 
 
-def encode_row(row: Mapping[str, Any], types: Mapping[str, str]) -> tuple[str, bool]:
-    """Row -> JSON small enough for one property, and whether values had to be clipped to get there
-    (the card's query link shows the full row)."""
-    plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-    kinds = {k: t for k, t in types.items() if k in row and t == "datetime"}
+def encode_row(row: Mapping[str, Any], types: Mapping[str, str], *, budget: int | None = None,
+               columns: Sequence[str] | None = None) -> tuple[str, bool]:
+    """Row -> JSON that fits one property, and whether values had to be clipped to get there (the card's
+    query link shows the full row). Size is counted as Table Storage counts it, in UTF-16 code units, so
+    16,500 emoji (33,000 units) are clipped, not refused; lone surrogates become U+FFFD. The columns the
+    card shows go first, so clipping hundreds of columns never drops the subject or the message id."""
+    budget = MAX_ROW_UNITS if budget is None else budget
+    plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()
+             if columns is None or k in columns}
+    plain = dict(sorted(plain.items(), key=lambda kv: kv[0] not in CARD_COLUMNS))
+    kinds = {k: t for k, t in types.items() if k in plain and t == "datetime"}
     for limit in (None, 4000, 500, 100, 20):
         values = plain if limit is None else {k: _clip_value(v, limit) for k, v in plain.items()}
-        text = json.dumps({"row": values, "types": kinds}, ensure_ascii=False, default=str)
-        if len(text) <= MAX_ROW_JSON:
+        text = _row_json(values, kinds)
+        if utf16_units(text) <= budget:
             return text, limit is not None
     kept: dict[str, Any] = {}  # hundreds of columns: keep the first ones that fit
     for key, value in plain.items():
         kept[key] = _clip_value(value, 20)
-        if len(json.dumps({"row": kept, "types": kinds}, ensure_ascii=False, default=str)) > MAX_ROW_JSON:
+        if utf16_units(_row_json(kept, kinds)) > budget:
             del kept[key]
             break
-    return json.dumps({"row": kept, "types": kinds}, ensure_ascii=False, default=str), True
+    return _row_json(kept, kinds), True
+
+
+def _row_json(values: Mapping[str, Any], kinds: Mapping[str, str]) -> str:
+    return scrub_surrogates(json.dumps({"row": values, "types": kinds}, ensure_ascii=False, default=str))
 
 
 def _clip_value(value: Any, limit: int) -> Any:
@@ -383,8 +438,13 @@ def decode_row(text: str) -> dict[str, Any]:
     return row
 
 
-def _hit_entity(rule_id: str, hit: Hit, *, status: str) -> dict[str, Any]:
-    row_json, clipped = encode_row(hit.row, {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)})
+def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> dict[str, Any]:
+    """The hit as stored. `minimal` (the reason) keeps only the card's columns, in MINIMAL_ROW_UNITS."""
+    types = {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)}
+    if minimal:
+        row_json, clipped = encode_row(hit.row, types, budget=MINIMAL_ROW_UNITS, columns=CARD_COLUMNS)
+    else:
+        row_json, clipped = encode_row(hit.row, types)
     return _drop_none({
         "PartitionKey": rule_id,
         "RowKey": hit.key,
@@ -397,7 +457,25 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str) -> dict[str, Any]:
         "Attempts": hit.attempts,
         "LeaseOwner": hit.lease_owner,
         "LeaseUntil": hit.lease_until,
+        "StoreNote": minimal or None,
     })
+
+
+def _error_code(exc: Any) -> str:
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    return str(headers.get("x-ms-error-code") or getattr(exc, "error_code", None) or f"HTTP {exc.status_code}")
+
+
+def errors_json(errors: Sequence[str], budget: int = 8000) -> str:
+    """A run's errors as a JSON list that fits its property: each clipped, then as many as fit (clipping the
+    JSON text itself would leave it unreadable)."""
+    kept: list[str] = []
+    for error in errors:
+        candidate = [*kept, scrub_surrogates(_clip(error, 1000))]
+        if utf16_units(json.dumps(candidate)) > budget:
+            break
+        kept = candidate
+    return json.dumps(kept)
 
 
 def _hit_patch(rule_id: str, hit: Hit, changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -428,6 +506,7 @@ def _hit_from(entity: Mapping[str, Any]) -> Hit:
         lease_until=lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None,
         truncated=bool(entity.get("Truncated")),
         status=entity.get("Status") or PENDING,
+        store_note=entity.get("StoreNote") or "",
     )
 
 
@@ -436,7 +515,7 @@ def _state_fields(state: RuleState) -> dict[str, Any]:
         "LastWindowEnd": state.last_window_end,
         "LastRun": state.last_run,
         "LastSuccess": state.last_success,
-        "LastError": _clip(state.last_error, 4000),
+        "LastError": scrub_surrogates(_clip(state.last_error, MAX_TEXT_UNITS // 2)),
         "FailingSince": state.failing_since,
         "ConsecutiveFailures": state.consecutive_failures,
         "Runs": state.runs,
