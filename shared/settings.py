@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 
 from shared.durations import parse_duration
 from shared.errors import ConfigError
+from shared.redact import redact_url
+
+__all__ = ["redact_url"]  # re-exported: callers read URLs' redacted form from here
 
 WORKSPACE_ID = "KQLWATCH_WORKSPACE_ID"
 WORKSPACE_RESOURCE_ID = "KQLWATCH_WORKSPACE_RESOURCE_ID"
@@ -67,6 +70,8 @@ DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
 DEFAULT_DELIVERY_MAX_AGE = timedelta(hours=24)
 DEFAULT_MAX_CARDS_PER_RUN = 20
+MAX_MAX_CATCHUP = timedelta(days=30)  # reaching further back after downtime is a backfill, not a catch-up
+MAX_DELIVERY_MAX_AGE = timedelta(days=365)
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -87,6 +92,7 @@ class Settings:
     max_catchup: timedelta = DEFAULT_MAX_CATCHUP
     delivery_max_age: timedelta = DEFAULT_DELIVERY_MAX_AGE
     max_cards_per_run: int = DEFAULT_MAX_CARDS_PER_RUN
+    schedule: str = DEFAULT_SCHEDULE  # read by the Functions host itself; validated here so a typo is named
     params: Mapping[str, str] = field(default_factory=dict)
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route name (lower case) -> URLs
     ops_webhook_urls: tuple[str, ...] = ()  # kqlwatch's own notices; default: the default webhooks
@@ -106,19 +112,35 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         workspace_id=_guid(env, WORKSPACE_ID),
         logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
-        state_connection=_required(env, STATE_CONNECTION),
+        state_connection=_state_connection(env),
         state_table=_table_name(env),
         webhook_urls=_webhooks(env, TEAMS_WEBHOOK_URL),
         ops_webhook_urls=_webhooks(env, OPS_WEBHOOK_URL) if (env.get(OPS_WEBHOOK_URL) or "").strip() else (),
         routes=read_routes(env),
-        rules_dir=_rules_dir(env.get(RULES_DIR) or DEFAULT_RULES_DIR),
+        rules_dir=_rules_dir(env),
         access_token=env.get(ACCESS_TOKEN) or None,
         workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
-        max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP),
-        delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE),
+        max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP),
+        delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE, MAX_DELIVERY_MAX_AGE),
         max_cards_per_run=_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
+        schedule=_schedule(env),
         params=read_params(env),
     )
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """What the offline `kqlwatch status` needs: the state table, and the rules (for their names)."""
+
+    state_connection: str
+    state_table: str
+    rules_dir: Path
+
+
+def load_state_settings(env: Mapping[str, str] | None = None) -> StateSettings:
+    """Only the state settings, validated as load_settings does: no workspace or webhook required."""
+    env = os.environ if env is None else env
+    return StateSettings(_state_connection(env), _table_name(env), _rules_dir(env))
 
 
 def read_params(env: Mapping[str, str]) -> dict[str, str]:
@@ -128,17 +150,45 @@ def read_params(env: Mapping[str, str]) -> dict[str, str]:
             name = key[len(PARAM_PREFIX) :]
             if not _PARAM_NAME.match(name):
                 raise ConfigError(key, "is not a valid parameter name (letters, digits, _)")
+            if not value.replace(",", "").strip():
+                # An empty list would silently turn the rule off (nothing matches an empty set).
+                raise ConfigError(key, "is empty: give a value, or unset it to keep the rule's own default")
             params[name] = value
     return params
 
 
-def _rules_dir(raw: str) -> Path:
+def _rules_dir(env: Mapping[str, str]) -> Path:
     """A relative path is taken from the working directory when it exists there, else from the app's own folder
     (where function_app.py is): the Functions host's working directory is not guaranteed."""
+    raw = (env.get(RULES_DIR) or "").strip() or DEFAULT_RULES_DIR
     path = Path(raw)
-    if path.is_absolute() or path.exists():
-        return path
-    return APP_ROOT / path
+    if not (path.is_absolute() or path.exists()):
+        path = APP_ROOT / path
+    try:
+        if not path.exists():
+            raise ConfigError(RULES_DIR, f"names {raw!r}, which does not exist")
+        if not path.is_dir():
+            raise ConfigError(RULES_DIR, f"names {raw!r}, which is not a folder")
+    except OSError as exc:  # unreadable parent, name too long, ...
+        raise ConfigError(RULES_DIR, f"names {raw!r}, which cannot be read ({exc.strerror or exc})") from None
+    return path
+
+
+def _state_connection(env: Mapping[str, str]) -> str:
+    """A Table service URL (https; http only for loopback such as Azurite) or a connection string whose
+    table endpoint obeys the same rule: state, etags and leases never cross a network in clear text."""
+    value = _required(env, STATE_CONNECTION)
+    if value.lower().startswith(("https://", "http://")):
+        _url(env, STATE_CONNECTION, value, secret=True)  # a SAS token would be in its query
+        return value
+    fields = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in value.split(";")) if k.strip()}
+    endpoint = fields.get("tableendpoint")
+    if endpoint:
+        _url(env, STATE_CONNECTION, endpoint, what="its TableEndpoint")
+    elif fields.get("defaultendpointsprotocol", "https").lower() != "https":
+        raise ConfigError(STATE_CONNECTION, "uses DefaultEndpointsProtocol=http with no loopback TableEndpoint: "
+                                            "use https")
+    return value
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -162,12 +212,12 @@ def _table_name(env: Mapping[str, str]) -> str:
     return value
 
 
-def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+def _duration(env: Mapping[str, str], name: str, default: timedelta, maximum: timedelta) -> timedelta:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
-        value = parse_duration(raw)
+        value = parse_duration(raw, maximum=maximum)
     except ValueError as exc:
         raise ConfigError(name, str(exc)) from None
     if value <= timedelta(0):
@@ -179,19 +229,75 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 2 <= int(raw) <= 1000:
+    # str.isdigit() accepts "²" and other digits int() refuses: only ASCII digits, and few of them.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 2 <= int(raw) <= 1000:
         raise ConfigError(name, f"must be a whole number from 2 to 1000, got {raw!r}")
     return int(raw)
 
 
-def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False) -> str:
-    shown = redact_url(value) if secret else value
-    parts = urlsplit(value.strip())
-    if parts.scheme == "https" and parts.hostname:
+def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False, what: str = "") -> str:
+    shown = redact_url(value) if secret else value[:200]
+    subject = f"{what} " if what else ""
+    try:
+        parts = urlsplit(value.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:  # "https://[::1" (unclosed IPv6 bracket), "https://host:99999"
+        raise ConfigError(name, f"{subject}is not a valid URL ({exc}), got {shown!r}") from None
+    if parts.scheme == "https" and host:
         return value.strip()
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and host and _is_loopback(host):
         return value.strip()
-    raise ConfigError(name, f"must be an https:// URL (http only for loopback), got {shown!r}")
+    raise ConfigError(name, f"{subject}must be an https:// URL (http only for loopback), got {shown!r}")
+
+
+_CRON_FIELDS = (  # NCRONTAB: {second} {minute} {hour} {day} {month} {day-of-week}
+    ("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("day-of-week", 0, 6),
+)
+_CRON_NAMES = {
+    4: {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                                         "dec"))},
+    5: {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
+}
+_CRON_ITEM = re.compile(r"^(?P<range>\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/(?P<step>[0-9]+))?$", re.ASCII)
+
+
+def _schedule(env: Mapping[str, str]) -> str:
+    """The timer's NCRONTAB expression: 6 fields, each `*`, a value, a range, a list, with optional steps."""
+    raw = (env.get(SCHEDULE) or "").strip() or DEFAULT_SCHEDULE
+    fields = raw.split()
+    if len(fields) != 6:
+        raise ConfigError(SCHEDULE, f"must have 6 fields (second minute hour day month day-of-week), got {raw[:100]!r}")
+    for index, text in enumerate(fields):
+        problem = _cron_field_problem(index, text)
+        if problem:
+            raise ConfigError(SCHEDULE, f"{_CRON_FIELDS[index][0]} field {text[:40]!r}: {problem}")
+    return raw
+
+
+def _cron_field_problem(index: int, text: str) -> str:
+    _, low, high = _CRON_FIELDS[index]
+    for item in text.split(","):
+        match = _CRON_ITEM.match(item)
+        if not match:
+            return "use *, a value, a range a-b, a list a,b or a step */n"
+        step = match["step"]
+        if step is not None and not 1 <= int(step) <= high:
+            return f"step {step} is not from 1 to {high}"
+        if match["range"] == "*":
+            continue
+        ends = [_cron_value(index, part) for part in match["range"].split("-")]
+        if any(v is None or not low <= v <= high for v in ends):
+            return f"values must be from {low} to {high}"
+        if len(ends) == 2 and ends[0] > ends[1]:  # type: ignore[operator]
+            return f"range {match['range']} runs backwards"
+    return ""
+
+
+def _cron_value(index: int, text: str) -> int | None:
+    if text.isdigit():
+        return int(text) if len(text) <= 2 else None
+    return _CRON_NAMES.get(index, {}).get(text.lower())
 
 
 def _webhooks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -224,11 +330,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def redact_url(url: str) -> str:
-    """Scheme, host and a short fingerprint: enough to tell webhooks apart, nothing to replay."""
-    from shared.dedupe import short_hash
-
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}/…#{short_hash(url)}"
