@@ -68,7 +68,9 @@ def print_report(report: RunReport, stream: TextIO | None = None) -> None:
         print(
             f"{status:<8} {o.name}: {o.rows} rows, {o.new_hits} new, {o.delivered} delivered, "
             + (f"{o.suppressed} suppressed, " if o.suppressed else "")
-            + f"{o.deferred} deferred, {o.dropped} dropped ({o.duration_ms} ms)",
+            + f"{o.deferred} deferred, {o.dropped} dropped"
+            + (f", {o.held} held by another run's lease" if o.held else "")
+            + f" ({o.duration_ms} ms)",
             file=stream,
         )
         for message in o.errors:
@@ -86,6 +88,9 @@ def _setup_logging(verbose: bool) -> None:
     # Azure SDK HTTP logging would print request URLs and headers.
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    from shared import redact
+
+    redact.install()  # and what they do log (retry warnings) loses everything after the host
 
 
 if __name__ == "__main__":

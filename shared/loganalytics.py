@@ -75,6 +75,9 @@ class LogsClient:
     ) -> None:
         from azure.monitor.query import LogsQueryClient
 
+        from shared import redact
+
+        redact.install()  # azure-core's transport and pipeline logs print request URLs
         self._endpoint = endpoint
         self._client: LogsQueryClient = LogsQueryClient(
             credential,
@@ -156,4 +159,7 @@ def _http_error(exc: Any, workspace_id: str) -> str:
 
 
 def _first_line(text: str) -> str:
-    return (text or "").strip().splitlines()[0][:500] if (text or "").strip() else ""
+    from shared.redact import redact_text
+
+    # The SDK's messages can quote the request URL: keep only its scheme and host.
+    return redact_text((text or "").strip().splitlines()[0])[:500] if (text or "").strip() else ""

@@ -7,8 +7,6 @@ they appear in nothing we log or raise, only their redacted form.
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from shared import redact
 from shared.card import encode
 from shared.settings import redact_url
 
@@ -28,19 +27,8 @@ MAX_RETRY_AFTER = 30.0  # a longer Retry-After defers to the next run instead of
 TIMEOUT = (5.0, 20.0)  # connect, read
 
 
-class _RedactQueryStrings(logging.Filter):
-    """urllib3 logs the request path with its query string (where a webhook's `sig=` lives) when it retries."""
-
-    _QUERY = re.compile(r"\?[^\s'\")]*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self._QUERY.sub("?[redacted]", record.getMessage())
-        record.args = ()
-        return True
-
-
-for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection"):
-    logging.getLogger(_name).addFilter(_RedactQueryStrings())
+# urllib3 logs the request path (where a webhook's secret may live) when it retries.
+redact.install()
 
 
 @dataclass(frozen=True)
