@@ -65,6 +65,8 @@ class RuleOutcome:
     delivered: int = 0
     deferred: int = 0
     dropped: int = 0
+    held: int = 0  # pending hits under another run's lease (a concurrent run, or one that was killed)
+    held_until: datetime | None = None  # when the last of those leases ends
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     duration_ms: int = 0
@@ -83,6 +85,8 @@ class RuleOutcome:
             "delivered": self.delivered,
             "deferred": self.deferred,
             "dropped": self.dropped,
+            "held": self.held,
+            "held_until": self.held_until.isoformat() if self.held_until else None,
             "errors": self.errors,
             "warnings": self.warnings,
             "duration_ms": self.duration_ms,
@@ -234,10 +238,12 @@ class Detector:
             # reaches back over this one, and hits already created are pending, so none is lost.
             created, outcome.suppressed = self._record_new_hits(rule, state, result, window, now, lease_until)
             outcome.new_hits = len(created)
+            outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
 
         # Hits earlier runs could not deliver: drop the ones too old, claim the rest (unless another run holds them).
         created_keys = {h.key for h in created}
         older = [h for h in snap.pending if h.key not in created_keys and lease_is_free(h, now)]
+        self._report_held(snap.pending, created_keys, now, outcome)
         too_old = [h for h in older if expired(h, now, self.settings.delivery_max_age)]
         if too_old:
             self._drop(rule, too_old, outcome)
@@ -276,6 +282,19 @@ class Detector:
                 errors=outcome.errors + outcome.warnings,
                 duration_ms=int((time.monotonic() - started) * 1000),
             ),
+        )
+
+    def _report_held(self, pending: list[Hit], created_keys: set[str], now: datetime, outcome: RuleOutcome) -> None:
+        """Pending hits another run holds (still running, or killed mid-delivery): say so, with when the lease
+        ends and they are delivered, so a run after a crash never looks all-clear."""
+        held = [h for h in pending if h.key not in created_keys and not lease_is_free(h, now)]
+        if not held:
+            return
+        outcome.held = len(held)
+        outcome.held_until = max(h.lease_until or now for h in held)
+        outcome.warnings.append(
+            f"{len(held)} pending hit(s) held by another run's lease until {outcome.held_until:%Y-%m-%d %H:%M:%S} UTC "
+            "(that run is still delivering, or was killed): a run after then delivers them"
         )
 
     # --- querying ---

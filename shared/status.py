@@ -12,9 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from shared.redact import redact_text
 from shared.sanitize import clean
+
+if TYPE_CHECKING:
+    from shared.state import RuleState
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -25,10 +29,10 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from shared.rules import load_rules
-    from shared.settings import load_settings
+    from shared.settings import load_state_settings
     from shared.state import DROPPED, StateStore, connect
 
-    settings = load_settings()
+    settings = load_state_settings()  # offline: the state table only, no workspace or webhook needed
     store = StateStore(connect(settings.state_connection, settings.state_table))
     try:
         names = {r.id: r.name for r in load_rules(settings.rules_dir).rules}
@@ -40,36 +44,44 @@ def main(args: argparse.Namespace) -> int:
                 print_table(["first seen", "hit", "attempts", "row"], rows)
             else:
                 runs = [[r.get("Started"), r.get("Rows"), r.get("NewHits"), r.get("Delivered"), r.get("Deferred"),
-                         r.get("Dropped"), r.get("DurationMs"), "; ".join(json.loads(r.get("Errors") or "[]"))]
+                         r.get("Dropped"), r.get("DurationMs"), _errors(r.get("Errors"))]
                         for r in store.runs(rule_id, limit=args.runs)]
                 print(f"{names.get(rule_id, rule_id)} ({rule_id})")
                 print_table(["started", "rows", "new", "delivered", "deferred", "dropped", "ms", "errors"], runs)
             return 0
         states = store.rule_states()
+        pending = store.pending_leases()
         now = datetime.now(timezone.utc)
         rows = []
-        for rule_id in sorted(set(names) | set(states), key=lambda i: names.get(i, i)):
-            state = states.get(rule_id)
-            if state is None:
-                rows.append([names.get(rule_id, "?"), rule_id, "never", "-", "-", 0, 0, "not run yet"])
-                continue
-            health = "FAILING" if state.consecutive_failures else "ok"
-            rows.append([
-                names.get(rule_id, "(no rule file)"), rule_id, _ago(state.last_run, now), _ago(state.last_success, now),
-                f"{health} ({state.consecutive_failures})" if state.consecutive_failures else health,
-                state.hits_total, state.delivered_total, state.last_error or "",
-            ])
-        print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "last error"], rows)
+        for rule_id in sorted(set(names) | set(states) | set(pending), key=lambda i: names.get(i, i)):
+            rows.append(_rule_row(names.get(rule_id, "(no rule file)"), rule_id, states.get(rule_id),
+                                  pending.get(rule_id, []), now))
+        print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "pending", "leased",
+                     "last error"], rows)
         return 1 if any(s.consecutive_failures for s in states.values()) else 0
     finally:
         store.close()
+
+
+def _rule_row(name: str, rule_id: str, state: RuleState | None, leases: list[datetime | None],
+              now: datetime) -> list[Any]:
+    """One rule's line. Pending and leased hits come from the hits themselves, not the run record: a run
+    killed mid-delivery recorded no run, and its hits wait under its lease until the time shown."""
+    held = [lease for lease in leases if lease is not None and lease > now]
+    leased = f"{len(held)} until {_text(max(held))}" if held else "0"
+    if state is None:
+        health = "run never finished" if leases else "-"
+        return [name, rule_id, "never", "-", health, len(leases), 0, len(leases), leased, "not run yet"]
+    health = f"FAILING ({state.consecutive_failures})" if state.consecutive_failures else "ok"
+    return [name, rule_id, _ago(state.last_run, now), _ago(state.last_success, now), health, state.hits_total,
+            state.delivered_total, len(leases), leased, state.last_error or ""]
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO | None = None,
                 width: int = 48) -> None:
     """Aligned columns; every value cleaned (no control characters from data reach the terminal)."""
     out = stream or sys.stdout
-    cells = [[clean(_text(v), width, defang_text=False) for v in row] for row in rows]
+    cells = [[clean(redact_text(_text(v)), width, defang_text=False) for v in row] for row in rows]
     sizes = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(sizes[i]) for i, h in enumerate(headers)).rstrip(), file=out)
     print("  ".join("-" * s for s in sizes), file=out)
@@ -96,6 +108,15 @@ def _ago(when: datetime | None, now: datetime) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h ago"
     return f"{seconds // 86400}d ago"
+
+
+def _errors(stored: Any) -> str:
+    """A run record's errors (a JSON list; older records may hold clipped, unreadable JSON)."""
+    try:
+        errors = json.loads(stored or "[]")
+    except ValueError:
+        return str(stored)
+    return "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
 
 
 def _summary(row: dict[str, Any]) -> str:
