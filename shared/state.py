@@ -398,20 +398,33 @@ def encode_row(row: Mapping[str, Any], types: Mapping[str, str], *, budget: int 
     budget = MAX_ROW_UNITS if budget is None else budget
     plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()
              if columns is None or k in columns}
-    plain = dict(sorted(plain.items(), key=lambda kv: kv[0] not in CARD_COLUMNS))
     kinds = {k: t for k, t in types.items() if k in plain and t == "datetime"}
     for limit in (None, 4000, 500, 100, 20):
-        values = plain if limit is None else {k: _clip_value(v, limit) for k, v in plain.items()}
+        values = plain if limit is None else {k: _clip_value(v, _limit_for(k, limit)) for k, v in plain.items()}
         text = _row_json(values, kinds)
         if utf16_units(text) <= budget:
             return text, limit is not None
-    kept: dict[str, Any] = {}  # hundreds of columns: keep the first ones that fit
-    for key, value in plain.items():
-        kept[key] = _clip_value(value, 20)
-        if utf16_units(_row_json(kept, kinds)) > budget:
-            del kept[key]
+    # Hundreds of columns: the card's first, then the first others that fit (each costs about its own
+    # `{"key": value}`: braces stand in for the ", " between entries). Kept in the row's own order.
+    clipped = {k: _clip_value(v, _limit_for(k, 20)) for k, v in plain.items()}
+    room = budget - utf16_units(_row_json({}, kinds))
+    kept: list[str] = []
+    for key in sorted(plain, key=lambda k: k not in CARD_COLUMNS):
+        room -= utf16_units(json.dumps({key: clipped[key]}, ensure_ascii=False, default=str))
+        if room < 0:
             break
-    return _row_json(kept, kinds), True
+        kept.append(key)
+    while True:
+        chosen = set(kept)
+        text = _row_json({k: clipped[k] for k in plain if k in chosen}, kinds)
+        if not kept or utf16_units(text) <= budget:
+            return text, True
+        kept.pop()  # the estimate was short: drop the last column taken
+
+
+def _limit_for(column: str, limit: int) -> int:
+    # The card's columns keep enough for the card (it shows at most 120 characters; ids whole).
+    return max(limit, 200) if column in CARD_COLUMNS else limit
 
 
 def _row_json(values: Mapping[str, Any], kinds: Mapping[str, str]) -> str:
