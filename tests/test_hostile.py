@@ -331,3 +331,18 @@ def test_after_a_killed_run_the_next_run_and_status_show_the_held_hits(
 
 def _status_line(out: str) -> str:
     return next(line for line in out.splitlines() if line.startswith("Message from an Accepted Domain"))
+
+
+def test_status_needs_only_the_state_connection(azurite: Azurite, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("KQLWATCH_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("KQLWATCH_STATE_CONNECTION", azurite.connection_string)
+    monkeypatch.chdir(tmp_path)
+    store = StateStore(connect(azurite.connection_string, "kqlwatch", retry_total=0))  # the default table
+    store.ensure_table()
+    store.close()
+    assert main(["status"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "pending  leased" in out and "Message from an Accepted Domain" in out
