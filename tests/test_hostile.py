@@ -269,6 +269,18 @@ def test_retry_logs_of_real_retries_never_show_the_path_or_query(hook: WebhookRe
     assert "SECRET" not in text and "webhookb2" not in text and "/workflows/" not in text
 
 
+def test_azure_sdk_request_logs_show_only_scheme_and_host(la: LogAnalyticsStandIn, make_detector: MakeDetector,
+                                                           clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="azure")
+    la.respond(Response.of_json(500, {"error": {"code": "Busy", "message": "try later"}}))
+    detector = make_detector()
+    detector.logs.query(detector.settings.workspace_id, "EmailEvents | take 1", clock.now - timedelta(hours=1),
+                        clock.now)
+    requests_logged = [r.getMessage() for r in caplog.records if "Request URL" in r.getMessage()]
+    assert len(requests_logged) == 2  # the first try and the SDK's retry
+    assert "/v1/workspaces/" not in caplog.text and "https://127.0.0.1/…#" in caplog.text
+
+
 def test_redaction_keeps_only_scheme_and_host() -> None:
     from shared.redact import redact_text
 
