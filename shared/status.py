@@ -1,6 +1,8 @@
 """`kqlwatch status`: each rule's heartbeat from the state table, so an operator sees at a glance what runs.
+Offline: it needs only KQLWATCH_STATE_CONNECTION (and KQLWATCH_STATE_TABLE / KQLWATCH_RULES_DIR when not default).
 
     kqlwatch status                       one line per rule: last run, last success, failures, hits, pending
+                                          and leased hits (with when the lease ends)
     kqlwatch status --rule ID             that rule's recent runs
     kqlwatch status --rule ID --dropped   its hits that could not be delivered
 """
