@@ -194,11 +194,12 @@ def test_any_attacker_values_are_stored_in_full_form_and_build_a_card(store: Sta
         ({"KQLWATCH_TEAMS_WEBHOOK_URL": "https://[::1/workflows/x?sig=SECRET-v6"}, "KQLWATCH_TEAMS_WEBHOOK_URL",
          "not a valid URL"),
         ({"KQLWATCH_LOGS_ENDPOINT": "https://[::1"}, "KQLWATCH_LOGS_ENDPOINT", "not a valid URL"),
-        ({"KQLWATCH_LOGS_ENDPOINT": "https://api.loganalytics.io:99999"}, "KQLWATCH_LOGS_ENDPOINT",
+        ({"KQLWATCH_LOGS_ENDPOINT": "https://127.0.0.1:99999"}, "KQLWATCH_LOGS_ENDPOINT",
          "not a valid URL"),
         ({"KQLWATCH_STATE_CONNECTION": "http://acct.table.core.windows.net"}, "KQLWATCH_STATE_CONNECTION", "https"),
+        # 0.0.0.0 is not loopback by name, yet code that wrongly connects to it stays on this machine.
         ({"KQLWATCH_STATE_CONNECTION": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=SECRET==;"
-                                       "TableEndpoint=http://10.1.2.3:10002/a;"}, "KQLWATCH_STATE_CONNECTION",
+                                       "TableEndpoint=http://0.0.0.0:1/a;"}, "KQLWATCH_STATE_CONNECTION",
          "TableEndpoint must be an https://"),
         ({"KQLWATCH_MAX_CARDS_PER_RUN": "\u00b2"}, "KQLWATCH_MAX_CARDS_PER_RUN", "whole number"),
         ({"KQLWATCH_MAX_CARDS_PER_RUN": "\u0662\u0660"}, "KQLWATCH_MAX_CARDS_PER_RUN", "whole number"),
