@@ -94,7 +94,7 @@ def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) 
     if is_json:
         # DuckDB reads a JSON-lines file with a `null` line as a row of nulls, and one with an array or string
         # line as no rows at all: silent wrong answers. One quick pass over the lines' first bytes finds them.
-        _check_json_lines(spec.path)
+        _check_json_lines(engine, spec.path)
     try:
         table = engine.load_file(
             spec.table,
@@ -119,21 +119,38 @@ def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) 
     return Loaded(spec, table, time.perf_counter() - started, notes)
 
 
-def _check_json_lines(path: Path) -> None:
-    """For JSON lines (not an array): every non-blank line must start with `{`; else DataError naming the line."""
+def _check_json_lines(engine: Engine, path: Path) -> None:
+    """For JSON lines: every non-blank line must start with `{`; else DataError naming the line. A file that is
+    one JSON array is checked element by element instead."""
     if _compressed_unreadable(path):
         return
     try:
         with _open_binary(path) as handle:
             for number, line in enumerate(handle, start=1):
                 first = line.lstrip()[:1]
-                if number == 1 and first == b"[":
-                    return  # a JSON array: DuckDB reads it; _check_json_records explains a bad one
+                if number == 1 and first == b"[" and _check_json_array(engine, path):
+                    return
                 if first and first != b"{":
                     _check_json_records(path)  # the exact reason, with the line
                     raise DataError(f"{path}:{number}: a JSON line must be an object of column: value")
     except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
         raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+def _check_json_array(engine: Engine, path: Path) -> bool:
+    """Every element of a JSON array file must be an object (DuckDB reads it; no Python pass over a big file).
+    False when the file is not one JSON array."""
+    from shared.engine import EngineError
+
+    try:
+        found = engine.first_non_object(str(path), array=True)
+    except EngineError:
+        return False
+    if found:
+        number, kind = found
+        raise DataError(f"{path}: element {number} of the JSON array is {kind.lower()}, not an object of "
+                        "column: value")
+    return True
 
 
 def _compressed_unreadable(path: Path) -> bool:

@@ -520,7 +520,10 @@ def _check_schedule(c: _Checked) -> None:
 def _check_trigger(c: _Checked) -> None:
     operator = c.doc.get("triggerOperator")
     if operator is not None:
-        if operator in ARM_TRIGGER_OPERATORS:
+        if not isinstance(operator, str):
+            c.error(f"triggerOperator must be one of {', '.join(TRIGGER_OPERATORS)}, not a {type(operator).__name__}",
+                    "trigger", c.node("triggerOperator"))  # fmt: skip
+        elif operator in ARM_TRIGGER_OPERATORS:
             c.warning(f"triggerOperator {operator!r} is the ARM spelling; Sentinel YAML uses "
                       f"{ARM_TRIGGER_OPERATORS[operator]!r}", "trigger", c.node("triggerOperator"))  # fmt: skip
         elif operator not in TRIGGER_OPERATORS:

@@ -102,7 +102,7 @@ def test_a_parameter_no_file_binds_stays_a_configuration_error(
 # --- point 3: any YAML value of any type -> a located error ------------------------------------------------
 
 HOSTILE_EDITS = {
-    "int key under kqlwatch": ("kqlwatch:\n", "kqlwatch:\n  1: x\n"),
+    "int and text keys under kqlwatch": ("kqlwatch:\n", "kqlwatch:\n  1: x\n  colour: red\n"),
     "bool and null keys under kqlwatch": ("kqlwatch:\n", "kqlwatch:\n  true: x\n  null: y\n"),
     "int top-level key": ("severity: Medium", "severity: Medium\n7: seven"),
     "list for kqlwatch": ("kqlwatch:\n", "kqlwatch: [1, 2]\nx-old:\n"),
