@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ import pytest
 
 from shared.cli import main
 from shared.demo import SAMPLES
-from shared.rules import load_rules
+from shared.rules import load_exclusion_files, load_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
@@ -136,6 +137,24 @@ def test_hostile_yaml_values_give_a_located_error_from_every_command(
         code, out, err = run_cli(capsys, *argv)
         assert code in (1, 2), (argv, out, err)
         assert "Traceback" not in out + err and str(path) in out + err, (argv, out, err)
+
+
+@pytest.mark.parametrize("extra", ["3: 4\n    colour: red", "name: {1: 2}", "owner: [a, b]"])
+def test_hostile_values_in_an_exclusions_file_are_located(
+    extra: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(SEED_RULE, rules / SEED_RULE.name)
+    tuning = rules / "exclusions.yaml"
+    tuning.write_text("exclusions:\n  - rule: a256f4ea-deec-4fcd-bdf3-63987638eed9\n    name: n\n    reason: r\n"
+                      "    owner: o\n    column: SenderIPv4\n    operator: equals\n    values: [1.2.3.4]\n"
+                      f"    {extra}\n", encoding="utf-8")
+    monkeypatch.setenv("KQLWATCH_RULES_DIR", str(rules))
+    _, errors = load_exclusion_files(rules)  # what `run` loads
+    assert [e.path for e in errors] == [str(tuning)]
+    code, out, err = run_cli(capsys, "hunt", str(rules / SEED_RULE.name), "--explain")
+    assert code == 1 and str(tuning) in err and "Traceback" not in out + err
 
 
 def test_an_alias_bomb_and_deep_nesting_are_refused_fast_with_the_line(
@@ -265,12 +284,16 @@ def test_hunt_csv_neutralises_formulas_in_attacker_text(tmp_path: Path, capsys: 
 # --- point 10: CLI conventions --------------------------------------------------------------------------
 
 
-def test_version_and_verbose_after_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("kqlwatch 0.")
-    code, out, _ = run_cli(capsys, "validate", "--no-kql", str(SEED_RULE), "-v")
-    assert code == 0 and "1 valid" in out
+
+
+def test_verbose_after_the_subcommand() -> None:
+    for argv in (["-v", "validate", "--no-kql", str(SEED_RULE)], ["validate", "--no-kql", str(SEED_RULE), "-v"]):
+        done = subprocess.run([str(KQLWATCH), *argv], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and "1 valid" in done.stdout, (argv, done.stderr)
 
 
 def test_run_without_once_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
