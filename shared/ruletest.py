@@ -116,7 +116,8 @@ def run_files(targets: Sequence[tuple[Path, str | None]], out: TextIO, *, select
         try:
             rule = load_rule(path)
         except RuleError as exc:
-            out.write(f"FAILED {shown}\n    the rule file cannot be loaded: {terminal_safe(exc.reason)}\n")
+            line = f" (line {exc.line})" if exc.line else ""
+            out.write(f"FAILED {shown}\n    the rule file cannot be loaded: {terminal_safe(exc.reason)}{line}\n")
             failed += 1
             continue
         raw_tests = rule.extension.get("tests")

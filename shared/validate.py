@@ -349,7 +349,7 @@ def _check_file(path: Path) -> _Checked:
     import yaml
 
     from shared.rules import MAX_FILE_BYTES
-    from shared.yamlguard import YamlRefused, check_shape
+    from shared.yamlguard import YamlRefused, bad_scalar_line, check_shape
 
     c = _Checked(FileResult(str(path)))
     if _is_yaml(path) and path.suffix not in (".yaml", ".yml"):
@@ -377,7 +377,9 @@ def _check_file(path: Path) -> _Checked:
         c.result.findings.append(Finding(c.result.path, exc.line or 1, 1, ERROR, exc.reason, "yaml"))
         return c
     except (ValueError, OverflowError) as exc:  # a scalar YAML resolves but cannot build (2026-13-45)
-        c.error(f"a value YAML cannot read: {str(exc)[:200]}", "yaml")
+        line = bad_scalar_line(c.text) or 1
+        c.result.findings.append(Finding(c.result.path, line, 1, ERROR, f"a value YAML cannot read: {str(exc)[:200]}",
+                                         "yaml"))  # fmt: skip
         return c
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)

@@ -75,4 +75,31 @@ def safe_load(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_PARSER)  # noqa: S506 - a safe loader
     except (ValueError, OverflowError) as exc:
-        raise YamlRefused(f"a value YAML cannot read: {str(exc)[:200]}", None) from None
+        raise YamlRefused(f"a value YAML cannot read: {str(exc)[:200]}", bad_scalar_line(text)) from None
+
+
+def bad_scalar_line(text: str) -> int | None:
+    """The line of the first scalar that fails to build (error path only: the text is composed again)."""
+    constructor = yaml.SafeLoader("")
+    try:
+        pending = [yaml.compose(text, Loader=_PARSER)]
+        seen: set[int] = set()  # an alias inside its own anchor makes the node graph cyclic
+        while pending:
+            node = pending.pop(0)
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    constructor.construct_object(node)
+                except (ValueError, OverflowError, yaml.YAMLError):
+                    return int(node.start_mark.line) + 1
+            elif isinstance(node, yaml.SequenceNode):
+                pending.extend(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                pending.extend(n for pair in node.value for n in pair)
+    except yaml.YAMLError:
+        return None
+    finally:
+        constructor.dispose()
+    return None

@@ -133,6 +133,7 @@ def test_hostile_yaml_values_give_a_located_error_from_every_command(
 
     loaded = load_rules(rules)  # what `run` loads
     assert loaded.rules == [] and len(loaded.errors) == 1 and loaded.errors[0].path == str(path)
+    assert loaded.errors[0].line is not None, "the line of the field at fault"
     for argv in (["hunt", str(path), "--explain"], ["test", str(path)], ["validate", "--no-kql", str(path)]):
         code, out, err = run_cli(capsys, *argv)
         assert code in (1, 2), (argv, out, err)
