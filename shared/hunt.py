@@ -129,7 +129,8 @@ def find_rule(spec: str) -> Rule:
         return matches[0]
     if matches:
         raise UsageError(f"{spec!r} matches several rules: " + ", ".join(r.path for r in matches))
-    raise UsageError(f"no rule file, id or name {spec!r} (looked in {directory})")
+    hint = "".join(f"; {warning}" for warning in loaded.warnings)  # a rule behind a broken symlink, say
+    raise UsageError(f"no rule file, id or name {spec!r} (looked in {directory}){hint}")
 
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:

@@ -233,6 +233,8 @@ def test_dangling_and_looping_rule_symlinks_are_named_by_the_detector_and_the_wo
     assert f"{dangling}:1:1: warning:" in out and f"{loop}:1:1: warning:" in out
     _, _, err = run_cli(capsys, "test", str(rules_dir))
     assert str(dangling) in err and str(loop) in err
+    code, _, err = run_cli(capsys, "hunt", "moved", "--explain")  # by name, as the README shows
+    assert code == 2 and f"{dangling}: symbolic link to" in err
 
 
 # --- point 7: no tracebacks ------------------------------------------------------------------------------
