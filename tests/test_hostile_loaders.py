@@ -330,6 +330,7 @@ def test_sigterm_to_demo_stops_the_stand_ins_it_started(tmp_path: Path) -> None:
     proc = subprocess.Popen([str(KQLWATCH), "demo", "--out", str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None and proc.stderr is not None
+    azurite: list[int] = []
     try:
         assert proc.stdout.readline().startswith("Starting the local stand-ins")
         assert proc.stdout.readline().startswith("Serving")  # Azurite is up by now
@@ -346,3 +347,5 @@ def test_sigterm_to_demo_stops_the_stand_ins_it_started(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pid in (p for p in azurite if _alive(p)):  # what a failing run would leak
+            os.kill(pid, signal.SIGKILL)
