@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -18,6 +19,7 @@ from shared.detector import RunReport
 from shared.errors import ConfigError, KqlwatchError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,18 +36,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kqlwatch", description="Run Sentinel KQL rules and alert Teams.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"kqlwatch {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        # -v after the subcommand too (`kqlwatch hunt RULE -v`); SUPPRESS keeps it from resetting a -v before it.
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug details")
         module.configure(sub, name)
         modules[name] = module
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
         code: int = modules[args.command].main(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
         return code
+    except BrokenPipeError:
+        # `kqlwatch hunt ... | head`: the reader has what it wanted. Point stdout at devnull so Python's own
+        # flush at exit does not raise again, and exit as a process killed by SIGPIPE does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"kqlwatch: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -56,10 +68,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("kqlwatch")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def print_report(report: RunReport, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     for error in report.rule_errors:
         print(f"SKIPPED  {error}", file=stream)
+    for warning in report.warnings:
+        print(f"warning  {warning}", file=stream)
     for o in report.outcomes:
         if not o.ran and not o.errors:
             print(f"not due  {o.name}", file=stream)

@@ -8,6 +8,7 @@ as it does in a workspace with the connector.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -16,12 +17,18 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from datetime import time as dtime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from shared.errors import KqlwatchError
 
 if TYPE_CHECKING:
     from shared.engine import Engine, LoadedTable
+
+
+def file_format(path: str) -> str:
+    from shared.engine import file_format as engine_format
+
+    return engine_format(path)
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Exports that add columns the table does not have: the az CLI adds TableName to every row.
@@ -80,15 +87,29 @@ def load_files(engine: Engine, specs: Sequence[DataSpec], query: str | None = No
 
 
 def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) -> Loaded:
+    from shared.engine import EngineError
+
     started = time.perf_counter()
-    table = engine.load_file(
-        spec.table,
-        str(spec.path),
-        schema,
-        extra_columns=True,
-        ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
-        fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
-    )
+    is_json = file_format(str(spec.path)) == "json"
+    if is_json:
+        # DuckDB reads a JSON-lines file with a `null` line as a row of nulls, and one with an array or string
+        # line as no rows at all: silent wrong answers. One quick pass over the lines' first bytes finds them.
+        _check_json_lines(engine, spec.path)
+    try:
+        table = engine.load_file(
+            spec.table,
+            str(spec.path),
+            schema,
+            extra_columns=True,
+            ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
+            fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
+        )
+    except EngineError:
+        if is_json:
+            _check_json_records(spec.path)  # names the line DuckDB's message does not
+        raise
+    if is_json and table.rows == 0 and spec.path.stat().st_size > 0:
+        _check_json_records(spec.path)  # a JSON array of non-objects (only here: a good file is not re-read)
     notes = []
     if schema is None:
         notes.append(f"{spec.table} has no schema in shared/schemas: column types inferred from the file")
@@ -96,6 +117,94 @@ def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) 
         notes.append(f"columns not in the {spec.table} schema, types inferred: {', '.join(table.inferred)}")
     notes.extend(f"{target} is not in the file: filled from {source}" for target, source in table.filled.items())
     return Loaded(spec, table, time.perf_counter() - started, notes)
+
+
+def _check_json_lines(engine: Engine, path: Path) -> None:
+    """For JSON lines: every non-blank line must start with `{`; else DataError naming the line. A file that is
+    one JSON array is checked element by element instead."""
+    if _compressed_unreadable(path):
+        return
+    try:
+        with _open_binary(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                first = line.lstrip()[:1]
+                if number == 1 and first == b"[" and _check_json_array(engine, path):
+                    return
+                if first and first != b"{":
+                    _check_json_records(path)  # the exact reason, with the line
+                    raise DataError(f"{path}:{number}: a JSON line must be an object of column: value")
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+def _check_json_array(engine: Engine, path: Path) -> bool:
+    """Every element of a JSON array file must be an object (DuckDB reads it; no Python pass over a big file).
+    False when the file is not one JSON array."""
+    from shared.engine import EngineError
+
+    try:
+        found = engine.first_non_object(str(path), array=True)
+    except EngineError:
+        return False
+    if found:
+        number, kind = found
+        raise DataError(f"{path}: element {number} of the JSON array is {kind.lower()}, not an object of "
+                        "column: value")
+    return True
+
+
+def _compressed_unreadable(path: Path) -> bool:
+    """zstd files are decompressed by DuckDB only (no zstd module here): they are not pre-checked."""
+    return path.name.lower().endswith(".zst")
+
+
+def _open_binary(path: Path) -> IO[bytes] | gzip.GzipFile:
+    try:
+        if path.name.lower().endswith(".gz"):
+            return gzip.open(path, "rb")
+        return path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _check_json_records(path: Path) -> None:
+    """Raise DataError naming `path:line` for the first JSON record that is not an object."""
+    if _compressed_unreadable(path):
+        return
+    text = _read_text(path)
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"{path}: not valid JSON: {exc}") from None
+        for index, record in enumerate(records if isinstance(records, list) else [records]):
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: element {index} of the JSON array is {_json_kind(record)}, not an object "
+                                "of column: value")
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON: {exc.args[0] if exc.args else exc}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: a JSON line must be an object of column: value, not {_json_kind(record)}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    return raw.decode("utf-8", errors="replace")
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def load_rows(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -56,7 +57,30 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return demo(args.out)
+    with _stop_on_sigterm():
+        try:
+            return demo(args.out)
+        except _Terminated:
+            print("kqlwatch demo: stopped (SIGTERM); the stand-ins it started are stopped.", file=sys.stderr)
+            return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind so every `with` (Azurite's subprocess, the servers) stops what it started.
+    A BaseException, so the detector's per-rule `except Exception` cannot swallow it."""
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """By default SIGTERM kills Python without unwinding, leaving Azurite (a Node subprocess) running."""
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def demo(out_dir: Path | None = None, stream: Any = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections import deque
@@ -26,7 +27,7 @@ from shared.exclusions import Exclusion
 from shared.kql import KqlLexError
 from shared.loganalytics import QueryResult
 from shared.params import ParamError, apply_params, bindings
-from shared.rules import Rule, load_exclusion_files, load_rules, trigger_met
+from shared.rules import MAX_FILE_BYTES, Rule, load_exclusion_files, load_rules, trigger_met
 from shared.settings import PARAM_PREFIX, Settings
 from shared.state import DELIVERED, DROPPED, SUPPRESSED, Hit, RuleState, RunRecord, StateStore, expired, lease_is_free
 from shared.teams import PostResult
@@ -97,6 +98,7 @@ class RuleOutcome:
 class RunReport:
     outcomes: list[RuleOutcome]
     rule_errors: list[RuleError]
+    warnings: list[str] = field(default_factory=list)  # about the rule set, not one rule: printed, not failures
 
     @property
     def ok(self) -> bool:
@@ -115,9 +117,14 @@ def prepare_rules(
     params: dict[str, str],
     exclusions: Sequence[Exclusion] = (),
     today: date | None = None,
+    *,
+    failed: Sequence[RuleError] = (),
+    warnings: list[str] | None = None,
 ) -> tuple[list[PreparedRule], list[RuleError]]:
     """Apply KQLWATCH_PARAM_* and the active exclusions to every rule. A parameter no rule binds is a
-    configuration error (exit 2): a typo would otherwise silently leave the default in place."""
+    configuration error (exit 2): a typo would otherwise silently leave the default in place. But when its
+    binding is in a file that failed to load (`failed`), one typo in that file must not stop every other rule:
+    the parameter gets a warning naming the file (appended to `warnings`) and the good rules run."""
     today = today or datetime.now(timezone.utc).date()
     by_rule = excl.by_rule(exclusions)
     known_ids = {r.id for r in rules}
@@ -141,20 +148,41 @@ def prepare_rules(
             raise ConfigError(f"{PARAM_PREFIX}{bad}", str(exc)) from None
         active, stale = excl.split_by_expiry([*rule.exclusions, *by_rule.get(rule.id, [])], today)
         prepared.append(PreparedRule(rule, excl.apply(query, active), tuple(stale)))
-    unused = sorted(set(params) - used)
-    if unused:
-        raise ConfigError(
-            f"{PARAM_PREFIX}{unused[0]}",
-            f"names no top-level `let {unused[0]} = ...;` binding in any rule",
-        )
+    for name in sorted(set(params) - used):
+        holders = [e.path for e in failed if _binds(e.path, name)]
+        if not holders:
+            raise ConfigError(f"{PARAM_PREFIX}{name}", f"names no top-level `let {name} = ...;` binding in any rule")
+        if warnings is not None:
+            warnings.append(
+                f"{PARAM_PREFIX}{name} applies to no loaded rule: its `let {name}` is in "
+                f"{', '.join(sorted(set(holders)))}, which failed to load (see SKIPPED)"
+            )
     return prepared, errors
 
 
-def load_prepared(settings: Settings, today: date | None = None) -> tuple[list[PreparedRule], list[RuleError]]:
-    """The rules, exclusions and parameters as a run uses them (also what `kqlwatch hunt --explain` shows)."""
+def _binds(path: str, name: str) -> bool:
+    """Whether a file that failed to load has a `let <name> =` anywhere: it did not parse, so a text search is
+    all there is (a false match only turns a config error into a warning about a file that is reported anyway)."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(rf"\blet\s+{re.escape(name)}\s*=", text) is not None
+
+
+def load_prepared(
+    settings: Settings, today: date | None = None, warnings: list[str] | None = None
+) -> tuple[list[PreparedRule], list[RuleError]]:
+    """The rules, exclusions and parameters as a run uses them (also what `kqlwatch hunt --explain` shows).
+    Warnings about the rule set (broken symlinks, parameters whose rule failed to load) go to `warnings`."""
     loaded = load_rules(settings.rules_dir)
+    if warnings is not None:
+        warnings.extend(loaded.warnings)
     exclusions, exclusion_errors = load_exclusion_files(settings.rules_dir)
-    prepared, errors = prepare_rules(loaded.rules, dict(settings.params), exclusions, today)
+    prepared, errors = prepare_rules(
+        loaded.rules, dict(settings.params), exclusions, today, failed=loaded.errors, warnings=warnings
+    )
     return prepared, loaded.errors + exclusion_errors + errors
 
 
@@ -176,12 +204,15 @@ class Detector:
         self.run_id = uuid.uuid4().hex[:12]
 
     def run(self, *, only_due: bool) -> RunReport:
-        prepared, errors = load_prepared(self.settings, self.clock().date())
+        warnings: list[str] = []
+        prepared, errors = load_prepared(self.settings, self.clock().date(), warnings)
         for error in errors:
             log.error("rule skipped: %s", error)
+        for warning in warnings:
+            log.warning("%s", warning)
         self.store.ensure_table()
         outcomes = [self.run_rule(p, only_due=only_due) for p in prepared]
-        return RunReport(outcomes, errors)
+        return RunReport(outcomes, errors, warnings)
 
     def run_rule(self, prepared: PreparedRule, *, only_due: bool = False) -> RuleOutcome:
         rule = prepared.rule

@@ -169,6 +169,18 @@ class Engine:
             filled=filled,
         )
 
+    def first_non_object(self, path: str, *, array: bool) -> tuple[int, str] | None:
+        """(1-based record number, JSON type) of the first record of a JSON file that is not an object, if any.
+        load_file reads a `null` record as a row of nulls, and a file of non-objects as no rows: callers check."""
+        fmt = "array" if array else "newline_delimited"
+        sql = (f"SELECT n, t FROM (SELECT row_number() OVER () AS n, json_type(json) AS t "  # noqa: S608 - quoted
+               f"FROM read_json_objects({_sql_str(path)}, format='{fmt}')) WHERE t IS DISTINCT FROM 'OBJECT' LIMIT 1")
+        try:
+            found = self._con.execute(sql).fetchone()
+        except Exception as exc:  # duckdb.Error: not JSON at all
+            raise EngineError(f"cannot read {path}: {_first(exc)}") from None
+        return (int(found[0]), str(found[1])) if found else None
+
     def create_table(self, table: str, schema: Mapping[str, str]) -> None:
         """An empty table with these columns (a table a workspace has but the data files do not fill)."""
         definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in _unique(schema).items())

@@ -18,12 +18,13 @@ class ConfigError(KqlwatchError):
 class RuleError(KqlwatchError):
     """A rule file cannot be used; carries the file (and line when known)."""
 
-    def __init__(self, path: str, reason: str, line: int | None = None) -> None:
+    def __init__(self, path: str, reason: str, line: int | None = None, *, key: str | None = None) -> None:
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {reason}")
         self.path = path
         self.line = line
         self.reason = reason
+        self.key = key  # the top-level field at fault, when known (the loader turns it into a line)
 
 
 class QueryError(KqlwatchError):

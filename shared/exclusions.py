@@ -88,18 +88,18 @@ def _one(item: Any, source: str, rule_id: str | None, index: int) -> Exclusion:
     where = f"{source}: exclusion #{index}"
     if not isinstance(item, dict):
         raise ExclusionError(f"{where} must be a mapping")
-    name = str(item.get("name") or "").strip()
+    name = _text(item, "name", where)
     if name:
         where = f"{source}: exclusion '{name}'"
-    target = rule_id or str(item.get("rule") or "").strip().lower()
+    target = rule_id or _text(item, "rule", where).lower()
     if not target:
         raise ExclusionError(f"{where} needs 'rule' (the rule id it applies to)")
     for key in ("name", "reason", "owner"):
-        if not str(item.get(key) or "").strip():
+        if not _text(item, key, where):
             raise ExclusionError(f"{where} needs '{key}' (exclusions must say why, and who owns them)")
     unknown = set(item) - {"rule", "name", "reason", "owner", "expires", "match", "column", "operator", "values"}
     if unknown:
-        raise ExclusionError(f"{where} has unknown key(s): {', '.join(sorted(unknown))}")
+        raise ExclusionError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     raw_conditions = item.get("match")
     if raw_conditions is None:
         raw_conditions = [{k: item[k] for k in ("column", "operator", "values") if k in item}]
@@ -108,12 +108,22 @@ def _one(item: Any, source: str, rule_id: str | None, index: int) -> Exclusion:
     return Exclusion(
         rule_id=target,
         name=name,
-        reason=str(item["reason"]).strip(),
-        owner=str(item["owner"]).strip(),
+        reason=_text(item, "reason", where),
+        owner=_text(item, "owner", where),
         conditions=tuple(_condition(c, where) for c in raw_conditions),
         expires=_expiry(item.get("expires"), where),
         source=source,
     )
+
+
+def _text(item: dict[Any, Any], key: str, where: str) -> str:
+    """A text field; YAML numbers are taken as written, anything else (a list, a mapping) is refused."""
+    value = item.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ExclusionError(f"{where}: '{key}' must be text, not {type(value).__name__}")
+    return str(value).strip()
 
 
 def _condition(raw: Any, where: str) -> Condition:

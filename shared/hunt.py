@@ -13,7 +13,6 @@ inert first (control and bidi characters visible, no escape sequences).
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import os
@@ -22,12 +21,13 @@ import sys
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from shared.datafiles import Loaded
     from shared.detector import PreparedRule
     from shared.engine import EngineResult
     from shared.exclusions import Exclusion
@@ -38,6 +38,8 @@ DEFAULT_WIDTH = 60
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CSV_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # all but tab, LF, CR
 _NUMERIC = ("int", "long", "real", "double", "decimal")
+_CSV_QUOTE = re.compile('[",\r\n]')
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class UsageError(Exception):
@@ -127,7 +129,8 @@ def find_rule(spec: str) -> Rule:
         return matches[0]
     if matches:
         raise UsageError(f"{spec!r} matches several rules: " + ", ".join(r.path for r in matches))
-    raise UsageError(f"no rule file, id or name {spec!r} (looked in {directory})")
+    hint = "".join(f"; {warning}" for warning in loaded.warnings)  # a rule behind a broken symlink, say
+    raise UsageError(f"no rule file, id or name {spec!r} (looked in {directory}){hint}")
 
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:
@@ -213,6 +216,7 @@ class Run:
     load_seconds: float
     query_seconds: float
     notes: list[str]
+    warnings: list[str] = field(default_factory=list)  # data that cannot be what the query expects
 
 
 def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None) -> Run:
@@ -231,7 +235,32 @@ def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None
         result = engine.query(prepared.query, now=now)
         query_seconds = time.perf_counter() - started
     notes = [note for item in loaded for note in item.notes]
-    return Run(result, {item.spec.table: item.table.rows for item in loaded}, load_seconds, query_seconds, notes)
+    rows_in = {item.spec.table: item.table.rows for item in loaded}
+    return Run(result, rows_in, load_seconds, query_seconds, notes, data_warnings(prepared.query, loaded))
+
+
+def data_warnings(query: str, loaded: Sequence[Loaded]) -> list[str]:
+    """Why a result may be empty for the wrong reason: a file given for a table the query never reads, or a file
+    without columns the query reads (they load empty, so every filter on them fails quietly)."""
+    from shared.kql import KqlLexError, tokenize
+
+    try:
+        names = {t.text for t in tokenize(query) if t.kind == "ident"}
+    except KqlLexError:
+        return []
+    warnings = []
+    for item in loaded:
+        table, path = item.spec.table, item.spec.path
+        if table not in names:
+            warnings.append(f"the query does not read table {table}: {path} is not used (is it the right table?)")
+            continue
+        absent = [c for c in item.table.missing if c in names and c not in item.table.filled]
+        if absent and item.table.rows:
+            warnings.append(
+                f"{path} has no column(s) {', '.join(absent)} that the query reads: "
+                f"they are empty in all {item.table.rows:,} rows of {table}"
+            )
+    return warnings
 
 
 def _hunt(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
@@ -241,8 +270,7 @@ def _hunt(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None
     outcome = run(prepared, args.data, now)
     result = outcome.result
     columns = select_columns(result.columns, args.columns)
-    for note in outcome.notes:
-        print(f"note: {terminal_safe(note)}", file=sys.stderr)
+    _print_notes(outcome)
     out = sys.stdout
     if args.format == "jsonl":
         write_jsonl(result, columns, out)
@@ -265,20 +293,25 @@ def _hunt(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None
     return EXIT_OK
 
 
-def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
-    from shared.card import CardContext, build_posts
-    from shared.preview import card_content, card_text, render_cards
-
-    outcome = run(prepared, args.data, now)
+def _print_notes(outcome: Run) -> None:
     for note in outcome.notes:
         print(f"note: {terminal_safe(note)}", file=sys.stderr)
+    for warning in outcome.warnings:
+        print(f"warning: {terminal_safe(warning)}", file=sys.stderr)
+
+
+def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
+    from shared.card import CardContext, build_posts
+    from shared.preview import card_content, card_text, render_cards, write_page
+
+    outcome = run(prepared, args.data, now)
+    _print_notes(outcome)
     rule = prepared.rule
     hits, summary = detector_hits(rule, outcome.result)
     posts = build_posts(CardContext(rule, total=len(hits)), hits) if hits else []
     payloads = [post.payload for post in posts]
     rendered = render_cards([card_content(p) for p in payloads], f"kqlwatch preview: {rule.name}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(rendered.page, encoding="utf-8")  # as shared.preview.write_preview, keeping the verdicts
+    write_page(rendered.page, args.out)  # as shared.preview.write_preview, keeping the verdicts
     for index, (payload, verdict) in enumerate(zip(payloads, rendered.results, strict=True), start=1):
         print(f"── card {index} of {len(payloads)} " + "─" * 40)
         print(card_text(payload))
@@ -370,17 +403,27 @@ def write_jsonl(result: EngineResult, columns: Sequence[int], out: TextIO) -> No
 def write_csv(result: EngineResult, columns: Sequence[int], out: TextIO, *, terminal: bool = False) -> None:
     """CSV with a header, readable by `--data` again. Control characters other than tab and line breaks are
     replaced by U+FFFD always (they carry no meaning in mail data and drive terminals); on a terminal, line
-    breaks and bidi controls are shown as escapes too."""
+    breaks and bidi controls are shown as escapes too. A text cell starting with = + - @ tab or CR gets a leading
+    ' so a spreadsheet shows it rather than running it as a formula (OWASP's advice)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([_csv_safe(result.columns[i], terminal) for i in columns])
+    buffer.write(_csv_record([_csv_safe(result.columns[i], terminal) for i in columns]))
+    numeric = [result.types[i] in _NUMERIC for i in range(len(result.types))]
     for row in result.rows:
-        writer.writerow([_csv_safe(as_text(row[i], result.types[i]), terminal) for i in columns])
+        buffer.write(_csv_record([_csv_safe(as_text(row[i], result.types[i]), terminal, numeric=numeric[i])
+                                  for i in columns]))
         if buffer.tell() > 1 << 16:
             out.write(buffer.getvalue())
             buffer.seek(0)
             buffer.truncate()
     out.write(buffer.getvalue())
+
+
+def _csv_record(cells: Sequence[str]) -> str:
+    """One RFC 4180 record. Not csv.writer: its minimal quoting leaves a bare CR (in a subject) unquoted, and
+    every reader then ends the record there."""
+    if list(cells) == [""]:
+        return '""\n'  # a lone empty cell would be a blank line, which readers skip
+    return ",".join(f'"{c.replace(chr(34), chr(34) * 2)}"' if _CSV_QUOTE.search(c) else c for c in cells) + "\n"
 
 
 def format_table(result: EngineResult, columns: Sequence[int], width: int = DEFAULT_WIDTH) -> list[str]:
@@ -425,13 +468,19 @@ def terminal_safe(text: str) -> str:
     return replace_controls(show_bidi(text.replace("\r\n", "\n").replace("\r", "\n")))
 
 
-def _csv_safe(text: str, terminal: bool) -> str:
+def _csv_safe(text: str, terminal: bool, *, numeric: bool = False) -> str:
     if terminal:
         from shared.sanitize import show_bidi
 
         text = show_bidi(text)
         text = text.replace("\r", "\\r").replace("\n", "\\n")
-    return _CSV_CONTROL.sub("\ufffd", text)
+    text = _CSV_CONTROL.sub("\ufffd", text)
+    # OWASP CSV injection: Excel and LibreOffice run a cell starting with = + - @ (or tab/CR before one) as a
+    # formula, e.g. a Subject "=HYPERLINK(...)". A leading single quote makes it text. Numbers stay numbers:
+    # a numeric column's "-5" is our own rendering, not attacker text.
+    if not numeric and text.startswith(_FORMULA_START):
+        text = "'" + text
+    return text
 
 
 def _timespan(value: timedelta) -> str:

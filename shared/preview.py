@@ -96,10 +96,19 @@ def render_cards(
 
 def write_preview(cards: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
     """Render the cards into a standalone HTML page at `path` (parents created); returns the path."""
-    result = render_cards(cards, title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(result.page, encoding="utf-8")
+    write_page(render_cards(cards, title).page, path)
     return path
+
+
+def write_page(page: str, path: Path) -> None:
+    """Write an HTML page; a folder, an unwritable or impossible path is a KqlwatchError naming it."""
+    if path.is_dir():
+        raise KqlwatchError(f"--out {path}: is a folder; give the HTML file to write, e.g. {path / 'cards.html'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise KqlwatchError(f"--out {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _parse_output(stdout: bytes, expected: int) -> RenderResult:

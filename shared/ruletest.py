@@ -68,12 +68,17 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from shared.hunt import rules_dir, terminal_safe
+    from shared.rules import broken_links
 
+    paths = args.paths or [str(rules_dir())]
     try:
-        targets = collect(args.paths or [str(rules_dir())])
+        targets = collect(paths)
     except CaseError as exc:
         print(f"kqlwatch test: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    for folder in (Path(p) for p in paths if Path(p).is_dir()):
+        for warning in broken_links(folder):
+            print(f"kqlwatch test: warning: {terminal_safe(warning)}", file=sys.stderr)
     passed, failed = run_files(targets, sys.stdout, select=args.select)
     print(f"{passed} passed, {failed} failed")
     return EXIT_OK if failed == 0 else EXIT_FAILED
@@ -111,7 +116,8 @@ def run_files(targets: Sequence[tuple[Path, str | None]], out: TextIO, *, select
         try:
             rule = load_rule(path)
         except RuleError as exc:
-            out.write(f"FAILED {shown}\n    the rule file cannot be loaded: {terminal_safe(exc.reason)}\n")
+            line = f" (line {exc.line})" if exc.line else ""
+            out.write(f"FAILED {shown}\n    the rule file cannot be loaded: {terminal_safe(exc.reason)}{line}\n")
             failed += 1
             continue
         raw_tests = rule.extension.get("tests")

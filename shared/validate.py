@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import KqlwatchError
-from shared.rules import is_exclusions_file
+from shared.rules import broken_links, is_exclusions_file
 
 if TYPE_CHECKING:
     import yaml
@@ -187,11 +187,11 @@ class FileResult:
 @dataclass(frozen=True)
 class Report:
     files: list[FileResult]
-    problems: list[Finding]  # not about one rule file (a path that does not exist)
+    problems: list[Finding]  # not about one rule file (a path that does not exist, a dangling symlink)
 
     @property
     def ok(self) -> bool:
-        return not self.problems and all(f.errors == 0 for f in self.files)
+        return all(p.severity != ERROR for p in self.problems) and all(f.errors == 0 for f in self.files)
 
     def findings(self) -> list[Finding]:
         return self.problems + [f for r in self.files for f in sorted(r.findings, key=_finding_order)]
@@ -271,6 +271,7 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
             found.extend(
                 sorted(p for p in path.rglob("*") if p.is_file() and _is_yaml(p) and not is_exclusions_file(p))
             )
+            problems.extend(_broken_link(message) for message in broken_links(path))
         elif path.is_file():
             if not is_exclusions_file(path):
                 found.append(path)
@@ -279,6 +280,11 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     unique = list(dict.fromkeys(found))
     return unique, problems
 
+
+
+def _broken_link(message: str) -> Finding:
+    where, _, reason = message.partition(": ")
+    return Finding(where, 1, 1, WARNING, reason, "file")
 
 
 def validate_paths(paths: Iterable[Path], *, kql: bool = True) -> Report:
@@ -343,6 +349,7 @@ def _check_file(path: Path) -> _Checked:
     import yaml
 
     from shared.rules import MAX_FILE_BYTES
+    from shared.yamlguard import YamlRefused, bad_scalar_line, check_shape
 
     c = _Checked(FileResult(str(path)))
     if _is_yaml(path) and path.suffix not in (".yaml", ".yml"):
@@ -360,10 +367,20 @@ def _check_file(path: Path) -> _Checked:
     except UnicodeDecodeError:
         c.error("file is not UTF-8 text", "file")
         return c
-    loader = yaml.SafeLoader(c.text)
+    loader = None
     try:
+        check_shape(c.text, yaml.SafeLoader)  # before building anything: an alias bomb or deep nesting is refused here, fast
+        loader = yaml.SafeLoader(c.text)
         root = loader.get_single_node()
         doc = loader.construct_document(root) if root is not None else None
+    except YamlRefused as exc:
+        c.result.findings.append(Finding(c.result.path, exc.line or 1, 1, ERROR, exc.reason, "yaml"))
+        return c
+    except (ValueError, OverflowError) as exc:  # a scalar YAML resolves but cannot build (2026-13-45)
+        line = bad_scalar_line(c.text) or 1
+        c.result.findings.append(Finding(c.result.path, line, 1, ERROR, f"a value YAML cannot read: {str(exc)[:200]}",
+                                         "yaml"))  # fmt: skip
+        return c
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -371,7 +388,8 @@ def _check_file(path: Path) -> _Checked:
         c.result.findings.append(Finding(c.result.path, line, col, ERROR, f"invalid YAML: {problem}", "yaml"))
         return c
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(root, yaml.MappingNode) or not isinstance(doc, dict):
         c.error("a rule file must be a YAML mapping (id, name, query, ...)", "yaml", root)
         return c
@@ -476,6 +494,9 @@ def _duration(c: _Checked, key: str) -> timedelta | None:
     except ValueError as exc:
         c.error(f"{key}: {exc}", "duration", c.node(key))
         return None
+    except OverflowError:  # "99999999999d": more days than a timedelta holds
+        c.error(f"{key}: {str(value)[:40]!r} is too long a duration", "duration", c.node(key))
+        return None
     if key in ("queryFrequency", "queryPeriod") and not MIN_DURATION <= parsed <= MAX_DURATION:
         c.error(f"{key} {format_duration(parsed)} is outside Sentinel's range of 5m to 14d", "duration", c.node(key))
         return None
@@ -501,7 +522,10 @@ def _check_schedule(c: _Checked) -> None:
 def _check_trigger(c: _Checked) -> None:
     operator = c.doc.get("triggerOperator")
     if operator is not None:
-        if operator in ARM_TRIGGER_OPERATORS:
+        if not isinstance(operator, str):
+            c.error(f"triggerOperator must be one of {', '.join(TRIGGER_OPERATORS)}, not a {type(operator).__name__}",
+                    "trigger", c.node("triggerOperator"))  # fmt: skip
+        elif operator in ARM_TRIGGER_OPERATORS:
             c.warning(f"triggerOperator {operator!r} is the ARM spelling; Sentinel YAML uses "
                       f"{ARM_TRIGGER_OPERATORS[operator]!r}", "trigger", c.node("triggerOperator"))  # fmt: skip
         elif operator not in TRIGGER_OPERATORS:

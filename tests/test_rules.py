@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def test_durations_in_short_and_iso_form(text: str) -> None:
 def test_bad_fields_are_reported_with_the_file(extra: str, message: str) -> None:
     with pytest.raises(RuleError) as caught:
         parse_rule(MINIMAL + extra, "rules/x.yaml")
-    assert str(caught.value).startswith("rules/x.yaml: ") and message in str(caught.value)
+    # the line of the field at fault is named too (issue 10)
+    assert re.match(r"rules/x\.yaml:\d+: ", str(caught.value)) and message in str(caught.value)
 
 
 @pytest.mark.parametrize(
