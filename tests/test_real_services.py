@@ -169,6 +169,28 @@ def test_a_query_past_the_server_wait_is_bounded_by_the_rule_budget(
     assert len(la.requests) <= 3  # without the budget: 4 attempts of a full wait each (~8 min in production)
 
 
+def test_one_slow_rule_leaves_the_others_their_time(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
+    (rules_dir / "other.yaml").write_text(
+        "id: 0b5e9c6e-4444-4a4a-9a9a-000000000003\nname: Other rule\n"
+        "query: |\n  EmailEvents | where Subject == 'other'\n"
+    )
+    other = email(clock, Subject="other")
+    la.ingest("EmailEvents", [other], at=clock.now - timedelta(minutes=10))
+    la.query_seconds, la.slow_query = 60, "SenderDomains"  # only the seed rule's query is slow
+    detector = make_detector()
+    detector.logs = client = _slow_client(la, budget=2.5)
+    started = time.monotonic()
+    outcomes = {o.name: o for o in detector.run(only_due=False).outcomes}
+    spent = time.monotonic() - started
+    client.close()
+    slow = outcomes["Message from an Accepted Domain with DMARC TempError"]
+    assert not slow.ok and "query time budget used up" in slow.errors[0] and slow.query_ms <= 3500
+    assert outcomes["Other rule"].ok and outcomes["Other rule"].query_ms < 1500
+    assert delivered_ids(hook) == [other["NetworkMessageId"]] and spent < 6
+
+
 def test_without_a_budget_the_sdk_would_retry_the_504_three_times(la: LogAnalyticsStandIn) -> None:
     """The control for the test above: what azure-core does on its own."""
     la.query_seconds = 60
