@@ -289,12 +289,14 @@ class Detector:
         first = self._query(query, start, middle, depth + 1)
         second = self._query(query, middle, end, depth + 1)
         columns = first.columns or second.columns
+        partial = [r for r in (first, second) if r.partial_error is not None]
         return QueryResult(
             columns,
             {**second.types, **first.types},
             first.rows + second.rows,
-            first.partial_error or second.partial_error,
-            truncated=first.truncated or second.truncated,
+            "; ".join(dict.fromkeys(r.partial_error or "" for r in partial)) or None,
+            # Still only truncation if every half that stayed partial was truncated, else the rule is degraded.
+            truncated=bool(partial) and all(r.truncated for r in partial),
         )
 
     def _timed_query(self, query: str, window: Window, outcome: RuleOutcome) -> QueryResult | None:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from shared import detector as detector_module
 from shared.errors import ConfigError, QueryError
 from shared.loganalytics import LogsClient, StaticTokenCredential, make_credential
 from shared.settings import load_settings
 from shared.standins._http import LoopbackServer, Request, Response
 from shared.standins.clock import Clock
-from shared.standins.loganalytics import LogAnalyticsStandIn, PartialFailure
+from shared.standins.loganalytics import TRUNCATION_CODE, LogAnalyticsStandIn, PartialFailure, partial_error_body
 from shared.standins.teams import WebhookReceiver
 from shared.teams import TeamsClient
 from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
@@ -329,3 +330,18 @@ def test_service_errors_keep_the_correlation_id(la: LogAnalyticsStandIn, hook: W
     assert not outcome.ok and error.startswith("query failed: HTTP 400 BadArgumentError: ")
     assert "NoSuchColumn" in error  # the innererror's specific reason, not "The request had some invalid..."
     assert re.search(r"\(correlationId [0-9a-f-]{36}\)$", error)
+
+
+def test_a_window_split_for_truncation_whose_half_fails_otherwise_is_degraded(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detector_module, "MAX_SPLITS", 1)  # one split: the halves' answers decide
+    empty = {"tables": [{"name": "PrimaryResult", "columns": [{"name": "Subject", "type": "string"}], "rows": []}]}
+    truncated = {**empty, "error": partial_error_body(TRUNCATION_CODE, "Query result set has exceeded the internal "
+                                                      "record count limit 500000 (E_QUERY_RESULT_SET_TOO_LARGE)")}
+    low_memory = {**empty, "error": partial_error_body(LOW_MEMORY.code, LOW_MEMORY.message)}
+    la.respond(Response.of_json(200, truncated), Response.of_json(200, truncated), Response.of_json(200, low_memory))
+    outcome = make_detector().run(only_due=False).outcomes[0]
+    assert len(la.requests) == 3 and outcome.degraded and not outcome.ok
+    assert "E_LOW_MEMORY_CONDITION" in outcome.errors[0] and "E_QUERY_RESULT_SET_TOO_LARGE" in outcome.errors[0]

@@ -191,15 +191,15 @@ class LogAnalyticsStandIn:
         }
         if self.row_cap is not None and len(rows) > self.row_cap:
             payload["tables"][0]["rows"] = rows[: self.row_cap]
-            payload["error"] = _partial(TRUNCATION_CODE, "Query result set has exceeded the internal record count "
+            payload["error"] = partial_error_body(TRUNCATION_CODE, "Query result set has exceeded the internal record count "
                                         f"limit {self.row_cap} (E_QUERY_RESULT_SET_TOO_LARGE; see "
                                         "https://aka.ms/kustoquerylimits)")
         elif self.partial_failure is not None:
-            payload["error"] = _partial(self.partial_failure.code, self.partial_failure.message)
+            payload["error"] = partial_error_body(self.partial_failure.code, self.partial_failure.message)
         return Response.of_json(200, payload)
 
 
-def _partial(code: str, message: str) -> dict[str, Any]:
+def partial_error_body(code: str, message: str) -> dict[str, Any]:
     return {
         "code": "PartialError",
         "message": "There were some errors when processing your query.",
