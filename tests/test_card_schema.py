@@ -148,3 +148,14 @@ def test_the_schema_check_can_fail() -> None:
     run = {"type": "TextRun", "text": "x", "selectAction": {"type": "Action.OpenUrl"}}  # no url
     assert schema_errors(variant(body=[{"type": "RichTextBlock", "inlines": [run]}]))
     assert schema_errors(variant(body=[{"type": "Container", "style": "purple", "items": []}]))
+
+
+def test_non_ascii_digests_fit_however_teams_counts() -> None:
+    """25 hits with non-ASCII subjects: under the budget as UTF-8 bytes *and* as \\u-escaped JSON."""
+    rows = [email(Subject="é" * 120 + str(i), SenderDisplayName="名前" * 30, NetworkMessageId=f"n-{i}")
+            for i in range(25)]
+    posts = build_posts(CardContext(seed_rule(), total=25), rows)
+    assert sum(p.count for p in posts) == 25
+    for post in posts:
+        assert len(json.dumps(post.payload, ensure_ascii=True, separators=(",", ":"))) <= MAX_CARD_BYTES
+        assert len(json.dumps(post.payload, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_CARD_BYTES
