@@ -1,8 +1,9 @@
-"""Build the Adaptive Cards (1.5) that Teams Workflows webhooks accept. Pure: no I/O.
+"""Build the Adaptive Cards (1.4) that Teams Workflows webhooks accept. Pure: no I/O.
 
-Every value from the data goes into a RichTextBlock TextRun (never Markdown), sanitized. Hits are grouped
-into digest cards of at most 25; a card that would exceed Teams' ~28 KB limit is rebuilt with shorter values,
-then split.
+Every value from the data goes into a RichTextBlock TextRun (never Markdown), sanitized. Links are
+Action.OpenUrl buttons (an ActionSet under each hit, the card's `actions`), never a TextRun's selectAction:
+some Teams clients show those as plain text. Hits are grouped into digest cards of at most 25; a card that
+would exceed Teams' ~28 KB limit is rebuilt with shorter values, then split.
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from shared.rules import Rule
 from shared.sanitize import clean, format_time, scrub_surrogates, truncate
 
 MAX_HITS_PER_CARD = 25
-MAX_CARD_BYTES = 27_500  # Teams drops messages over ~28 KB after answering 202; keep a margin
+# Teams drops messages over ~28 KB after answering 202, and Microsoft does not say how it counts: a card of
+# 24,307 bytes as sent (compact UTF-8) is 28,684 bytes with \u-escaped non-ASCII. payload_size is the larger.
+MAX_CARD_BYTES = 27_500
+# Workflows' post-card step shows "this card couldn't be displayed" for 1.5; nothing here is newer than 1.2.
+CARD_VERSION = "1.4"
 _VALUE_LIMITS = (120, 60, 30)  # tried in turn until the card fits
 SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 _SEVERITY_STYLE = {"High": "attention", "Medium": "warning", "Low": "accent", "Informational": "default"}
 _PORTALS = {"api.loganalytics.us": "https://portal.azure.us", "api.loganalytics.azure.cn": "https://portal.azure.cn"}
 _GENERIC_COLUMNS = 12
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-# No-break spaces: renderers collapse ordinary runs of spaces.
-_GAP = "\u00a0\u00a0"
-_SEP = "\u00a0\u00a0·\u00a0\u00a0"
+# One non-ASCII character per separator: each costs 6 bytes where Teams counts \u-escaped JSON (no-break
+# spaces around it cost 25 hits their place in a card).
+_GAP = " \u00b7 "
+_SEP = " \u00b7 "
 
 
 @dataclass(frozen=True)
@@ -77,11 +83,14 @@ def _fit(ctx: CardContext, hits: Sequence[Mapping[str, Any]], start: int, end: i
 
 
 def payload_size(payload: Mapping[str, Any]) -> int:
-    return len(encode(payload))
+    """The size Teams may count: the bytes sent, or the same JSON with non-ASCII escaped as \\uXXXX (never smaller)."""
+    escaped = json.dumps(payload, ensure_ascii=True, separators=(",", ":"))
+    return max(len(encode(payload)), len(escaped))
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:
-    # clean() already scrubs data values; this also covers rule text (names, custom detail labels).
+    """The bytes posted: compact JSON in UTF-8 (sent as `application/json; charset=utf-8`). clean() already
+    scrubs data values; scrubbing here also covers rule text (names, custom detail labels)."""
     return scrub_surrogates(json.dumps(payload, ensure_ascii=False, separators=(",", ":"))).encode("utf-8")
 
 
@@ -116,12 +125,12 @@ def card(
     content: dict[str, Any] = {
         "type": "AdaptiveCard",
         "$schema": SCHEMA,
-        "version": "1.5",
+        "version": CARD_VERSION,
         "msteams": {"width": "Full"},
         "body": body,
     }
     if ctx.query_link:
-        content["actions"] = [{"type": "Action.OpenUrl", "title": "Open query in Log Analytics", "url": ctx.query_link}]
+        content["actions"] = [open_url("Open query in Log Analytics", ctx.query_link)]
     return content
 
 
@@ -131,7 +140,7 @@ def operational_card(title: str, lines: Sequence[tuple[str, str]], style: str = 
         {
             "type": "AdaptiveCard",
             "$schema": SCHEMA,
-            "version": "1.5",
+            "version": CARD_VERSION,
             "msteams": {"width": "Full"},
             "body": [
                 {"type": "Container", "style": style, "bleed": True,
@@ -193,11 +202,11 @@ def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict
         [_run(_joined([("Delivery", delivery),
                        ("NetworkMessageId", clean(hit.get("NetworkMessageId"), 60, defang_text=False))]))],
     ]
+    blocks = [_rich(line) for line in lines]
     link = defender_link(hit)
     if link and not compact:
-        lines[-1][-1]["text"] += _SEP
-        lines[-1].append(_run("Open in Defender", color="Accent", selectAction={"type": "Action.OpenUrl", "url": link}))
-    return [_rich(line) for line in lines]
+        blocks.append(open_url_set("Open in Defender", link))
+    return blocks
 
 
 def _generic_lines(hit: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
@@ -240,6 +249,15 @@ def _labelled(pairs: Sequence[tuple[str, str]], limit: int) -> list[dict[str, An
         runs.append(_run(f"{label}: ", weight="Bolder"))
         runs.append(_run(truncate(value, max(limit, 20)) or "-"))
     return runs
+
+
+def open_url(title: str, url: str) -> dict[str, Any]:
+    return {"type": "Action.OpenUrl", "title": title, "url": url}
+
+
+def open_url_set(title: str, url: str) -> dict[str, Any]:
+    """A button in the card's body (ActionSet, 1.2), next to the hit it opens."""
+    return {"type": "ActionSet", "actions": [open_url(title, url)]}
 
 
 def _run(text: str, **style: Any) -> dict[str, Any]:

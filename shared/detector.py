@@ -68,6 +68,8 @@ class RuleOutcome:
     dropped: int = 0
     held: int = 0  # pending hits under another run's lease (a concurrent run, or one that was killed)
     held_until: datetime | None = None  # when the last of those leases ends
+    degraded: bool = False  # a partial result other than truncation: rows used, window to be read again
+    query_ms: int = 0  # time spent querying, SDK retries included (bounded by the client's query budget)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     duration_ms: int = 0
@@ -88,6 +90,8 @@ class RuleOutcome:
             "dropped": self.dropped,
             "held": self.held,
             "held_until": self.held_until.isoformat() if self.held_until else None,
+            "degraded": self.degraded,
+            "query_ms": self.query_ms,
             "errors": self.errors,
             "warnings": self.warnings,
             "duration_ms": self.duration_ms,
@@ -254,16 +258,10 @@ class Detector:
         self._report_expired_exclusions(prepared, now, outcome)
 
         created: list[Hit] = []
-        result: QueryResult | None = None
-        try:
-            result = self._query(prepared.query, window.start, window.end)
-        except KqlwatchError as exc:
-            outcome.ok = False
-            outcome.errors.append(f"query failed: {exc}")
+        result = self._timed_query(prepared.query, window, outcome)
         query_ok = result is not None and result.partial_error is None
         if result is not None:
-            if result.partial_error:
-                outcome.warnings.append(f"partial result used ({len(result.rows)} rows): {result.partial_error}")
+            self._note_partial(result, outcome)
             outcome.rows = len(result.rows)
             # A Table Storage failure here fails the rule without saving the run: the next run's window
             # reaches back over this one, and hits already created are pending, so none is lost.
@@ -331,21 +329,52 @@ class Detector:
     # --- querying ---
 
     def _query(self, query: str, start: datetime, end: datetime, depth: int = 0) -> QueryResult:
-        """Query the window; a truncated (partial) result is re-queried as two halves rather than losing rows."""
+        """Query the window. A truncated result (row/size limit) is re-queried as two halves rather than
+        losing rows; any other partial error is returned as it is: splitting would not help."""
         result = self.logs.query(self.settings.workspace_id, query, start, end)
-        if result.partial_error is None or depth >= MAX_SPLITS or end - start <= MIN_SPLIT:
+        if not result.truncated or depth >= MAX_SPLITS or end - start <= MIN_SPLIT:
             return result
         middle = start + (end - start) / 2
-        log.warning("partial result for %s..%s (%s): querying the halves", start, end, result.partial_error)
+        log.warning("truncated result for %s..%s (%s): querying the halves", start, end, result.partial_error)
         first = self._query(query, start, middle, depth + 1)
         second = self._query(query, middle, end, depth + 1)
         columns = first.columns or second.columns
+        partial = [r for r in (first, second) if r.partial_error is not None]
         return QueryResult(
             columns,
             {**second.types, **first.types},
             first.rows + second.rows,
-            first.partial_error or second.partial_error,
+            "; ".join(dict.fromkeys(r.partial_error or "" for r in partial)) or None,
+            # Still only truncation if every half that stayed partial was truncated, else the rule is degraded.
+            truncated=bool(partial) and all(r.truncated for r in partial),
         )
+
+    def _timed_query(self, query: str, window: Window, outcome: RuleOutcome) -> QueryResult | None:
+        """The window's result, or None when the query failed; the time it took goes into the outcome."""
+        started = time.monotonic()
+        try:
+            return self._query(query, window.start, window.end)
+        except KqlwatchError as exc:
+            outcome.ok = False
+            outcome.errors.append(f"query failed: {exc}")
+            return None
+        finally:
+            outcome.query_ms = int((time.monotonic() - started) * 1000)
+
+    @staticmethod
+    def _note_partial(result: QueryResult, outcome: RuleOutcome) -> None:
+        """A partial result's rows are used either way and its window is read again. Truncation that no
+        smaller window avoids is a warning; any other partial error (the service did not read everything)
+        degrades the rule: it counts as a failure, toward the "rule failing" notice."""
+        if result.partial_error is None:
+            return
+        message = f"partial result used ({len(result.rows)} rows): {result.partial_error}"
+        if result.truncated:
+            outcome.warnings.append(message)
+            return
+        outcome.ok = False
+        outcome.degraded = True
+        outcome.errors.append(message)
 
     # --- hits ---
 

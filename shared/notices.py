@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from shared.card import operational_card
+from shared.card import open_url, operational_card
 from shared.exclusions import Exclusion
 from shared.rules import Rule
 from shared.sanitize import format_time
@@ -54,7 +54,5 @@ def overflow(rule: Rule, shown: int, more: int, query_link: str | None) -> dict[
              ("See them all", "open the query in Log Analytics (button below), or run: kqlwatch hunt")]
     card = operational_card(f"{rule.name}: {more} more hit(s) in this run", lines, style="warning")
     if query_link:
-        card["attachments"][0]["content"]["actions"] = [
-            {"type": "Action.OpenUrl", "title": "Open query in Log Analytics", "url": query_link}
-        ]
+        card["attachments"][0]["content"]["actions"] = [open_url("Open query in Log Analytics", query_link)]
     return card

@@ -2,7 +2,7 @@
 
 `render_cards` runs tools/render-cards.js (Microsoft's `adaptivecards` renderer under jsdom, with a Teams-like
 host config; installed by `npm ci`) once for a batch of cards and returns, per card, whether it is valid for
-Teams (Adaptive Cards 1.5), the renderer's errors and warnings and the rendered HTML, plus a standalone page.
+Teams (Adaptive Cards 1.4), the renderer's errors and warnings and the rendered HTML, plus a standalone page.
 `card_text` is a pure-Python plain-text rendering for the terminal.
 """
 

@@ -307,7 +307,18 @@ def _webhooks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         raise ConfigError(name, "is empty")
     for url in urls:
         _url(env, name, url, secret=True)
+        _refuse_retired_connector(name, url)
     return tuple(dict.fromkeys(urls))
+
+
+def _refuse_retired_connector(name: str, url: str) -> None:
+    """Office 365 connector URLs answered 200 even when delivery failed (and keep their secret in the path):
+    kqlwatch could never tell a lost alert from a delivered one."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if host.endswith(".webhook.office.com") or (host == "outlook.office.com" and parts.path.startswith("/webhook")):
+        raise ConfigError(name, f"is a retired Office 365 connector URL ({redact_url(url)}): create a Teams "
+                                "Workflows webhook (\"When a Teams webhook request is received\") and use its URL")
 
 
 def read_routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:

@@ -25,6 +25,8 @@ from shared.settings import redact_url
 MIN_INTERVAL = 0.3  # seconds between posts to one webhook (< 4/s)
 MAX_RETRY_AFTER = 30.0  # a longer Retry-After defers to the next run instead of blocking this one
 TIMEOUT = (5.0, 20.0)  # connect, read
+# The body is UTF-8 (subjects are not ASCII): say so, as msteams-docs asks.
+HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 
 # urllib3 logs the request path (where a webhook's secret may live) when it retries.
@@ -33,6 +35,10 @@ redact.install()
 
 @dataclass(frozen=True)
 class PostResult:
+    """ok means Teams took the message. A Workflows trigger answers 202 before its flow runs: a flow that then
+    fails (private channel, card refused, flow turned off) shows only in the flow's run history. A flow with a
+    Response action answers after running, so its 4xx reaches us (and a 400/413 card is split and re-sent)."""
+
     ok: bool
     status: int | None  # HTTP status, None when no answer
     detail: str = ""  # safe to log: never contains the URL
@@ -83,7 +89,7 @@ class TeamsClient:
         self._space(url)
         try:
             response = self._session.post(
-                url, data=encode(payload), headers={"Content-Type": "application/json"}, timeout=self._timeout
+                url, data=encode(payload), headers=HEADERS, timeout=self._timeout
             )
         except requests.RequestException as exc:
             return PostResult(False, None, f"{redact_url(url)}: {_describe(exc)}")

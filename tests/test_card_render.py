@@ -168,11 +168,16 @@ def test_only_links_we_build(built: Built) -> None:
             text = "".join(parsed.text)
             assert not BIDI_OR_CONTROL.search(text), f"card {i} shows bidi/control characters"
             assert "Feb 14, 2017" not in text, f"card {i}: the renderer evaluated a {{{{DATE()}}}} from the data"
-    assert {urlsplit(href).hostname for href in seen} == {"security.microsoft.com"}  # Defender links are <a>
+    assert seen == set()  # no <a> at all: links are Action.OpenUrl buttons, never inline selectAction links
     # Card actions render as <button> (Teams opens the URL on click): check their URLs in the cards themselves.
     actions = [a for p in built.payloads for a in card_content(p).get("actions", [])]
     assert actions and all(a["url"] in built.links and urlsplit(a["url"]).hostname == "portal.azure.com" for a in actions)
     assert sum(r.html.count(">Open query in Log Analytics<") for r in built.rendered.results) == len(actions)
+    in_body = [a for p in built.payloads for b in card_content(p)["body"] if b.get("type") == "ActionSet"
+               for a in b["actions"]]
+    assert in_body and all(a["url"] in built.links and urlsplit(a["url"]).hostname == "security.microsoft.com"
+                           for a in in_body)
+    assert sum(r.html.count(">Open in Defender<") for r in built.rendered.results) == len(in_body)
 
 
 def test_hostile_values_are_shown_as_text(built: Built) -> None:
@@ -197,28 +202,28 @@ def test_operational_card_values_are_cleaned(built: Built) -> None:
 def test_the_validator_can_fail() -> None:
     good_run = {"type": "TextRun", "text": "ok"}
     broken: list[dict[str, Any]] = [
-        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "NoSuchElement"}]},
-        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextRun"}]}]},
-        {"type": "AdaptiveCard", "version": "1.5",
+        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "NoSuchElement"}]},
+        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextRun"}]}]},
+        {"type": "AdaptiveCard", "version": "1.4",
          "body": [{"type": "RichTextBlock", "inlines": [{**good_run, "weight": "Heaviest"}]}]},
-        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "Container", "style": "purple", "items": []}]},
-        {"type": "AdaptiveCard", "version": "1.6", "body": [{"type": "TextBlock", "text": "x"}]},
+        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "Container", "style": "purple", "items": []}]},
+        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "x"}]},
         {"type": "AdaptiveCard", "body": [{"type": "TextBlock", "text": "x"}]},
-        {"type": "Card", "version": "1.5", "body": []},
-        {"type": "AdaptiveCard", "version": "1.5", "actions": [{"type": "Action.Nope", "title": "x"}]},
-        {"type": "AdaptiveCard", "version": "1.5", "actions": [{"type": "Action.OpenUrl", "title": "no url"}]},
-        {"type": "AdaptiveCard", "version": "1.5",
+        {"type": "Card", "version": "1.4", "body": []},
+        {"type": "AdaptiveCard", "version": "1.4", "actions": [{"type": "Action.Nope", "title": "x"}]},
+        {"type": "AdaptiveCard", "version": "1.4", "actions": [{"type": "Action.OpenUrl", "title": "no url"}]},
+        {"type": "AdaptiveCard", "version": "1.4",
          "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextBlock", "text": "not an inline"}]}]},
-        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": 5}]},
-        {"type": "AdaptiveCard", "version": "1.5",
+        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": 5}]},
+        {"type": "AdaptiveCard", "version": "1.4",
          "actions": [{"type": "Action.OpenUrl", "title": "x", "url": "javascript:alert(1)"}]},
-        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "x" * 30_000}]},
+        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "x" * 30_000}]},
     ]
     # Controls: valid cards showing that the HTML checks above are meaningful with this renderer. Markdown in
     # a TextBlock becomes a link, and {{DATE()}} in a TextRun is evaluated; a TextRun's selectAction is a link.
     controls: list[dict[str, Any]] = [
-        {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "[x](https://evil.example/)"}]},
-        {"type": "AdaptiveCard", "version": "1.5",
+        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "[x](https://evil.example/)"}]},
+        {"type": "AdaptiveCard", "version": "1.4",
          "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": "{{DATE(2017-02-14T06:08:39Z, LONG)}}"},
                                                        {**good_run, "selectAction": {"type": "Action.OpenUrl",
                                                                                      "url": "https://example.com/"}}]}]},
@@ -266,7 +271,7 @@ def test_write_preview(tmp_path: Path) -> None:
 
 
 def test_missing_node_or_modules_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    card = {"type": "AdaptiveCard", "version": "1.5", "body": []}
+    card = {"type": "AdaptiveCard", "version": "1.4", "body": []}
     monkeypatch.setattr(shutil, "which", lambda _: None)
     with pytest.raises(KqlwatchError, match="npm ci"):
         render_cards([card], "x")

@@ -61,7 +61,7 @@ def test_card_shows_what_the_soc_needs() -> None:
     attachment = body["attachments"][0]
     assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
     card = attachment["content"]
-    assert card["type"] == "AdaptiveCard" and card["version"] == "1.5"
+    assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
     text = _texts(card)
     for expected in ("Message from an Accepted Domain with DMARC TempError", "Medium", "InitialAccess", "T1566",
                      "1 new hit", "2026-11-27 11:59:00 UTC", "Invoice 1", "ceo@contoso[.]com", "bounce@contoso[.]com",

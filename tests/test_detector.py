@@ -173,7 +173,7 @@ def test_partial_result_that_cannot_be_split_is_used_and_reported(
     la.row_cap = 3
     outcome = make_detector().run(only_due=False).outcomes[0]
     assert outcome.delivered == 3
-    assert any("partial result" in w and "exceeded the limit of 3 records" in w for w in outcome.warnings)
+    assert any("partial result" in w and "exceeded the internal record count limit 3" in w for w in outcome.warnings)
 
 
 def test_a_failing_query_fails_that_rule_only(la: LogAnalyticsStandIn, hook: WebhookReceiver,

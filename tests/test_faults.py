@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
 from azure.core.exceptions import ServiceRequestError
 
 from shared.cli import main
 from shared.detector import LEASE
 from shared.errors import StateError
+from shared.loganalytics import LogsClient
 from shared.standins._http import Response
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
@@ -68,6 +70,16 @@ def test_a_query_that_hangs_past_the_timeout_fails_that_rule_only(la: LogAnalyti
     assert time.monotonic() - started < 30
 
 
+class _IdentityToken:
+    """Stands for a managed identity's credential (a TokenCredential that is not KQLWATCH_ACCESS_TOKEN's)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors_name_the_identity_and_the_workspace(status: int, la: LogAnalyticsStandIn, hook: WebhookReceiver,
                                                          make_detector: MakeDetector,
@@ -76,7 +88,10 @@ def test_auth_errors_name_the_identity_and_the_workspace(status: int, la: LogAna
     la.respond(*[Response.of_json(status, {"error": {"code": "InsufficientAccessError",
                                                      "message": "The provided credentials have insufficient access"}})]
                * 2)
-    outcome = make_detector().run(only_due=False).outcomes[0]
+    detector = make_detector()
+    detector.logs = LogsClient(la.endpoint, _IdentityToken(la.token), retry_total=0)  # not KQLWATCH_ACCESS_TOKEN
+    outcome = detector.run(only_due=False).outcomes[0]
+    detector.logs.close()
     assert not outcome.ok
     error = outcome.errors[0]
     assert f"HTTP {status}" in error and "managed identity 7d4c1e9a-0000-4000-8000-00000000abcd" in error
@@ -86,7 +101,9 @@ def test_auth_errors_name_the_identity_and_the_workspace(status: int, la: LogAna
 def test_invalid_token_from_the_service_is_explained(la: LogAnalyticsStandIn, hook: WebhookReceiver,
                                                      make_detector: MakeDetector) -> None:
     outcome = make_detector(KQLWATCH_ACCESS_TOKEN="expired-token").run(only_due=False).outcomes[0]
-    assert not outcome.ok and "HTTP 401" in outcome.errors[0] and "may not query workspace" in outcome.errors[0]
+    assert not outcome.ok and "HTTP 401 AuthorizationRequiredError" in outcome.errors[0]
+    assert "the token in KQLWATCH_ACCESS_TOKEN was rejected" in outcome.errors[0]
+    assert "DefaultAzureCredential" not in outcome.errors[0] and "correlationId " in outcome.errors[0]
     assert "expired-token" not in json.dumps(outcome.log_line())
 
 

@@ -14,7 +14,7 @@ const fs = require("fs");
 const path = require("path");
 const { JSDOM } = require("jsdom");
 
-const TARGET_VERSION = "1.5"; // what Teams accepts from Workflows webhooks
+const TARGET_VERSION = "1.4"; // Workflows' post-card step fails to display 1.5 cards
 const MAX_MESSAGE_BYTES = 28000; // Teams drops (after a 202) messages over ~28 KB
 
 // ---------------------------------------------------------------------------------------------------------
@@ -58,9 +58,9 @@ for (const level of ["log", "info", "warn", "error", "debug"]) {
 
 const AC = require("adaptivecards/dist/adaptivecards.min.js");
 
-// The library's newest version is 1.6; Teams (Workflows) takes 1.5. With these, a card declaring 1.6 fails
-// validation (UnsupportedCardVersion) and a 1.6-only property is reported (UnsupportedProperty).
-AC.SerializableObject.defaultMaxVersion = AC.Versions.v1_5;
+// The library's newest version is 1.6; Teams (Workflows) displays 1.4. With these, a card declaring 1.5 fails
+// validation (UnsupportedCardVersion) and a 1.5-only property is reported (UnsupportedProperty).
+AC.SerializableObject.defaultMaxVersion = AC.Versions.v1_4;
 AC.GlobalSettings.setTabIndexAtCardRoot = false;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ AC.GlobalSettings.setTabIndexAtCardRoot = false;
 //   Deprecated  - still accepted by Teams today.
 // In particular UnknownElementType/UnknownActionType (Teams shows the fallback or nothing),
 // InvalidPropertyValue (unknown enum values are silently replaced by defaults), UnsupportedProperty (newer
-// than 1.5: ignored by Teams clients), MissingCardType, UnsupportedCardVersion, PropertyCantBeNull,
+// than 1.4: ignored by Teams clients), MissingCardType, UnsupportedCardVersion, PropertyCantBeNull,
 // CollectionCantBeEmpty, DuplicateId, TooManyActions, Interactivity/ElementType/ActionTypeNotAllowed and
 // Other are errors. RequiredInputsShouldHaveLabel/RequiredInputsShouldHaveErrorMessage are errors too:
 // kqlwatch's cards have no inputs, so any input at all means the card is not what we meant to send.
@@ -260,7 +260,7 @@ function renderOne(json) {
     strictChecks(json, errors, warnings);
     const card = new AC.AdaptiveCard();
     card.hostConfig = hostConfig;
-    const context = new AC.SerializationContext(AC.Versions.v1_5);
+    const context = new AC.SerializationContext(AC.Versions.v1_4);
     try {
       card.parse(json, context);
     } catch (exc) {

@@ -4,6 +4,12 @@ It evaluates the posted KQL with the offline engine over in-memory tables. Each 
 time: a row is invisible until "ingested", and `ingestion_time()` reads it. The request's timespan is applied
 to TimeGenerated, as the real service does. Tests can script failures: 429 with Retry-After, 5xx, 401/403,
 partial results, slow answers.
+
+Shapes are the real service's: errors carry a correlationId and the specific reason in innererror; a partial
+result is `error.code = PartialError` with a generic details[].message and the reason in
+details[].innererror (truncation: E_QUERY_RESULT_SET_TOO_LARGE, code -2133196797); a query running past
+`Prefer: wait=N` answers 504 GatewayTimeout after N seconds; timespans print as `00:05:00` / `1.00:00:00`,
+guids as strings, dynamic values as JSON text.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import re
 import tempfile
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,18 @@ from shared.standins._http import LoopbackServer, Request, Response
 
 INGESTED = "_IngestedAt"
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
+_WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
+DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
+TRUNCATION_CODE = "-2133196797"  # E_QUERY_RESULT_SET_TOO_LARGE
+GENERIC_DETAIL = "Something went wrong processing your query on the server."
+
+
+@dataclass(frozen=True)
+class PartialFailure:
+    """A partial error other than truncation (e.g. low memory, a workspace of several unavailable)."""
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,7 @@ class QueryLog:
     query: str
     timespan: str | None
     authorization: str
+    prefer: str = ""
 
 
 class LogAnalyticsStandIn:
@@ -51,6 +71,9 @@ class LogAnalyticsStandIn:
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
         self.row_cap: int | None = None  # answer a partial result past this many rows
+        self.partial_failure: PartialFailure | None = None  # answer every query partially, for this reason
+        self.query_seconds: float = 0.0  # server time each query takes: past the request's wait, a 504
+        self.slow_query: str | None = None  # only queries containing this text take query_seconds (None: all)
         self.requests: list[QueryLog] = []
         self._ca = trustme.CA()
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
@@ -101,6 +124,9 @@ class LogAnalyticsStandIn:
             self.requests.clear()
             self._script.clear()
             self.row_cap = None
+            self.partial_failure = None
+            self.query_seconds = 0.0
+            self.slow_query = None
 
     def respond(self, *responses: Response) -> None:
         """Answer the next queries with these responses, in order, then evaluate queries again."""
@@ -114,22 +140,30 @@ class LogAnalyticsStandIn:
         if request.method != "POST" or not match:
             return _error(404, "PathNotFoundError", f"no such path {request.path}")
         body = request.json()
-        auth = request.headers.get("Authorization") or request.headers.get("authorization") or ""
+        auth = _header(request, "authorization")
+        prefer = _header(request, "prefer")
         with self._lock:
-            self.requests.append(QueryLog(match.group(1), body.get("query", ""), body.get("timespan"), auth))
+            self.requests.append(QueryLog(match.group(1), body.get("query", ""), body.get("timespan"), auth, prefer))
             scripted = self._script.popleft() if self._script else None
         if scripted is not None:
             return scripted
         if auth != f"Bearer {self.token}":
-            return _error(401, "InvalidTokenError", "The provided authentication is not valid for this resource.")
+            return _error(401, "AuthorizationRequiredError", "Valid authentication was not provided")
+        wait = _wait(prefer)
+        takes = self.query_seconds if self.slow_query is None or self.slow_query in body.get("query", "") else 0.0
+        if takes > wait:
+            return replace(_error(504, "GatewayTimeout", "Gateway timeout: the query did not finish in time."),
+                           delay=wait)
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
-            return self._evaluate(body.get("query", ""), start, end, now)
+            return replace(self._evaluate(body.get("query", ""), start, end, now), delay=takes)
         except EngineError as exc:
-            return _error(400, "BadArgumentError", str(exc))
+            return _error(400, "BadArgumentError", "The request had some invalid properties",
+                          inner=("SemanticError", str(exc)))
         except ValueError as exc:
-            return _error(400, "BadArgumentError", f"bad request: {exc}")
+            return _error(400, "BadArgumentError", "The request had some invalid properties",
+                          inner=("BadRequest", f"bad request: {exc}"))
 
     def _evaluate(self, query: str, start: datetime | None, end: datetime | None, now: datetime) -> Response:
         with self._lock:
@@ -157,13 +191,21 @@ class LogAnalyticsStandIn:
         }
         if self.row_cap is not None and len(rows) > self.row_cap:
             payload["tables"][0]["rows"] = rows[: self.row_cap]
-            payload["error"] = {
-                "code": "PartialError",
-                "message": "There were some errors when processing your query.",
-                "details": [{"code": "EngineError", "message": f"Query result set has exceeded the limit of "
-                             f"{self.row_cap} records."}],
-            }
+            payload["error"] = partial_error_body(TRUNCATION_CODE, "Query result set has exceeded the internal record count "
+                                        f"limit {self.row_cap} (E_QUERY_RESULT_SET_TOO_LARGE; see "
+                                        "https://aka.ms/kustoquerylimits)")
+        elif self.partial_failure is not None:
+            payload["error"] = partial_error_body(self.partial_failure.code, self.partial_failure.message)
         return Response.of_json(200, payload)
+
+
+def partial_error_body(code: str, message: str) -> dict[str, Any]:
+    return {
+        "code": "PartialError",
+        "message": "There were some errors when processing your query.",
+        "details": [{"code": "EngineError", "message": GENERIC_DETAIL,
+                     "innererror": {"code": code, "message": message, "severity": 2, "severityName": "Error"}}],
+    }
 
 
 def _with_ingestion_column(query: str) -> str:
@@ -230,9 +272,35 @@ def _wire(value: Any, kind: str) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if isinstance(value, timedelta):
+        return _timespan_text(value)
+    if isinstance(value, uuid.UUID):
         return str(value)
     return value
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return Response.of_json(status, {"error": {"code": code, "message": message}})
+def _timespan_text(value: timedelta) -> str:
+    """As Kusto prints a timespan: [-][d.]hh:mm:ss[.fffffff] (`00:05:00`, `1.00:00:00`)."""
+    sign = "-" if value < timedelta(0) else ""
+    ticks = abs(value) // timedelta(microseconds=1) * 10
+    seconds, fraction = divmod(ticks, 10_000_000)
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    text = f"{sign}{f'{days}.' if days else ''}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return text + (f".{fraction:07d}" if fraction else "")
+
+
+def _wait(prefer: str) -> float:
+    match = _WAIT.search(prefer)
+    return float(match.group(1)) if match else DEFAULT_WAIT
+
+
+def _header(request: Request, name: str) -> str:
+    return next((v for k, v in request.headers.items() if k.lower() == name), "")
+
+
+def _error(status: int, code: str, message: str, *, inner: tuple[str, str] | None = None) -> Response:
+    error: dict[str, Any] = {"message": message, "code": code, "correlationId": str(uuid.uuid4())}
+    if inner:
+        error["innererror"] = {"code": inner[0], "message": inner[1]}
+    return Response.of_json(status, {"error": error})
