@@ -7,7 +7,6 @@ sequences them and keeps one rule's failure from touching the others.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -131,17 +130,7 @@ class RunPlan:
         return self.since.since if self.since else self.window.start
 
 
-@functools.lru_cache(maxsize=1)
-def _known_tables() -> tuple[str, ...]:
-    from shared.schemas import known_tables
-
-    return tuple(known_tables())
-
-
-def window_choice(rule: Rule) -> ingestion.WindowChoice:
-    """The rule's window mode (shown by validate and status; used by every run)."""
-    return ingestion.choose(rule.query, _known_tables(), override=rule.window,
-                            trigger_operator=rule.trigger_operator, trigger_threshold=rule.trigger_threshold)
+window_choice = ingestion.for_rule
 
 
 def workspace_query(prepared: PreparedRule, since: datetime) -> str:

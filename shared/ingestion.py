@@ -14,11 +14,16 @@ cross-table joins, a query that already uses ingestion_time()), the rule keeps T
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from shared.kql import tokenize
+
+if TYPE_CHECKING:
+    from shared.rules import Rule
 
 INGESTION = "ingestion"
 TIMEGENERATED = "timegenerated"
@@ -84,6 +89,19 @@ def choose(query: str, known: Iterable[str], *, override: str = "", trigger_oper
         return WindowChoice(TIMEGENERATED, f"threshold on the result count ({trigger_operator} {trigger_threshold})",
                             tables)
     return WindowChoice(INGESTION, "row by row", tables)
+
+
+def for_rule(rule: Rule) -> WindowChoice:
+    """The rule's window mode (used by every run; shown by `kqlwatch validate`, `status` and `hunt --explain`)."""
+    return choose(rule.query, _known_tables(), override=rule.window, trigger_operator=rule.trigger_operator,
+                  trigger_threshold=rule.trigger_threshold)
+
+
+@functools.lru_cache(maxsize=1)
+def _known_tables() -> tuple[str, ...]:
+    from shared.schemas import known_tables
+
+    return tuple(known_tables())
 
 
 def with_ingestion_filter(query: str, tables: Iterable[str], since: datetime) -> str:

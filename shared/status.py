@@ -31,7 +31,9 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = StateStore(connect(settings.state_connection, settings.state_table))
     try:
-        names = {r.id: r.name for r in load_rules(settings.rules_dir).rules}
+        loaded = load_rules(settings.rules_dir).rules
+        names = {r.id: r.name for r in loaded}
+        windows = _windows(loaded)
         if args.rule:
             rule_id = args.rule.lower()
             if args.dropped:
@@ -51,15 +53,18 @@ def main(args: argparse.Namespace) -> int:
         for rule_id in sorted(set(names) | set(states), key=lambda i: names.get(i, i)):
             state = states.get(rule_id)
             if state is None:
-                rows.append([names.get(rule_id, "?"), rule_id, "never", "-", "-", 0, 0, "not run yet"])
+                rows.append([names.get(rule_id, "?"), rule_id, "never", "-", "-", 0, 0, windows.get(rule_id, "-"), "-",
+                             "not run yet"])
                 continue
             health = "FAILING" if state.consecutive_failures else "ok"
             rows.append([
                 names.get(rule_id, "(no rule file)"), rule_id, _ago(state.last_run, now), _ago(state.last_success, now),
                 f"{health} ({state.consecutive_failures})" if state.consecutive_failures else health,
-                state.hits_total, state.delivered_total, state.last_error or "",
+                state.hits_total, state.delivered_total, windows.get(rule_id, state.window_mode or "-"),
+                _blind(state.blind), state.last_error or "",
             ])
-        print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "last error"], rows)
+        print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "window", "cannot see",
+                     "last error"], rows)
         return 1 if any(s.consecutive_failures for s in states.values()) else 0
     finally:
         store.close()
@@ -96,6 +101,18 @@ def _ago(when: datetime | None, now: datetime) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h ago"
     return f"{seconds // 86400}d ago"
+
+
+def _windows(rules: Sequence[Any]) -> dict[str, str]:
+    """Each rule's window mode and why (issue 13)."""
+    from shared.ingestion import for_rule
+
+    return {r.id: f"{c.mode} ({c.reason})" for r in rules for c in [for_rule(r)]}
+
+
+def _blind(blind: dict[str, datetime]) -> str:
+    """Source tables with no new rows past their threshold, and since when (issue 13)."""
+    return ", ".join(f"{t} since {_text(v)}" for t, v in sorted(blind.items())) or "-"
 
 
 def _summary(row: dict[str, Any]) -> str:
