@@ -72,7 +72,8 @@ def test_between_sweeps_a_very_late_row_waits_for_the_hourly_sweep_and_alerts_on
 ) -> None:
     make_detector().run(only_due=False)
     clock.advance(5 * M)
-    assert make_detector().run(only_due=False).outcomes[0].window.span > 48 * H  # the first sweep
+    sweep = make_detector().run(only_due=False).outcomes[0].window
+    assert sweep is not None and sweep.span > 48 * H  # the first sweep
     late = email(clock, TimeGenerated=clock.now - 3 * H)
     on_time = email(clock, TimeGenerated=clock.now)
     la.ingest("EmailEvents", [late, on_time], at=clock.now + M)
@@ -119,6 +120,25 @@ def test_between_sweeps_a_run_scans_a_short_span_and_a_sweep_the_whole_lateness(
     assert sweep.sweep and sweep.since == NOW - H - INGESTION_OVERLAP and sweep.start == sweep.since - 48 * H
 
 
+def test_between_sweeps_a_run_scans_only_the_short_span(
+    la: LogAnalyticsStandIn, make_detector: MakeDetector, clock: Clock
+) -> None:
+    """The stand-in counts the rows in each query's TimeGenerated span (what a workspace scans): 50 rows an hour
+    over two days; a normal run scans about 2 h of them, a sweep the whole 2 days."""
+    rows = [email(clock, TimeGenerated=clock.now - i * 72 * timedelta(seconds=1), EmailDirection="Outbound")
+            for i in range(2400)]
+    la.ingest("EmailEvents", rows, at=clock.now - 2 * M)
+    scanned = []
+    for _ in range(3):  # first run, first sweep, a normal run
+        before = la.rows_scanned
+        make_detector().run(only_due=False)
+        scanned.append(la.rows_scanned - before)
+        clock.advance(5 * M)
+    # scanned[0] also holds the first hourly blind-spot probe (a day of rows); runs 2 and 3 probe nothing
+    assert scanned[1] >= 2395, scanned  # the sweep: 48 h + 1 h 5 min before its watermark, all 2,400 rows
+    assert 45 <= scanned[2] <= 55, scanned  # a normal run: from 1 h before its watermark (the rows' last hour)
+
+
 def test_the_shadowing_let_is_accepted_by_kusto_language() -> None:
     from shared.validate import check_kql
 
@@ -153,6 +173,15 @@ def test_window_mode_is_chosen_by_meaning_and_overridable(extra: str, query: str
 def test_a_bad_window_mode_names_the_file_and_the_key() -> None:
     with pytest.raises(Exception, match=r"rules/x.yaml: kqlwatch.window 'event' is not one of ingestion, timegenerated"):
         parse_rule(BASE + "query: EmailEvents\nkqlwatch:\n  window: event\n", "rules/x.yaml")
+
+
+def test_validate_list_shows_each_rules_window(capsys: pytest.CaptureFixture[str]) -> None:
+    from shared import cli
+
+    assert cli.main(["validate", "--list", "--no-kql", str(SEED_RULE)]) == 0
+    assert "accepted-domain-dmarc-temperror.yaml: valid, scheduled rule; window: ingestion (row by row)" in (
+        capsys.readouterr().out
+    )
 
 
 # --- 4. rules that fire on silence -----------------------------------------------------------------------------
@@ -202,7 +231,8 @@ def test_a_silence_that_lasts_past_the_suppression_window_alerts_again(
 
 
 def test_a_source_table_gone_quiet_gets_one_notice_and_one_when_rows_return(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock,
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     ops = {"KQLWATCH_OPS_WEBHOOK_URL": hook.url("ops")}
     la.ingest("EmailEvents", [email(clock, EmailDirection="Outbound")], at=clock.now - 10 * M)
@@ -217,6 +247,13 @@ def test_a_source_table_gone_quiet_gets_one_notice_and_one_when_rows_return(
     assert "cannot see: EmailEvents has had no new rows since" in _texts(notices[0])
     probes = [r for r in la.requests if "LastIngested" in r.query]
     assert 3 <= len(probes) <= 4, "at most one probe per table per hour"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from shared import cli
+
+    cli.main(["status"])
+    seed_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Message from"))
+    assert "ingestion (row by row)" in seed_line and "EmailEvents since " in seed_line
 
     la.ingest("EmailEvents", [email(clock, EmailDirection="Outbound")], at=clock.now)
     for _ in range(12):

@@ -52,6 +52,9 @@ class LogAnalyticsStandIn:
         self._script: deque[Response] = deque()
         self.row_cap: int | None = None  # answer a partial result past this many rows
         self.requests: list[QueryLog] = []
+        # Rows in the request's TimeGenerated timespan, summed over queries: what a query scans in a real workspace
+        # (ingestion_time() filters do not narrow the scan; the timespan does). Issue 13's cost measure.
+        self.rows_scanned = 0
         self._ca = trustme.CA()
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
         self._dir = tempfile.TemporaryDirectory(prefix="kqlwatch-la-")
@@ -101,6 +104,7 @@ class LogAnalyticsStandIn:
             self.requests.clear()
             self._script.clear()
             self.row_cap = None
+            self.rows_scanned = 0
 
     def respond(self, *responses: Response) -> None:
         """Answer the next queries with these responses, in order, then evaluate queries again."""
@@ -140,6 +144,8 @@ class LogAnalyticsStandIn:
             for name, table_rows in tables.items():
                 visible = [r for r in table_rows
                            if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
+                if _names_table(query, name):
+                    self.rows_scanned += len(visible)
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
@@ -164,6 +170,10 @@ class LogAnalyticsStandIn:
                              f"{self.row_cap} records."}],
             }
         return Response.of_json(200, payload)
+
+
+def _names_table(query: str, table: str) -> bool:
+    return any(t.text == table for t in tokenize(query) if t.kind == "ident")
 
 
 def _with_ingestion_column(query: str) -> str:
