@@ -286,3 +286,14 @@ def test_workspace_query_adds_the_filter_only_in_ingestion_mode() -> None:
     sent = workspace_query(prepared[0], NOW)
     assert sent.endswith(prepared[0].query)
     assert sent.startswith("let EmailEvents = EmailEvents | where ingestion_time() > datetime(2026-11-27T12:00:00")
+
+
+def test_bad_issue_13_settings_and_keys_are_named(env: dict[str, str]) -> None:
+    from shared.errors import ConfigError, RuleError
+    from shared.settings import load_settings
+
+    for name in ("KQLWATCH_MAX_LATENESS", "KQLWATCH_LATE_SWEEP"):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({**env, name: "two days"})
+    with pytest.raises(RuleError, match=r"rules/x.yaml: kqlwatch.silenceAfter"):
+        parse_rule(BASE + "query: EmailEvents\nkqlwatch:\n  silenceAfter: soon\n", "rules/x.yaml")
