@@ -297,3 +297,10 @@ def test_bad_issue_13_settings_and_keys_are_named(env: dict[str, str]) -> None:
             load_settings({**env, name: "two days"})
     with pytest.raises(RuleError, match=r"rules/x.yaml: kqlwatch.silenceAfter"):
         parse_rule(BASE + "query: EmailEvents\nkqlwatch:\n  silenceAfter: soon\n", "rules/x.yaml")
+
+
+def test_source_tables_are_table_references_not_columns_or_let_names() -> None:
+    known = ("EmailEvents", "EmailUrlInfo")
+    query = ("let EmailUrlInfo = 1;\nlet Recent = EmailEvents | where x.EmailUrlInfo == 1;\n"
+             "Recent | extend EmailUrlInfo = 2 | union Custom_CL")
+    assert ingestion.source_tables(query, known) == ("EmailEvents", "Custom_CL")
