@@ -76,6 +76,12 @@ param maxCatchup string = '24h'
 @description('How long an undelivered alert is retried before it is dropped (same format as maxCatchup).')
 param deliveryMaxAge string = '24h'
 
+@description('How late a row may reach the workspace and still alert: ingestion-time rules reach back this far on TimeGenerated (same format as maxCatchup).')
+param maxLateness string = '2d'
+
+@description('How often an ingestion-time rule sweeps the whole maxLateness span; between sweeps each run reads a short span (same format as maxCatchup).')
+param lateSweep string = '1h'
+
 @description('Memory per Flex Consumption instance, in MB.')
 @allowed([
   512
@@ -522,6 +528,14 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
         {
           name: 'KQLWATCH_DELIVERY_MAX_AGE'
           value: deliveryMaxAge
+        }
+        {
+          name: 'KQLWATCH_MAX_LATENESS'
+          value: maxLateness
+        }
+        {
+          name: 'KQLWATCH_LATE_SWEEP'
+          value: lateSweep
         }
         {
           name: 'KQLWATCH_MAX_CARDS_PER_RUN'

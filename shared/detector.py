@@ -7,6 +7,7 @@ sequences them and keeps one rule's failure from touching the others.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from shared import exclusions as excl
-from shared import notices
+from shared import ingestion, notices
 from shared.card import CardContext, build_post, build_posts, query_link
 from shared.dedupe import identity, identity_columns, short_hash
 from shared.errors import ConfigError, KqlwatchError, RuleError
@@ -31,7 +32,15 @@ from shared.rules import MAX_FILE_BYTES, Rule, load_exclusion_files, load_rules,
 from shared.settings import PARAM_PREFIX, Settings
 from shared.state import DELIVERED, DROPPED, SUPPRESSED, Hit, RuleState, RunRecord, StateStore, expired, lease_is_free
 from shared.teams import PostResult
-from shared.window import Window, is_due, next_window
+from shared.window import (
+    FAST_LATENESS,
+    IngestionWindow,
+    Window,
+    ingestion_window,
+    is_due,
+    next_sweep_mark,
+    next_window,
+)
 
 log = logging.getLogger("kqlwatch")
 
@@ -43,6 +52,8 @@ NOTICE_INTERVAL = timedelta(hours=1)  # at most one "rule failing" card per rule
 PURGE_EVERY = timedelta(days=1)
 HIT_RETENTION = timedelta(days=14)  # beyond the furthest a window reaches back
 RUN_RETENTION = timedelta(days=30)
+TABLE_PROBE_EVERY = timedelta(hours=1)  # at most one blind-spot probe per source table per hour
+TABLE_PROBE_SPAN = timedelta(hours=24)  # the probe's TimeGenerated span: on-time rows are what it looks for
 
 
 class LogsApi(Protocol):
@@ -60,6 +71,8 @@ class RuleOutcome:
     ran: bool = False  # False: not due, skipped
     ok: bool = True
     window: Window | None = None
+    window_mode: str = ""  # ingestion | timegenerated (issue 13)
+    ingested_since: datetime | None = None  # ingestion mode: rows ingested after this
     rows: int = 0
     new_hits: int = 0
     suppressed: int = 0
@@ -82,6 +95,8 @@ class RuleOutcome:
             "ok": self.ok,
             "window_start": self.window.start.isoformat() if self.window else None,
             "window_end": self.window.end.isoformat() if self.window else None,
+            "window_mode": self.window_mode,
+            "ingested_since": self.ingested_since.isoformat() if self.ingested_since else None,
             "rows": self.rows,
             "new_hits": self.new_hits,
             "suppressed": self.suppressed,
@@ -107,6 +122,33 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.rule_errors and all(o.ok for o in self.outcomes)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run of a rule reads: the API timespan (TimeGenerated) and, in ingestion mode, the query with
+    its source tables filtered to rows ingested after the watermark."""
+
+    choice: ingestion.WindowChoice
+    window: Window  # the API timespan, on TimeGenerated
+    query: str
+    since: IngestionWindow | None = None  # ingestion mode only
+
+    @property
+    def ledger_from(self) -> datetime:
+        """Hits re-read this run were first seen after this (an ingested row is seen after its ingestion)."""
+        return self.since.since if self.since else self.window.start
+
+
+window_choice = ingestion.for_rule
+
+
+def workspace_query(prepared: PreparedRule, since: datetime) -> str:
+    """The query as a run sends it to the workspace with ingestion watermark `since` (`hunt --explain`)."""
+    choice = window_choice(prepared.rule)
+    if choice.mode != ingestion.INGESTION:
+        return prepared.query
+    return ingestion.with_ingestion_filter(prepared.query, choice.tables, since)
 
 
 @dataclass(frozen=True)
@@ -246,26 +288,26 @@ class Detector:
         if only_due and not is_due(now, state.last_run, rule.query_frequency):
             return
         outcome.ran = True
-        window = next_window(
-            now,
-            period=rule.query_period,
-            frequency=rule.query_frequency,
-            last_end=state.last_window_end,
-            max_catchup=self.settings.max_catchup,
-        )
-        outcome.window = window
+        plan = self._plan(prepared, state, now)
+        window = plan.window
+        outcome.window, outcome.window_mode = window, plan.choice.mode
+        outcome.ingested_since = plan.since.since if plan.since else None
         lease_until = now + LEASE
         self._report_expired_exclusions(prepared, now, outcome)
 
         created: list[Hit] = []
-        result = self._timed_query(prepared.query, window, outcome)
+        result = self._timed_query(plan.query, window, outcome)
         query_ok = result is not None and result.partial_error is None
         if result is not None:
             self._note_partial(result, outcome)
             outcome.rows = len(result.rows)
             # A Table Storage failure here fails the rule without saving the run: the next run's window
             # reaches back over this one, and hits already created are pending, so none is lost.
-            created, outcome.suppressed = self._record_new_hits(rule, state, result, window, now, lease_until)
+            created, outcome.suppressed = self._record_new_hits(
+                rule, state, result, Window(plan.ledger_from, window.end), now, lease_until
+            )
+            if result.partial_error is None:
+                created += self._record_silence(rule, state, result, window, now, lease_until)
             outcome.new_hits = len(created)
             outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
 
@@ -289,11 +331,15 @@ class Detector:
         state.hits_total += len(created)
         state.delivered_total += outcome.delivered
         state.last_rows = outcome.rows
-        if query_ok:
+        if query_ok:  # the watermarks move only now that the run's hits are recorded
             state.last_window_end = window.end
+            if plan.since:
+                state.last_sweep_end = next_sweep_mark(plan.since, state.last_sweep_end)
+        state.window_mode = plan.choice.mode
+        self._watch_sources(rule, plan, result, state, now, outcome)
         self._update_health(rule, state, outcome, now)
         if state.last_purge is None or now - state.last_purge >= PURGE_EVERY:
-            reach = max(self.settings.max_catchup, rule.query_period)
+            reach = max(self.settings.max_catchup, rule.query_period) + self.settings.max_lateness
             self.store.purge(rule.id, hits_before=now - reach - HIT_RETENTION, runs_before=now - RUN_RETENTION)
             state.last_purge = now
         self.store.save_run(
@@ -325,6 +371,23 @@ class Detector:
             f"{len(held)} pending hit(s) held by another run's lease until {outcome.held_until:%Y-%m-%d %H:%M:%S} UTC "
             "(that run is still delivering, or was killed): a run after then delivers them"
         )
+
+    # --- windows (issue 13) ---
+
+    def _plan(self, prepared: PreparedRule, state: RuleState, now: datetime) -> RunPlan:
+        rule = prepared.rule
+        choice = window_choice(rule)
+        if choice.mode != ingestion.INGESTION:
+            window = next_window(now, period=rule.query_period, frequency=rule.query_frequency,
+                                 last_end=state.last_window_end, max_catchup=self.settings.max_catchup)
+            return RunPlan(choice, window, prepared.query)
+        since = ingestion_window(
+            now, period=rule.query_period, last_end=state.last_window_end, last_sweep_end=state.last_sweep_end,
+            max_lateness=self.settings.max_lateness, max_catchup=self.settings.max_catchup,
+            sweep_every=self.settings.late_sweep,
+        )
+        query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
+        return RunPlan(choice, since.timespan, query, since)
 
     # --- querying ---
 
@@ -518,6 +581,89 @@ class Detector:
         for h in self.store.update_hits(rule.id, done, Status=DELIVERED) + self.store.update_hits(rule.id, not_done):
             current[h.key] = h
 
+    # --- silence: triggers met by zero rows (issue 13) ---
+
+    def _record_silence(
+        self, rule: Rule, state: RuleState, result: QueryResult, window: Window, now: datetime, lease_until: datetime
+    ) -> list[Hit]:
+        """A trigger met by an empty result (LessThan N, Equal 0, NotEqual k > 0) is one hit per silence: its
+        identity is the rule and the run the silence began, so later runs of the same silence find it in the
+        ledger. With suppressionDuration or kqlwatch.realert.window set, a silence still lasting after that
+        long alerts again (one more identity per elapsed window)."""
+        if result.rows or not trigger_met(rule, 0):
+            state.silence_since = None
+            return []
+        since = state.silence_since = state.silence_since or now
+        every = rule.suppression or rule.realert_window
+        repeat = int((now - since) / every) if every else 0
+        key = hashlib.sha256(f"silence\x00{rule.id}\x00{since.isoformat()}\x00{repeat}".encode()).hexdigest()
+        row = {
+            "Expected": f"{_OPERATOR_WORDS.get(rule.trigger_operator, rule.trigger_operator)} "
+                        f"{rule.trigger_threshold} row(s)",
+            "Found": "0 rows",
+            "SilentSince": since,
+            "WindowStart": window.start,
+            "WindowEnd": window.end,
+        }
+        hit = Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
+        return self.store.insert_new(rule.id, [hit])
+
+    # --- blind spots: a source table with no new rows (issue 13) ---
+
+    def _watch_sources(
+        self, rule: Rule, plan: RunPlan, result: QueryResult | None, state: RuleState, now: datetime,
+        outcome: RuleOutcome,
+    ) -> None:
+        """One notice when a source table has had no new rows for longer than its threshold, one when rows
+        return. Each rule looks at most hourly (no state read on other runs); a table's last ingestion time is
+        probed at most once an hour whichever rules read it."""
+        choice = plan.choice
+        if result is None or result.partial_error is not None:
+            return  # the workspace is unwell or the answer incomplete: that is reported already, and says nothing
+        # Rows read by ingestion time were ingested after the watermark: the table is not silent, no probe needed.
+        seen_now = plan.since is not None and bool(result.rows)
+        if not seen_now and state.sources_checked and now - state.sources_checked < TABLE_PROBE_EVERY:
+            return
+        if not seen_now:
+            state.sources_checked = now
+        for table in choice.tables:
+            known, last = (True, now) if seen_now else self._last_ingested(table, now, outcome)
+            if not known:
+                continue
+            if last is None:
+                # Never a row seen (none within a day, none recorded): a missing connector or a new table rather
+                # than data that stopped. Reported in the run record, not as a card on every fresh deployment.
+                outcome.warnings.append(f"{table}: no rows ingested in the last {TABLE_PROBE_SPAN}")
+                continue
+            threshold = ingestion.silence_threshold(table, rule.silence_after)
+            quiet_since = last
+            if now - quiet_since > threshold:
+                if table not in state.blind:
+                    outcome.warnings.append(f"{table} has had no new rows since {quiet_since.isoformat()}")
+                    if self._notify(notices.blind(rule, table, quiet_since, threshold), outcome):
+                        state.blind[table] = quiet_since
+            elif table in state.blind and self._notify(
+                notices.sighted(rule, table, state.blind[table], quiet_since), outcome
+            ):
+                del state.blind[table]
+
+    def _last_ingested(self, table: str, now: datetime, outcome: RuleOutcome) -> tuple[bool, datetime | None]:
+        """(known, the table's latest ingestion time or None for none within TABLE_PROBE_SPAN)."""
+        last, checked = self.store.table_seen(table)
+        if checked is not None and now - checked < TABLE_PROBE_EVERY:
+            return True, last
+        try:
+            result = self.logs.query(self.settings.workspace_id, ingestion.last_ingested_query(table),
+                                     now - TABLE_PROBE_SPAN - FAST_LATENESS, now)
+        except KqlwatchError as exc:
+            outcome.warnings.append(f"could not probe {table} for new rows: {exc}")
+            return False, None
+        value = result.rows[0].get("LastIngested") if result.rows else None
+        probed = _as_time(value)
+        last = max(t for t in (last, probed) if t is not None) if (last or probed) else None
+        self.store.save_table_seen(table, last, now)
+        return True, last
+
     # --- health and notices ---
 
     def _update_health(self, rule: Rule, state: RuleState, outcome: RuleOutcome, now: datetime) -> None:
@@ -559,6 +705,21 @@ class Detector:
             if not result.ok:
                 outcome.warnings.append(f"notice not delivered: {result.detail}")
         return delivered
+
+
+_OPERATOR_WORDS = {"gt": "more than", "GreaterThan": "more than", "lt": "fewer than", "LessThan": "fewer than",
+                   "eq": "exactly", "Equal": "exactly", "ne": "other than", "NotEqual": "other than"}
+
+
+def _as_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, str) and value:
+        try:
+            return _as_time(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
 
 
 def _entity(rule: Rule, hit: Hit) -> str:

@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"note: exclusion {terminal_safe(stale.name)!r} expired on {stale.expires}: no longer applied",
                   file=sys.stderr)
         if getattr(args, "explain", False):
-            sys.stdout.write(terminal_safe(prepared.query).rstrip("\n") + "\n")
+            sys.stdout.write(terminal_safe(explain(rule, prepared.query, now)))
             return EXIT_OK
         if not args.data:
             raise UsageError("give the data to run over: --data TABLE=FILE (or --explain to see the query)")
@@ -101,6 +101,24 @@ def main(args: argparse.Namespace) -> int:
 
 
 # --- the rule and its final query -------------------------------------------------------------------------
+
+
+def explain(rule: Rule, query: str, now: datetime | None) -> str:
+    """`--explain`: the query hunt and test run offline (no ingestion time offline), then the one a run sends to
+    the workspace: in ingestion mode each source table is filtered to rows ingested after the run's watermark
+    (shown here as the last 5 minutes)."""
+    from shared.ingestion import INGESTION, for_rule, with_ingestion_filter
+
+    choice = for_rule(rule)
+    offline = query.rstrip("\n") + "\n"
+    if choice.mode == INGESTION:
+        since = (now or datetime.now(timezone.utc)) - timedelta(minutes=5)
+        sent = with_ingestion_filter(query, choice.tables, since).rstrip("\n") + "\n"
+        how = "rows ingested after the run's watermark (here: 5 minutes ago)"
+    else:
+        sent, how = offline, "the same query"
+    return (f"// offline (hunt, test): the rule with its parameters and exclusions\n{offline}\n"
+            f"// sent to the workspace by a run: {how}; window {choice.mode} ({choice.reason})\n{sent}")
 
 
 def rules_dir() -> Path:

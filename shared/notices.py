@@ -4,7 +4,7 @@ hits dropped. Built from card.operational_card; values are cleaned there. Pure."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.card import open_url, operational_card
@@ -56,3 +56,25 @@ def overflow(rule: Rule, shown: int, more: int, query_link: str | None) -> dict[
     if query_link:
         card["attachments"][0]["content"]["actions"] = [open_url("Open query in Log Analytics", query_link)]
     return card
+
+
+def blind(rule: Rule, table: str, since: datetime, threshold: timedelta) -> dict[str, Any]:
+    """Issue 13: a source table of the rule has had no new rows for longer than its threshold."""
+    when = format_time(since)
+    return operational_card(
+        f"kqlwatch: rule {rule.name} cannot see: {table} has had no new rows since {when}",
+        [("Rule", f"{rule.name} ({rule.id})"), ("Table", table), ("Last new row", when),
+         ("Threshold", f"{threshold} (kqlwatch.silenceAfter)"),
+         ("What now", "Check the data connector feeding this table; until rows arrive, this rule cannot alert.")],
+        style="warning",
+    )
+
+
+def sighted(rule: Rule, table: str, since: datetime, now: datetime) -> dict[str, Any]:
+    """Issue 13: rows reach the table again."""
+    return operational_card(
+        f"kqlwatch: rule {rule.name} can see again: {table} has new rows",
+        [("Rule", f"{rule.name} ({rule.id})"), ("Table", table), ("Had no new rows since", format_time(since)),
+         ("Latest row ingested at", format_time(now))],
+        style="good",
+    )

@@ -28,7 +28,8 @@ DEFAULT_SEVERITY = "Medium"
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
-_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route"}
+_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter"}
+WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.ingestion
 AGGREGATIONS = ("SingleAlert", "AlertPerResult")
 _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -62,6 +63,8 @@ class Rule:
     custom_details: Mapping[str, str] = field(default_factory=dict)
     route: str = ""  # kqlwatch.route: a named webhook route (KQLWATCH_ROUTE_<NAME>)
     extension: Mapping[str, Any] = field(default_factory=dict)
+    window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.ingestion.choose)
+    silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,10 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         raise RuleError(where, f"{NAMESPACE}.route must be a name (letters, digits, _), not {type(route).__name__}", key=NAMESPACE)
     if route and not _ROUTE.match(route):
         raise RuleError(where, f"{NAMESPACE}.route {route!r} must be a name (letters, digits, _)", key=NAMESPACE)
+    window = extension.get("window") or ""
+    if not isinstance(window, str) or window.strip().lower() not in ("", *WINDOW_MODES):
+        raise RuleError(where, f"{NAMESPACE}.window {window!r} is not one of {', '.join(WINDOW_MODES)}", key=NAMESPACE)
+    window = window.strip().lower()
     grouping = doc.get("eventGroupingSettings") or {}
     aggregation = grouping.get("aggregationKind", "SingleAlert") if isinstance(grouping, dict) else None
     if aggregation not in AGGREGATIONS:
@@ -320,6 +327,8 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         custom_details=dict(details),
         route=route.lower(),
         extension=extension,
+        window=window,
+        silence_after=_silence_after(extension, where),
     )
 
 
@@ -341,6 +350,13 @@ def _duration(doc: Mapping[str, Any], key: str, default: timedelta, where: str) 
 def repr_key(key: Any) -> str:
     """A mapping key as the user wrote it: YAML allows numbers, booleans and null as keys."""
     return key if isinstance(key, str) else f"{key!r} ({type(key).__name__})"
+def _silence_after(extension: Mapping[str, Any], where: str) -> timedelta | None:
+    if extension.get("silenceAfter") is None:
+        return None
+    try:
+        return _duration(extension, "silenceAfter", timedelta(0), where)
+    except RuleError as exc:
+        raise RuleError(where, f"{NAMESPACE}.{exc.reason}") from None
 
 
 def _names(doc: Mapping[str, Any], key: str, where: str, prefix: str = "") -> tuple[str, ...]:

@@ -30,6 +30,8 @@ RULES_DIR = "KQLWATCH_RULES_DIR"
 SCHEDULE = "KQLWATCH_SCHEDULE"
 ACCESS_TOKEN = "KQLWATCH_ACCESS_TOKEN"  # noqa: S105 - a setting name, not a secret
 MAX_CATCHUP = "KQLWATCH_MAX_CATCHUP"
+MAX_LATENESS = "KQLWATCH_MAX_LATENESS"  # issue 13: how late a row may be ingested and still alert
+LATE_SWEEP = "KQLWATCH_LATE_SWEEP"  # issue 13: how often a run reaches back over the whole MAX_LATENESS
 DELIVERY_MAX_AGE = "KQLWATCH_DELIVERY_MAX_AGE"
 MAX_CARDS_PER_RUN = "KQLWATCH_MAX_CARDS_PER_RUN"
 OPS_WEBHOOK_URL = "KQLWATCH_OPS_WEBHOOK_URL"
@@ -53,6 +55,8 @@ SETTING_NAMES: tuple[str, ...] = (
     DELIVERY_MAX_AGE,
     MAX_CARDS_PER_RUN,
     AZURE_CLIENT_ID,
+    MAX_LATENESS,
+    LATE_SWEEP,
 )
 # What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -68,10 +72,15 @@ DEFAULT_STATE_TABLE = "kqlwatch"
 DEFAULT_RULES_DIR = "rules"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
+# Rows over 48 h late get TimeGenerated rewritten to their arrival (Sentinel's copy of Defender tables).
+DEFAULT_MAX_LATENESS = timedelta(days=2)
+DEFAULT_LATE_SWEEP = timedelta(hours=1)
 DEFAULT_DELIVERY_MAX_AGE = timedelta(hours=24)
 DEFAULT_MAX_CARDS_PER_RUN = 20
 MAX_MAX_CATCHUP = timedelta(days=30)  # reaching further back after downtime is a backfill, not a catch-up
 MAX_DELIVERY_MAX_AGE = timedelta(days=365)
+MAX_MAX_LATENESS = timedelta(days=14)  # beyond what a workspace query can usefully scan every sweep
+MAX_LATE_SWEEP = timedelta(days=1)
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -90,6 +99,8 @@ class Settings:
     access_token: str | None = None
     workspace_resource_id: str | None = None
     max_catchup: timedelta = DEFAULT_MAX_CATCHUP
+    max_lateness: timedelta = DEFAULT_MAX_LATENESS
+    late_sweep: timedelta = DEFAULT_LATE_SWEEP
     delivery_max_age: timedelta = DEFAULT_DELIVERY_MAX_AGE
     max_cards_per_run: int = DEFAULT_MAX_CARDS_PER_RUN
     schedule: str = DEFAULT_SCHEDULE  # read by the Functions host itself; validated here so a typo is named
@@ -121,6 +132,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         access_token=env.get(ACCESS_TOKEN) or None,
         workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
         max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP),
+        max_lateness=_duration(env, MAX_LATENESS, DEFAULT_MAX_LATENESS, MAX_MAX_LATENESS),
+        late_sweep=_duration(env, LATE_SWEEP, DEFAULT_LATE_SWEEP, MAX_LATE_SWEEP),
         delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE, MAX_DELIVERY_MAX_AGE),
         max_cards_per_run=_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
         schedule=_schedule(env),

@@ -30,6 +30,7 @@ log = logging.getLogger("kqlwatch.state")
 STATE_ROW = "~state"
 RUN_PREFIX = "~run~"
 ENTITY_PREFIX = "~ent~"  # an entity's last alert, for kqlwatch.realert
+TABLES_PARTITION = "~tables"  # one entity per source table: its last ingestion time, when it was last probed
 NOTICE_PREFIX = "~notice~"  # a notice that must be sent once (an expired exclusion)
 BATCH = 100  # entity-group transaction limit (the SDK fails on 101)
 MAX_PROPERTY_UNITS = 32_768  # a string property holds 64 KiB: 32K UTF-16 code units (an emoji counts 2)
@@ -74,6 +75,12 @@ class RuleState:
     suppressed_until: datetime | None = None  # Sentinel suppression after an alert
     failure_notified_at: datetime | None = None  # last "rule failing" notice (at most one an hour)
     last_purge: datetime | None = None
+    # issue 13: ingestion-time windows, silence alerts, blind spots
+    window_mode: str = ""  # the mode the last run used (shown by `kqlwatch status`)
+    last_sweep_end: datetime | None = None  # ingestion watermark of the last full-lateness sweep
+    silence_since: datetime | None = None  # first run of the current run of empty results that met the trigger
+    blind: dict[str, datetime] = field(default_factory=dict)  # source table -> its last row, while reported blind
+    sources_checked: datetime | None = None  # when this rule last looked at its source tables' last rows
 
 
 @dataclass
@@ -295,6 +302,27 @@ class StateStore:
             except ResourceExistsError:
                 return False
         return True
+
+    # --- source tables (issue 13: blind spots) ---
+
+    def table_seen(self, table: str) -> tuple[datetime | None, datetime | None]:
+        """A source table's latest ingestion time as last probed, and when it was probed."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with _state_errors(f"read the watch of table {table}"):
+            try:
+                entity = self._table.get_entity(TABLES_PARTITION, table)
+            except ResourceNotFoundError:
+                return None, None
+        return _utc(entity.get("LastIngested")), _utc(entity.get("CheckedAt"))
+
+    def save_table_seen(self, table: str, last_ingested: datetime | None, checked_at: datetime) -> None:
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": TABLES_PARTITION, "RowKey": table, "Kind": "table",
+                  "LastIngested": last_ingested, "CheckedAt": checked_at}
+        with _state_errors(f"record the watch of table {table}"):
+            self._table.upsert_entity(_drop_none(entity), mode=UpdateMode.REPLACE)
 
     # --- purging (Table Storage has no TTL) ---
 
@@ -538,6 +566,11 @@ def _state_fields(state: RuleState) -> dict[str, Any]:
         "SuppressedUntil": state.suppressed_until,
         "FailureNotifiedAt": state.failure_notified_at,
         "LastPurge": state.last_purge,
+        "WindowMode": state.window_mode,
+        "LastSweepEnd": state.last_sweep_end,
+        "SilenceSince": state.silence_since,
+        "SourcesChecked": state.sources_checked,
+        "Blind": json.dumps({t: v.isoformat() for t, v in sorted(state.blind.items())[:50]}),
     }
 
 
@@ -556,7 +589,20 @@ def _state_from(entity: Mapping[str, Any]) -> RuleState:
         suppressed_until=_utc(entity.get("SuppressedUntil")),
         failure_notified_at=_utc(entity.get("FailureNotifiedAt")),
         last_purge=_utc(entity.get("LastPurge")),
+        window_mode=entity.get("WindowMode") or "",
+        last_sweep_end=_utc(entity.get("LastSweepEnd")),
+        silence_since=_utc(entity.get("SilenceSince")),
+        sources_checked=_utc(entity.get("SourcesChecked")),
+        blind=_blind_from(entity.get("Blind")),
     )
+
+
+def _blind_from(text: Any) -> dict[str, datetime]:
+    try:
+        raw = json.loads(text) if isinstance(text, str) and text else {}
+        return {str(t): datetime.fromisoformat(v) for t, v in raw.items()} if isinstance(raw, dict) else {}
+    except ValueError:
+        return {}
 
 
 def _utc(value: Any) -> datetime | None:

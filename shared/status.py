@@ -37,7 +37,9 @@ def main(args: argparse.Namespace) -> int:
     settings = load_state_settings()  # offline: the state table only, no workspace or webhook needed
     store = StateStore(connect(settings.state_connection, settings.state_table))
     try:
-        names = {r.id: r.name for r in load_rules(settings.rules_dir).rules}
+        loaded = load_rules(settings.rules_dir).rules
+        names = {r.id: r.name for r in loaded}
+        windows = _windows(loaded)
         if args.rule:
             rule_id = args.rule.lower()
             if args.dropped:
@@ -57,8 +59,9 @@ def main(args: argparse.Namespace) -> int:
         rows = []
         for rule_id in sorted(set(names) | set(states) | set(pending), key=lambda i: names.get(i, i)):
             rows.append(_rule_row(names.get(rule_id, "(no rule file)"), rule_id, states.get(rule_id),
-                                  pending.get(rule_id, []), now))
+                                  pending.get(rule_id, []), windows.get(rule_id), now))
         print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "pending", "leased",
+                     "window", "cannot see",
                      "last error"], rows)
         return 1 if any(s.consecutive_failures for s in states.values()) else 0
     finally:
@@ -66,17 +69,19 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _rule_row(name: str, rule_id: str, state: RuleState | None, leases: list[datetime | None],
-              now: datetime) -> list[Any]:
+              window: str | None, now: datetime) -> list[Any]:
     """One rule's line. Pending and leased hits come from the hits themselves, not the run record: a run
     killed mid-delivery recorded no run, and its hits wait under its lease until the time shown."""
     held = [lease for lease in leases if lease is not None and lease > now]
     leased = f"{len(held)} until {_text(max(held))}" if held else "0"
     if state is None:
         health = "run never finished" if leases else "-"
-        return [name, rule_id, "never", "-", health, len(leases), 0, len(leases), leased, "not run yet"]
+        return [name, rule_id, "never", "-", health, len(leases), 0, len(leases), leased, window or "-", "-",
+                "not run yet"]
     health = f"FAILING ({state.consecutive_failures})" if state.consecutive_failures else "ok"
     return [name, rule_id, _ago(state.last_run, now), _ago(state.last_success, now), health, state.hits_total,
-            state.delivered_total, len(leases), leased, state.last_error or ""]
+            state.delivered_total, len(leases), leased, window or state.window_mode or "-", _blind(state.blind),
+            state.last_error or ""]
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO | None = None,
@@ -119,6 +124,18 @@ def _errors(stored: Any) -> str:
     except ValueError:
         return str(stored)
     return "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
+
+
+def _windows(rules: Sequence[Any]) -> dict[str, str]:
+    """Each rule's window mode and why (issue 13)."""
+    from shared.ingestion import for_rule
+
+    return {r.id: f"{c.mode} ({c.reason})" for r in rules for c in [for_rule(r)]}
+
+
+def _blind(blind: dict[str, datetime]) -> str:
+    """Source tables with no new rows past their threshold, and since when (issue 13)."""
+    return ", ".join(f"{t} since {_text(v)}" for t, v in sorted(blind.items())) or "-"
 
 
 def _summary(row: dict[str, Any]) -> str:

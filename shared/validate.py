@@ -168,6 +168,7 @@ class FileResult:
     path: str
     kind: str = "unreadable"  # "scheduled" | "nrt" | "hunting" | "unreadable"
     findings: list[Finding] = field(default_factory=list)
+    window: str = ""  # issue 13: the run's window mode and why, when kqlwatch can load the rule
 
     @property
     def errors(self) -> int:
@@ -251,7 +252,7 @@ def render(report: Report, *, list_files: bool = False, stats: bool = False) -> 
     for result in report.files:
         lines.extend(str(finding) for finding in sorted(result.findings, key=_finding_order))
         if list_files:
-            lines.append(f"{result.path}: {result.verdict()}")
+            lines.append(f"{result.path}: {result.verdict()}" + (f"; window: {result.window}" if result.window else ""))
     if stats:
         for (severity, code), count in sorted(report.counts_by_code().items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {count:5d}  {severity:<7} {code}")
@@ -709,12 +710,15 @@ def _check_grouping_and_suppression(c: _Checked) -> None:
 def _check_loadable(c: _Checked) -> None:
     """kqlwatch's own loader must accept the file too (its `kqlwatch:` section, its limits)."""
     from shared.errors import RuleError
+    from shared.ingestion import for_rule
     from shared.rules import parse_rule
 
     if c.result.errors:
         return  # the loader stops at the first problem, most likely one reported above
     try:
-        parse_rule(c.text, c.result.path)
+        rule = parse_rule(c.text, c.result.path)
+        choice = for_rule(rule)
+        c.result.window = f"{choice.mode} ({choice.reason})"
     except RuleError as exc:
         c.result.findings.append(
             Finding(c.result.path, exc.line or 1, 1, ERROR, f"kqlwatch cannot load this rule: {exc.reason}", "kqlwatch")

@@ -16,7 +16,7 @@ import yaml
 
 from shared.cli import main
 from shared.demo import SAMPLES, sample_rows
-from shared.detector import prepare_rules
+from shared.detector import prepare_rules, workspace_query
 from shared.engine import Engine, EngineError, EngineResult
 from shared.hunt import write_csv as write_csv_output
 from shared.rules import load_rule
@@ -160,8 +160,14 @@ def test_explain_prints_the_final_query_with_parameters(capsys: pytest.CaptureFi
     assert code == 0
     assert 'let SenderDomains = pack_array("evil.example", "x\\");EmailEvents | take 1 //");' in out
     assert 'let TriggerResults = pack_array("temperror", "permerror");' in out
-    expected = prepare_rules([load_rule(SEED_RULE)], params)[0][0].query
-    assert out == expected.rstrip("\n") + "\n", "exactly what the detector sends"
+    prepared = prepare_rules([load_rule(SEED_RULE)], params)[0][0]
+    offline, sent = out.split("\n\n// sent to the workspace by a run: ")
+    assert offline == "// offline (hunt, test): the rule with its parameters and exclusions\n" + prepared.query.rstrip("\n")
+    # and exactly what the detector sends: each source table filtered by ingestion time first (issue 13)
+    watermark = re.search(r"ingestion_time\(\) > datetime\(([^)]+)\)", sent)
+    assert watermark is not None
+    since = datetime.fromisoformat(watermark[1].replace("Z", "+00:00"))
+    assert sent.split("\n", 1)[1] == workspace_query(prepared, since).rstrip("\n") + "\n"
     # by rule name too, and without parameters the rule's own defaults
     code, out, _ = run(capsys, "hunt", "Message from an Accepted Domain with DMARC TempError", "--explain")
     assert code == 0 and "pack_array('contoso.com', 'fabrikam.fr')" in out
@@ -348,7 +354,7 @@ def test_exclusion_files_beside_the_rule_are_applied(capsys: pytest.CaptureFixtu
     rule = str(tmp_path / SEED_RULE.name)
     code, out, _ = run(capsys, "hunt", rule, "--explain")
     assert code == 0 and "// exclusion: Scheduler via on-prem relay" in out
-    assert out.count("| where not(") == 5
+    assert out.count("| where not(") == 10  # 5 in the offline query, 5 in the one sent to the workspace
     for extra, rows in (([], 13), (["--no-exclusions"], 46), (["--now", "2028-01-01T00:00:00Z"], 46)):
         code, out, err = run(capsys, "hunt", rule, "--data", str(SAMPLES), "--format", "jsonl", *extra)
         assert code == 0 and len(jsonl_rows(out)) == rows, (extra, err)

@@ -861,6 +861,8 @@ def test_defaults_agree_with_the_code(res: Template, settings: ModuleType) -> No
     assert defaults["rulesDir"] == settings.DEFAULT_RULES_DIR
     assert durations.parse_duration(defaults["maxCatchup"]) == settings.DEFAULT_MAX_CATCHUP
     assert durations.parse_duration(defaults["deliveryMaxAge"]) == settings.DEFAULT_DELIVERY_MAX_AGE
+    assert durations.parse_duration(defaults["maxLateness"]) == settings.DEFAULT_MAX_LATENESS
+    assert durations.parse_duration(defaults["lateSweep"]) == settings.DEFAULT_LATE_SWEEP
 
 
 def test_generated_names_fit_azure_limits(res: Template) -> None:

@@ -176,7 +176,7 @@ def test_the_repos_rules_validate_clean(
     monkeypatch.chdir(ROOT)
     assert cli.main(["validate", "--list", "--no-kql"]) == 0  # default: rules/
     out = capsys.readouterr().out.splitlines()
-    assert "rules/accepted-domain-dmarc-temperror.yaml: valid, scheduled rule" in out
+    assert "rules/accepted-domain-dmarc-temperror.yaml: valid, scheduled rule; window: ingestion (row by row)" in out
     assert out[-1] == "validate: 1 file, 1 valid, 0 with errors, 0 warnings (1 scheduled)"
 
 

@@ -75,6 +75,9 @@ class LogAnalyticsStandIn:
         self.query_seconds: float = 0.0  # server time each query takes: past the request's wait, a 504
         self.slow_query: str | None = None  # only queries containing this text take query_seconds (None: all)
         self.requests: list[QueryLog] = []
+        # Rows in the request's TimeGenerated timespan, summed over queries: what a query scans in a real workspace
+        # (ingestion_time() filters do not narrow the scan; the timespan does). Issue 13's cost measure.
+        self.rows_scanned = 0
         self._ca = trustme.CA()
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
         self._dir = tempfile.TemporaryDirectory(prefix="kqlwatch-la-")
@@ -127,6 +130,7 @@ class LogAnalyticsStandIn:
             self.partial_failure = None
             self.query_seconds = 0.0
             self.slow_query = None
+            self.rows_scanned = 0
 
     def respond(self, *responses: Response) -> None:
         """Answer the next queries with these responses, in order, then evaluate queries again."""
@@ -174,6 +178,8 @@ class LogAnalyticsStandIn:
             for name, table_rows in tables.items():
                 visible = [r for r in table_rows
                            if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
+                if _names_table(query, name):
+                    self.rows_scanned += len(visible)
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
@@ -206,6 +212,10 @@ def partial_error_body(code: str, message: str) -> dict[str, Any]:
         "details": [{"code": "EngineError", "message": GENERIC_DETAIL,
                      "innererror": {"code": code, "message": message, "severity": 2, "severityName": "Error"}}],
     }
+
+
+def _names_table(query: str, table: str) -> bool:
+    return any(t.text == table for t in tokenize(query) if t.kind == "ident")
 
 
 def _with_ingestion_column(query: str) -> str:
