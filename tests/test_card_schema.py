@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from importlib.metadata import distribution
 from pathlib import Path
@@ -95,6 +95,12 @@ def every_kind_of_card() -> dict[str, dict[str, Any]]:
     cards["notice: dropped"] = notices.dropped(rule, 2, ["a" * 64, "b" * 64], "1 day, 0:00:00")
     cards["notice: overflow"] = notices.overflow(rule, 475, 19_525, link)
     cards["notice: overflow (no link)"] = notices.overflow(rule, 475, 19_525, None)
+    cards["notice: blind"] = notices.blind(rule, "EmailEvents", WHEN, timedelta(hours=2))
+    cards["notice: sighted"] = notices.sighted(rule, "EmailEvents", WHEN, WHEN)
+    # A rule that fires on silence posts its one hit through the digest like any other (issue 13).
+    silence = {"Expected": "fewer than 1 row(s)", "Found": "0 rows", "SilentSince": WHEN, "WindowStart": WHEN,
+               "WindowEnd": WHEN}
+    add("silence", build_posts(CardContext(rule, total=1, query_link=link), [silence]))
     return cards
 
 
