@@ -8,6 +8,6 @@ app = func.FunctionApp()
 
 @app.timer_trigger(schedule="%KQLWATCH_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 def kqlwatch_timer(timer: func.TimerRequest) -> None:
-    from shared.runner import run_timer
+    from shared.runtime.wiring import run_timer
 
     run_timer(past_due=timer.past_due)

@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared.detector import Detector  # noqa: E402
-from shared.loganalytics import LogsClient, QueryResult, StaticTokenCredential  # noqa: E402
-from shared.settings import Settings, load_settings  # noqa: E402
+from shared.runtime.detector import Detector  # noqa: E402
+from shared.runtime.loganalytics import LogsClient, QueryResult, StaticTokenCredential  # noqa: E402
+from shared.runtime.settings import Settings, load_settings  # noqa: E402
+from shared.runtime.store import StateStore, connect  # noqa: E402
+from shared.runtime.teams import PostResult, TeamsClient  # noqa: E402
 from shared.standins._http import Request, Response  # noqa: E402
 from shared.standins.rows import email_row  # noqa: E402
 from shared.standins.teams import WebhookReceiver  # noqa: E402
-from shared.state import StateStore, connect  # noqa: E402
-from shared.teams import PostResult, TeamsClient  # noqa: E402
 
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
 WORKSPACE = "11111111-2222-3333-4444-555555555555"

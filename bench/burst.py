@@ -38,7 +38,7 @@ from shared.standins.loganalytics import LogAnalyticsStandIn  # noqa: E402
 GOAL_SIZE, GOAL_SECONDS, GOAL_MB, GOAL_RATIO, GOAL_RATE = 10_000, 10.0, 200.0, 10.0, 4
 # Documented Table Storage targets (learn.microsoft.com/azure/storage/tables/scalability-targets), 1 KiB entities.
 PARTITION_ENTITIES_PER_S, ACCOUNT_TX_PER_S = 2_000, 20_000
-POST_SPACING = 0.3  # shared.teams.MIN_INTERVAL
+POST_SPACING = 0.3  # shared.runtime.teams.MIN_INTERVAL
 ASSUMED_TX_RTT = 0.015  # s: an in-region Table Storage round-trip, an assumption for the estimate (not measured)
 
 
@@ -47,8 +47,8 @@ ASSUMED_TX_RTT = 0.015  # s: an in-region Table Storage round-trip, an assumptio
 
 def _instrument(meters: _stand.Meters) -> None:
     """Time the store's methods and the CPU-heavy steps of a run (bench-only wrappers, no behaviour change)."""
-    import shared.detector as detector_module
-    from shared.state import StateStore
+    import shared.runtime.detector as detector_module
+    from shared.runtime.store import StateStore
 
     def timed(owner: Any, name: str, label: str) -> None:
         real = getattr(owner, name)
@@ -83,10 +83,10 @@ def child_kqlwatch(config: dict[str, Any]) -> dict[str, Any]:
 
 def child_baseline(config: dict[str, Any]) -> dict[str, Any]:
     """The naive pipeline: query, then for each hit create its entity and post a card for it, as fast as it can."""
-    from shared.card import CardContext, build_post
-    from shared.dedupe import identity, identity_columns
-    from shared.detector import load_prepared
-    from shared.state import Hit, _hit_entity  # the same entity kqlwatch writes
+    from shared.runtime.cards import CardContext, build_post
+    from shared.runtime.detector import load_prepared
+    from shared.runtime.hits import identity, identity_columns
+    from shared.runtime.store import Hit, _hit_entity  # the same entity kqlwatch writes
 
     meters = _stand.Meters()
     settings = _stand.settings_from(config["env"])

@@ -1,7 +1,7 @@
 """Cold start: time to `import function_app` and index its functions (`function_app.app.get_functions()`) in a
 fresh interpreter, one subprocess per sample; side by side with the same after importing every SDK eagerly (what
 it would cost if shared/ imported them at module level), and what the first timer run then pays for its deferred
-imports (`import shared.runner`).
+imports (`import shared.runtime.wiring`).
 
     .venv/bin/python bench/cold_start.py                 # 10 samples of each
     .venv/bin/python bench/cold_start.py --samples 2     # smoke size
@@ -24,9 +24,9 @@ if str(ROOT) not in sys.path:
 import _stand  # noqa: E402
 
 GOAL_MS = 150.0
-SDKS = ("azure.monitor.query", "azure.data.tables", "azure.identity", "requests", "yaml", "shared.detector")
+SDKS = ("azure.monitor.query", "azure.data.tables", "azure.identity", "requests", "yaml", "shared.runtime.detector")
 _NOT_OURS = {"site", "encodings", "os", "__editable___kqlwatch_0_1_0_finder"}  # interpreter start-up, not the app
-_EAGER = "import azure.monitor.query, azure.data.tables, azure.identity, requests, yaml, shared.detector\n"
+_EAGER = "import azure.monitor.query, azure.data.tables, azure.identity, requests, yaml, shared.runtime.detector\n"
 _CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -35,7 +35,7 @@ import function_app
 functions = function_app.app.get_functions()
 t2 = time.perf_counter()
 loaded = [m for m in {sdks!r} if m in sys.modules]
-import shared.runner
+import shared.runtime.wiring
 t3 = time.perf_counter()
 import azure.monitor.query, azure.data.tables, azure.identity  # what building the clients imports on a first run
 t4 = time.perf_counter()
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ["of which SDK imports forced first", "-", f"{med(eager, 'sdk') * 1000:.0f} ms"],
         ["whole process: interpreter start, indexing, then the first run's imports", f"{med(lazy, 'process') * 1000:.0f} ms",
          f"{med(eager, 'process') * 1000:.0f} ms"],
-        ["first timer run: deferred `import shared.runner`", f"{med(lazy, 'first_run_imports') * 1000:.0f} ms",
+        ["first timer run: deferred `import shared.runtime.wiring`", f"{med(lazy, 'first_run_imports') * 1000:.0f} ms",
          f"{med(eager, 'first_run_imports') * 1000:.0f} ms"],
         ["first timer run: then the SDKs its clients import (monitor.query, data.tables, identity)",
          f"{med(lazy, 'first_run_sdks') * 1000:.0f} ms", f"{med(eager, 'first_run_sdks') * 1000:.0f} ms"],

@@ -31,9 +31,9 @@ if str(ROOT) not in sys.path:
 
 import _stand  # noqa: E402
 
+from shared.runtime.store import DELIVERED, Hit, StateStore, connect  # noqa: E402
 from shared.standins.azurite import Azurite  # noqa: E402
 from shared.standins.loganalytics import LogAnalyticsStandIn  # noqa: E402
-from shared.state import DELIVERED, Hit, StateStore, connect  # noqa: E402
 
 GOAL_QUERIES, GOAL_STATE_OPS, GOAL_OWN_MS = 1, 2, 50.0
 
@@ -63,7 +63,7 @@ class RunFigures:
 
 
 def child(config: dict[str, Any]) -> list[dict[str, Any]]:
-    import shared.detector as detector_module
+    import shared.runtime.detector as detector_module
 
     meters = _stand.Meters()
     real_load = detector_module.load_prepared
@@ -102,7 +102,7 @@ def _yaml_what_if(load: Any, settings: Any, repeat: int = 20) -> dict[str, Any]:
     3f3637e): what the choice of parser is worth. Interleaved, in the same warm process, after the runs."""
     import yaml
 
-    import shared.rules as rules_module
+    import shared.rules.loader as rules_module
 
     shipped_loader = getattr(rules_module, "_LOADER", yaml.SafeLoader)
     shipped: list[float] = []
@@ -150,7 +150,7 @@ def measure(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedReceive
         rules_dir = _stand.rules_dir(Path(tmp) / "rules", rules)
         env = _stand.env_for(la_endpoint=la.endpoint, token=la.token, connection=azurite.connection_string,
                              webhook=hook.url("soc"), rules=rules_dir)
-        from shared.rules import load_rules
+        from shared.rules.loader import load_rules
 
         rule_ids = [r.id for r in load_rules(rules_dir).rules]
         _prefill(azurite.connection_string, env["KQLWATCH_STATE_TABLE"], rule_ids, stored_hits)

@@ -4,14 +4,14 @@ scheduled rule and an NRT-style rule modelled on the same rows.
 
 Models (a row is visible to a query at time t if it was ingested at or before t and its TimeGenerated is in the
 query's window, as the Log Analytics stand-in does):
-- kqlwatch at a 1- and a 5-minute schedule: `shared.window.next_window` with the seed rule's queryPeriod (1h) and
-  the schedule as queryFrequency, MIN_OVERLAP, max_catchup 24h, `shared.window.is_due`; the last window end only
+- kqlwatch at a 1- and a 5-minute schedule: `shared.runtime.window.next_window` with the seed rule's queryPeriod (1h) and
+  the schedule as queryFrequency, MIN_OVERLAP, max_catchup 24h, `shared.runtime.window.is_due`; the last window end only
   moves on a run that happens; an identity (NetworkMessageId + RecipientEmailAddress) alerts once. The outage is
   runs that do not happen.
 - Sentinel-style scheduled rule: every 5 minutes, the fixed TimeGenerated window [t - 10m, t - 5m) (5-minute
   delay), no dedupe across runs. A managed service: no Function outage.
 - NRT-style rule: every minute, rows *ingested* in [t - 3m, t - 2m) (1-minute window, 2-minute delay), no dedupe.
-- kqlwatch with today's (issue 13) ingestion-time windows, at a 1- and a 5-minute schedule: `shared.window.
+- kqlwatch with today's (issue 13) ingestion-time windows, at a 1- and a 5-minute schedule: `shared.runtime.window.
   ingestion_window` / `next_sweep_mark` with KQLWATCH_MAX_LATENESS 2d and KQLWATCH_LATE_SWEEP 1h (the shipped
   defaults); a row is visible when ingested after the run's watermark and its TimeGenerated is in the run's span.
 - Two variants, for cost: the TimeGenerated windows of before issue 13 with queryPeriod 7h, and the ingestion
@@ -47,9 +47,9 @@ if str(ROOT) not in sys.path:
 
 import _stand  # noqa: E402
 
-from shared.rules import load_rule  # noqa: E402
-from shared.settings import DEFAULT_LATE_SWEEP, DEFAULT_MAX_LATENESS  # noqa: E402
-from shared.window import MIN_OVERLAP, ingestion_window, is_due, next_sweep_mark, next_window  # noqa: E402
+from shared.rules.loader import load_rule  # noqa: E402
+from shared.runtime.settings import DEFAULT_LATE_SWEEP, DEFAULT_MAX_LATENESS  # noqa: E402
+from shared.runtime.window import MIN_OVERLAP, ingestion_window, is_due, next_sweep_mark, next_window  # noqa: E402
 
 DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
 MAX_CATCHUP = timedelta(hours=24)  # KQLWATCH_MAX_CATCHUP's default
@@ -121,7 +121,7 @@ def ticks(start: datetime, end: datetime, every: timedelta) -> Iterator[datetime
 
 def kqlwatch(rows: list[Row], *, schedule: timedelta, period: timedelta, post: float, outage: tuple[datetime, datetime],
              end: datetime, by_ingestion: bool = False, name: str = "") -> Outcome:
-    """kqlwatch's own windowing (shared.window) and dedupe: an identity alerts once."""
+    """kqlwatch's own windowing (shared.runtime.window) and dedupe: an identity alerts once."""
     out = Outcome(name)
     by_ingest = sorted(rows, key=lambda r: r.ingested)
     waiting: list[Row] = []  # ingested, identity not alerted yet
@@ -159,7 +159,7 @@ def kqlwatch(rows: list[Row], *, schedule: timedelta, period: timedelta, post: f
 def kqlwatch_ingestion(rows: list[Row], *, schedule: timedelta, period: timedelta, post: float,
                        outage: tuple[datetime, datetime], end: datetime, sweep_every: timedelta,
                        max_lateness: timedelta = DEFAULT_MAX_LATENESS, name: str = "") -> Outcome:
-    """Issue 13's windows (shared.window): rows ingested after the watermark, TimeGenerated within the run's span
+    """Issue 13's windows (shared.runtime.window): rows ingested after the watermark, TimeGenerated within the run's span
     (short between sweeps, max_lateness on a sweep); an identity alerts once."""
     out = Outcome(name)
     by_ingest = sorted(rows, key=lambda r: r.ingested)

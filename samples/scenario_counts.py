@@ -21,10 +21,10 @@ from typing import Any
 
 from generate_emailevents import ACCEPTED_DOMAINS, OUTPUT, SCENARIOS, Row, classify
 
-from shared.engine import Engine
-from shared.params import apply_params, split_list
-from shared.rules import Rule, load_rules
+from shared.rules.loader import Rule, load_rules
+from shared.rules.params import apply_params, split_list
 from shared.schemas import table_schema
+from shared.workbench.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_RULE_ID = "a256f4ea-deec-4fcd-bdf3-63987638eed9"

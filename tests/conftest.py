@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from shared.detector import Detector
-from shared.loganalytics import LogsClient, StaticTokenCredential
-from shared.settings import Settings, load_settings
+from shared.runtime.detector import Detector
+from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
+from shared.runtime.settings import Settings, load_settings
+from shared.runtime.store import StateStore, connect
+from shared.runtime.teams import TeamsClient
 from shared.standins.azurite import Azurite
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
-from shared.state import StateStore, connect
-from shared.teams import TeamsClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"

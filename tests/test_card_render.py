@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared import preview
-from shared.card import CardContext, Post, build_posts, defender_link, operational_card, query_link
 from shared.errors import KqlwatchError
-from shared.preview import RenderResult, card_content, card_text, render_cards, write_preview
-from shared.rules import Rule, parse_rule
+from shared.rules.loader import Rule, parse_rule
+from shared.runtime.cards import CardContext, Post, build_posts, defender_link, operational_card, query_link
 from shared.standins.rows import email_row
+from shared.workbench import preview
+from shared.workbench.preview import RenderResult, card_content, card_text, render_cards, write_preview
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"

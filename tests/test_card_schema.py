@@ -17,9 +17,9 @@ import pytest
 from jsonschema import Draft6Validator, ValidationError
 from jsonschema.exceptions import best_match
 
-from shared import notices
-from shared.card import MAX_CARD_BYTES, CardContext, Post, build_post, build_posts, payload_size, query_link
-from shared.exclusions import Condition, Exclusion
+from shared.rules.exclusions import Condition, Exclusion
+from shared.runtime import notices
+from shared.runtime.cards import MAX_CARD_BYTES, CardContext, Post, build_post, build_posts, payload_size, query_link
 from tests.test_card_render import GENERIC_ROWS, HOSTILE_EMAILS, WORKSPACE_RESOURCE, email, seed_rule
 from tests.test_cards import HOSTILE_PIECES
 

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.card import MAX_CARD_BYTES, MAX_HITS_PER_CARD, CardContext, build_posts, payload_size
-from shared.rules import load_rules
+from shared.rules.loader import load_rules
+from shared.runtime.cards import MAX_CARD_BYTES, MAX_HITS_PER_CARD, CardContext, build_posts, payload_size
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver

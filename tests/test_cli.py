@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
-from shared.settings import load_settings
+from shared.runtime.settings import load_settings
 from shared.standins._http import Response
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
+from shared.workbench.cli import main
 from tests.conftest import ROOT, MakeDetector, delivered_ids, email
 
 
@@ -89,7 +89,7 @@ def test_bad_configuration_exits_2_naming_the_setting(
 
 def test_command_line_prints_no_traceback_and_no_secret(cli_env: dict[str, str], tmp_path: Path) -> None:
     env = {**os.environ, **cli_env, "KQLWATCH_TEAMS_WEBHOOK_URL": "http://hooks.example.com/x?sig=SECRET-abc"}
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "run", "--once"], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "shared.workbench.cli", "run", "--once"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "KQLWATCH_TEAMS_WEBHOOK_URL must be an https:// URL" in proc.stderr
@@ -137,6 +137,6 @@ def test_timer_function_runs_the_due_rules(cli_env: dict[str, str], la: LogAnaly
 def test_function_app_import_stays_light() -> None:
     """Cold start: importing function_app must not pull in the Azure SDKs or our heavy modules."""
     code = ("import sys, function_app; heavy = [m for m in ('azure.monitor.query', 'azure.data.tables', "
-            "'azure.identity', 'shared.detector', 'requests', 'yaml') if m in sys.modules]; print(heavy)")
+            "'azure.identity', 'shared.runtime.detector', 'requests', 'yaml') if m in sys.modules]; print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"

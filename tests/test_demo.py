@@ -8,10 +8,10 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from shared.demo import SAMPLES, demo, sample_rows
-from shared.engine import Engine
-from shared.rules import load_rules
+from shared.rules.loader import load_rules
 from shared.schemas import table_schema
+from shared.workbench.demo import SAMPLES, demo, sample_rows
+from shared.workbench.engine import Engine
 from tests.conftest import SEED_RULE
 
 

@@ -17,16 +17,16 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ServiceRequestError
 
-from shared.cli import main
-from shared.detector import LEASE
 from shared.errors import StateError
-from shared.loganalytics import LogsClient
+from shared.runtime.detector import LEASE
+from shared.runtime.loganalytics import LogsClient
+from shared.runtime.store import DELIVERED, PENDING, Hit, StateStore, connect
+from shared.runtime.teams import PostResult
 from shared.standins._http import Response
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from shared.state import DELIVERED, PENDING, Hit, StateStore, connect
-from shared.teams import PostResult
+from shared.workbench.cli import main
 from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
 
 AFTER_LEASE = LEASE + timedelta(minutes=1)
@@ -135,7 +135,7 @@ def test_table_storage_unreachable_at_start_fails_the_run_clearly(env: dict[str,
     dead = env["KQLWATCH_STATE_CONNECTION"].replace(env["KQLWATCH_STATE_CONNECTION"].split(":")[-1].split("/")[0],
                                                     "1")
     monkeypatch.setenv("KQLWATCH_STATE_CONNECTION", dead)
-    from shared import runner
+    from shared.runtime import wiring as runner
 
     runner._clients.cache_clear()
     assert main(["run", "--once"]) == 1

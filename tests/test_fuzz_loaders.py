@@ -17,14 +17,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.cli import main
-from shared.datafiles import DataSpec, load_files
-from shared.detector import prepare_rules
-from shared.engine import Engine
 from shared.errors import KqlwatchError, RuleError
-from shared.rules import load_exclusion_file, load_exclusion_files, load_rule, load_rules
-from shared.ruletest import run_files
-from shared.validate import validate_files
+from shared.rules.loader import load_exclusion_file, load_exclusion_files, load_rule, load_rules
+from shared.runtime.detector import prepare_rules
+from shared.workbench.cli import main
+from shared.workbench.datafiles import DataSpec, load_files
+from shared.workbench.engine import Engine
+from shared.workbench.ruletest import run_files
+from shared.workbench.validate import validate_files
 from tests.conftest import SEED_RULE
 
 SEED: dict[str, Any] = yaml.safe_load(SEED_RULE.read_text(encoding="utf-8"))

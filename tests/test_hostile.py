@@ -19,18 +19,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.card import MAX_CARD_BYTES, CardContext, build_posts, encode, payload_size
-from shared.cli import main, print_report
-from shared.durations import parse_duration
-from shared.rules import load_rules
+from shared.rules.durations import parse_duration
+from shared.rules.loader import load_rules
+from shared.runtime.cards import MAX_CARD_BYTES, CardContext, build_posts, encode, payload_size
+from shared.runtime.store import DELIVERED, PENDING, Hit, StateStore, connect
+from shared.runtime.teams import TeamsClient
 from shared.standins._http import Response
 from shared.standins.azurite import Azurite
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from shared.state import DELIVERED, PENDING, Hit, StateStore, connect
-from shared.status import print_table
-from shared.teams import TeamsClient
+from shared.workbench.cli import main, print_report
+from shared.workbench.status import print_table
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 from tests.test_faults import AFTER_LEASE, Killed, KillingPoster
 
@@ -89,7 +89,7 @@ def test_a_lone_surrogate_subject_is_stored_and_alerted(la: LogAnalyticsStandIn,
 
 
 def test_a_row_of_thousands_of_columns_keeps_the_cards_columns() -> None:
-    from shared.state import decode_row, encode_row
+    from shared.runtime.store import decode_row, encode_row
 
     row: dict[str, Any] = {f"Extra{i:04d}": EMOJI * 300 for i in range(3000)}
     row.update(NetworkMessageId="5f0c0c1e-aaaa-4bbb-8ccc-000000000001", Subject=EMOJI * 50 + " pay now",
@@ -123,9 +123,9 @@ def test_a_hit_table_storage_still_refuses_is_stored_minimally_and_the_others_de
 ) -> None:
     """Whatever our bounds miss (here: the row budget raised past the real limit), a 400 for one hit is
     isolated: that hit is stored in a minimal form and reported; it and every other hit are delivered."""
-    import shared.state
+    import shared.runtime.store
 
-    monkeypatch.setattr(shared.state, "MAX_ROW_UNITS", 10**6)  # Azurite now answers 400 PropertyValueTooLarge
+    monkeypatch.setattr(shared.runtime.store, "MAX_ROW_UNITS", 10**6)  # Azurite now answers 400 PropertyValueTooLarge
     attacker = email(clock, Subject=ATTACKER_SUBJECT)
     others = [email(clock) for _ in range(3)]
     la.ingest("EmailEvents", [attacker, *others], at=clock.now - timedelta(minutes=10))
@@ -231,7 +231,7 @@ def test_settings_that_escaped_validation_exit_2_before_any_rule_runs(
 
 
 def test_good_schedules_and_settings_are_accepted(env: dict[str, str]) -> None:
-    from shared.settings import load_settings
+    from shared.runtime.settings import load_settings
 
     for schedule in ("0 */5 * * * *", "0 0 9-17 * * Mon-Fri", "30 15,45 8-18/2 1-31 Jan-Dec 0-6", "0 0 0 * * Sun"):
         assert load_settings({**env, "KQLWATCH_SCHEDULE": schedule}).schedule == schedule
@@ -283,7 +283,7 @@ def test_azure_sdk_request_logs_show_only_scheme_and_host(la: LogAnalyticsStandI
 
 
 def test_redaction_keeps_only_scheme_and_host() -> None:
-    from shared.redact import redact_text
+    from shared.runtime.redact import redact_text
 
     text = ("posting to https://tenant.webhook.office.com/webhookb2/SECRET-1/IncomingWebhook/SECRET-2 failed; "
             "endpoint https://api.loganalytics.io; https://user:SECRET-3@h.example/p")

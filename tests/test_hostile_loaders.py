@@ -1,5 +1,5 @@
 """Issue 10 (points 2, 3, 6, 7, 8, 10): one broken file never stops detection, the workbench never answers a
-silent zero, nothing prints a traceback. Each test drives the real command (`shared.cli.main` or a subprocess)
+silent zero, nothing prints a traceback. Each test drives the real command (`shared.workbench.cli.main` or a subprocess)
 and the real stand-ins where a run is involved."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
-from shared.demo import SAMPLES
-from shared.rules import load_exclusion_files, load_rules
+from shared.rules.loader import load_exclusion_files, load_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
+from shared.workbench.cli import main
+from shared.workbench.demo import SAMPLES
 from tests.conftest import ROOT, SEED_RULE, delivered_ids, email
 
 KQLWATCH = ROOT / ".venv" / "bin" / "kqlwatch"

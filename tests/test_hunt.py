@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cli import main
-from shared.demo import SAMPLES, sample_rows
-from shared.detector import prepare_rules, workspace_query
-from shared.engine import Engine, EngineError, EngineResult
-from shared.hunt import write_csv as write_csv_output
-from shared.rules import load_rule
+from shared.rules.loader import load_rule
+from shared.runtime.detector import prepare_rules, workspace_query
 from shared.schemas import table_schema
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
+from shared.workbench.cli import main
+from shared.workbench.demo import SAMPLES, sample_rows
+from shared.workbench.engine import Engine, EngineError, EngineResult
+from shared.workbench.hunt import write_csv as write_csv_output
 from tests.conftest import ROOT, SEED_RULE, MakeDetector, delivered_ids, email
 
 SCHEMA = table_schema("EmailEvents") or {}
@@ -383,13 +383,13 @@ def test_preview_writes_the_cards_the_rule_would_post(capsys: pytest.CaptureFixt
 
 def test_preview_fails_when_the_renderer_rejects_a_card(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                         small: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.preview
-    from shared.preview import CardRender, RenderResult
+    import shared.workbench.preview
+    from shared.workbench.preview import CardRender, RenderResult
 
     def reject(cards: list[Any], title: str, **kw: Any) -> RenderResult:
         return RenderResult([CardRender(False, ["Unknown element type"], [], "") for _ in cards], "<html></html>")
 
-    monkeypatch.setattr(shared.preview, "render_cards", reject)
+    monkeypatch.setattr(shared.workbench.preview, "render_cards", reject)
     code, out, err = run(capsys, "preview", str(SEED_RULE), "--data", f"EmailEvents={small[0]}",
                          "--out", str(tmp_path / "c.html"))
     assert code == 1

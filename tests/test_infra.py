@@ -1,7 +1,7 @@
 """Policy tests for infra/: what can be checked without a Bicep compiler.
 
 Every .bicep file is parsed with pycep-parser; the policy checks below read the parsed templates (hardening,
-the exact role set and scopes, app settings against shared/settings.py, outputs). Each check is a function
+the exact role set and scopes, app settings against shared/runtime/settings.py, outputs). Each check is a function
 returning a list of problems, so the mutation tests at the end can prove that each one fails on a template
 weakened in a temporary copy. checkov runs from its own venv (.venv-infra, see requirements-infra.txt).
 """
@@ -271,7 +271,7 @@ def _import(name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def settings() -> ModuleType:
-    return _import("shared.settings")
+    return _import("shared.runtime.settings")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -582,7 +582,7 @@ def app_settings(t: Template) -> dict[str, str]:
 
 
 def check_settings(t: Template, settings_module: ModuleType) -> Problems:
-    """Every setting the code reads is set (renaming one in shared/settings.py without infra fails here)."""
+    """Every setting the code reads is set (renaming one in shared/runtime/settings.py without infra fails here)."""
     site = t.one("Microsoft.Web/sites")
     entries = (site.properties.get("siteConfig") or {}).get("appSettings") or []
     names = [render(e.get("name")) for e in entries]
@@ -590,7 +590,7 @@ def check_settings(t: Template, settings_module: ModuleType) -> Problems:
     present = set(names)
     local_only = {settings_module.ACCESS_TOKEN}
     wanted = set(settings_module.SETTING_NAMES) - local_only
-    problems += [f"app setting {n} (read by shared/settings.py) is not set" for n in sorted(wanted - present)]
+    problems += [f"app setting {n} (read by shared/runtime/settings.py) is not set" for n in sorted(wanted - present)]
     problems += [
         f"required setting {n} is not set" for n in sorted(set(settings_module.REQUIRED_IN_AZURE) - present)
     ]
@@ -601,7 +601,7 @@ def check_settings(t: Template, settings_module: ModuleType) -> Problems:
     unknown = {n for n in present if n.startswith("KQLWATCH_") and not n.startswith(prefix)} - set(
         settings_module.SETTING_NAMES
     )
-    problems += [f"app setting {n} is not read by shared/settings.py" for n in sorted(unknown)]
+    problems += [f"app setting {n} is not read by shared/runtime/settings.py" for n in sorted(unknown)]
     return problems
 
 
@@ -851,7 +851,7 @@ def test_resource_api_versions_are_stable_and_current() -> None:
 
 
 def test_defaults_agree_with_the_code(res: Template, settings: ModuleType) -> None:
-    durations = _import("shared.durations")
+    durations = _import("shared.rules.durations")
     defaults = {name: body.get("default") for name, body in res.params.items()}
     assert defaults["schedule"] == settings.DEFAULT_SCHEDULE
     assert len(str(defaults["schedule"]).split()) == 6, "NCRONTAB needs six fields"
@@ -886,8 +886,8 @@ def test_generated_names_fit_azure_limits(res: Template) -> None:
 
 
 def test_rule_parameters_name_let_bindings_in_the_rules(res: Template, settings: ModuleType) -> None:
-    rules = _import("shared.rules")
-    params = _import("shared.params")
+    rules = _import("shared.rules.loader")
+    params = _import("shared.rules.params")
     loaded = rules.load_rules(ROOT / "rules")
     if not loaded.rules:
         pytest.skip("no rules in rules/ yet; the seed rule's parameters are checked against SEED_RULE_PARAMS")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shared import ingestion
-from shared.detector import window_choice, workspace_query
-from shared.rules import load_rule, parse_rule
+from shared.rules import ingestion
+from shared.rules.loader import load_rule, parse_rule
+from shared.runtime.detector import window_choice, workspace_query
+from shared.runtime.window import FAST_LATENESS, INGESTION_OVERLAP, ingestion_window
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from shared.window import FAST_LATENESS, INGESTION_OVERLAP, ingestion_window
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 
 M, H = timedelta(minutes=1), timedelta(hours=1)
@@ -140,7 +140,7 @@ def test_between_sweeps_a_run_scans_only_the_short_span(
 
 
 def test_the_shadowing_let_is_accepted_by_kusto_language() -> None:
-    from shared.validate import check_kql
+    from shared.workbench.validate import check_kql
 
     prepared_query = load_rule(SEED_RULE).query
     sent = ingestion.with_ingestion_filter(prepared_query, ("EmailEvents",), NOW)
@@ -176,7 +176,7 @@ def test_a_bad_window_mode_names_the_file_and_the_key() -> None:
 
 
 def test_validate_list_shows_each_rules_window(capsys: pytest.CaptureFixture[str]) -> None:
-    from shared import cli
+    from shared.workbench import cli
 
     assert cli.main(["validate", "--list", "--no-kql", str(SEED_RULE)]) == 0
     assert "accepted-domain-dmarc-temperror.yaml: valid, scheduled rule; window: ingestion (row by row)" in (
@@ -249,7 +249,7 @@ def test_a_source_table_gone_quiet_gets_one_notice_and_one_when_rows_return(
     assert 3 <= len(probes) <= 4, "at most one probe per table per hour"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    from shared import cli
+    from shared.workbench import cli
 
     cli.main(["status"])
     seed_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Message from"))
@@ -280,7 +280,7 @@ def test_kqlwatch_silence_after_sets_the_threshold(
 
 
 def test_workspace_query_adds_the_filter_only_in_ingestion_mode() -> None:
-    from shared.detector import prepare_rules
+    from shared.runtime.detector import prepare_rules
 
     prepared, _ = prepare_rules([load_rule(SEED_RULE)], {})
     sent = workspace_query(prepared[0], NOW)
@@ -290,7 +290,7 @@ def test_workspace_query_adds_the_filter_only_in_ingestion_mode() -> None:
 
 def test_bad_issue_13_settings_and_keys_are_named(env: dict[str, str]) -> None:
     from shared.errors import ConfigError, RuleError
-    from shared.settings import load_settings
+    from shared.runtime.settings import load_settings
 
     for name in ("KQLWATCH_MAX_LATENESS", "KQLWATCH_LATE_SWEEP"):
         with pytest.raises(ConfigError, match=name):

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.detector import prepare_rules
 from shared.errors import ConfigError
-from shared.kql import Token, tokenize, top_level_lets
-from shared.params import ParamError, apply_params
-from shared.rules import load_rules
+from shared.rules.kql import Token, tokenize, top_level_lets
+from shared.rules.loader import load_rules
+from shared.rules.params import ParamError, apply_params
+from shared.runtime.detector import prepare_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
@@ -128,8 +128,8 @@ def test_injection_attempt_through_a_parameter_matches_nothing(la: LogAnalyticsS
 @given(value=HOSTILE)
 def test_a_string_literal_means_exactly_the_value(value: str) -> None:
     """Kusto (here, the offline engine) reads the literal back as the very value the user set."""
-    from shared.engine import Engine
-    from shared.kql import string_literal
+    from shared.rules.kql import string_literal
+    from shared.workbench.engine import Engine
 
     try:
         literal = string_literal(value)

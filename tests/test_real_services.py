@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from shared import detector as detector_module
 from shared.errors import ConfigError, QueryError
-from shared.loganalytics import LogsClient, StaticTokenCredential, make_credential
-from shared.settings import load_settings
+from shared.runtime import detector as detector_module
+from shared.runtime.loganalytics import LogsClient, StaticTokenCredential, make_credential
+from shared.runtime.settings import load_settings
+from shared.runtime.teams import TeamsClient
 from shared.standins._http import LoopbackServer, Request, Response
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import TRUNCATION_CODE, LogAnalyticsStandIn, PartialFailure, partial_error_body
 from shared.standins.teams import WebhookReceiver
-from shared.teams import TeamsClient
 from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
 
 # --- Teams Workflows ------------------------------------------------------------------------------------

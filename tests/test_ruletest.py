@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cli import main
-from shared.ruletest import values_equal
+from shared.workbench.cli import main
+from shared.workbench.ruletest import values_equal
 from tests.conftest import ROOT, SEED_RULE
 
 HIT = {"EmailDirection": "Inbound", "SenderMailFromDomain": "contoso.com",

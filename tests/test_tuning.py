@@ -8,9 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.detector import prepare_rules
-from shared.exclusions import parse_exclusions
-from shared.rules import load_rules
+from shared.rules.exclusions import parse_exclusions
+from shared.rules.loader import load_rules
+from shared.runtime.detector import prepare_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
@@ -208,7 +208,7 @@ def test_documented_exclusions_leave_exactly_the_attacks_in_the_sample_tenant(
 ) -> None:
     import importlib.util
 
-    from shared.demo import SAMPLES, sample_rows
+    from shared.workbench.demo import SAMPLES, sample_rows
 
     spec = importlib.util.spec_from_file_location("sample_generator", SAMPLES.parent / "generate_emailevents.py")
     assert spec and spec.loader

@@ -15,9 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared import cli, validate
 from shared.errors import KqlwatchError
-from shared.validate import FileResult, Finding, Report, query_locator, render, technique_tactics, validate_paths
+from shared.workbench import cli, validate
+from shared.workbench.validate import (
+    FileResult,
+    Finding,
+    Report,
+    query_locator,
+    render,
+    technique_tactics,
+    validate_paths,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.window import MIN_OVERLAP, is_due, next_window
+from shared.runtime.window import MIN_OVERLAP, is_due, next_window
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 H, M = timedelta(hours=1), timedelta(minutes=1)

@@ -7,7 +7,7 @@
 //          "page": "<standalone HTML page showing every card>"}
 // Exit status: 0 when the input was understood (even if cards are invalid: see `ok`), 2 on bad input.
 //
-// Used by shared/preview.py (tests and the offline workbench). No dependencies beyond adaptivecards and jsdom.
+// Used by shared/workbench/preview.py (tests and the offline workbench). No dependencies beyond adaptivecards and jsdom.
 "use strict";
 
 const fs = require("fs");

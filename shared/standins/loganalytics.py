@@ -25,11 +25,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from shared.durations import parse_duration
-from shared.engine import Engine, EngineError
-from shared.kql import tokenize
+from shared.rules.durations import parse_duration
+from shared.rules.kql import tokenize
 from shared.schemas import known_tables, table_schema
 from shared.standins._http import LoopbackServer, Request, Response
+from shared.workbench.engine import Engine, EngineError
 
 INGESTED = "_IngestedAt"
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-from shared.detector import Detector, RunReport
-from shared.loganalytics import LogsClient, make_credential
-from shared.settings import Settings, load_settings
-from shared.state import StateStore, connect
-from shared.teams import TeamsClient
+from shared.runtime.detector import Detector, RunReport
+from shared.runtime.loganalytics import LogsClient, make_credential
+from shared.runtime.settings import Settings, load_settings
+from shared.runtime.store import StateStore, connect
+from shared.runtime.teams import TeamsClient
 
 log = logging.getLogger("kqlwatch")
 

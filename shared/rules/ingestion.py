@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from shared.kql import tokenize
+from shared.rules.kql import tokenize
 
 if TYPE_CHECKING:
-    from shared.rules import Rule
+    from shared.rules.loader import Rule
 
 INGESTION = "ingestion"
 TIMEGENERATED = "timegenerated"

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from shared.datafiles import Loaded
-    from shared.detector import PreparedRule
-    from shared.engine import EngineResult
-    from shared.exclusions import Exclusion
-    from shared.rules import Rule
+    from shared.rules.exclusions import Exclusion
+    from shared.rules.loader import Rule
+    from shared.runtime.detector import PreparedRule
+    from shared.workbench.datafiles import Loaded
+    from shared.workbench.engine import EngineResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_WIDTH = 60
@@ -107,7 +107,7 @@ def explain(rule: Rule, query: str, now: datetime | None) -> str:
     """`--explain`: the query hunt and test run offline (no ingestion time offline), then the one a run sends to
     the workspace: in ingestion mode each source table is filtered to rows ingested after the run's watermark
     (shown here as the last 5 minutes)."""
-    from shared.ingestion import INGESTION, for_rule, with_ingestion_filter
+    from shared.rules.ingestion import INGESTION, for_rule, with_ingestion_filter
 
     choice = for_rule(rule)
     offline = query.rstrip("\n") + "\n"
@@ -126,12 +126,12 @@ def rules_dir() -> Path:
     raw = Path(os.environ.get("KQLWATCH_RULES_DIR") or "rules")
     if raw.is_absolute() or raw.exists():
         return raw
-    return Path(__file__).resolve().parents[1] / raw
+    return Path(__file__).resolve().parents[2] / raw
 
 
 def find_rule(spec: str) -> Rule:
     """A rule file path, or a rule's id, name or file name (without .yaml) in the rules folder."""
-    from shared.rules import load_rule, load_rules
+    from shared.rules.loader import load_rule, load_rules
 
     path = Path(spec)
     if path.is_file():
@@ -168,12 +168,12 @@ def final_query(
 ) -> PreparedRule:
     """The query the detector would send for this rule with these parameters: through `prepare_rules`, with the
     rule's own exclusions and those in the exclusion files beside it (`exclusion_dir`), active on `today`."""
-    from shared.detector import prepare_rules
     from shared.errors import ConfigError, RuleError
-    from shared.kql import KqlLexError
-    from shared.params import bindings
-    from shared.rules import load_exclusion_files
-    from shared.settings import PARAM_PREFIX
+    from shared.rules.kql import KqlLexError
+    from shared.rules.loader import load_exclusion_files
+    from shared.rules.params import bindings
+    from shared.runtime.detector import prepare_rules
+    from shared.runtime.settings import PARAM_PREFIX
 
     try:
         names = bindings(rule.query)
@@ -239,8 +239,8 @@ class Run:
 
 def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None) -> Run:
     """Load the data files into a fresh engine and run the final query over them."""
-    from shared.datafiles import DataError, load_files, parse_data_arg
-    from shared.engine import Engine
+    from shared.workbench.datafiles import DataError, load_files, parse_data_arg
+    from shared.workbench.engine import Engine
 
     with Engine() as engine:
         started = time.perf_counter()
@@ -260,7 +260,7 @@ def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None
 def data_warnings(query: str, loaded: Sequence[Loaded]) -> list[str]:
     """Why a result may be empty for the wrong reason: a file given for a table the query never reads, or a file
     without columns the query reads (they load empty, so every filter on them fails quietly)."""
-    from shared.kql import KqlLexError, tokenize
+    from shared.rules.kql import KqlLexError, tokenize
 
     try:
         names = {t.text for t in tokenize(query) if t.kind == "ident"}
@@ -282,7 +282,7 @@ def data_warnings(query: str, loaded: Sequence[Loaded]) -> list[str]:
 
 
 def _hunt(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
-    from shared.rules import trigger_met
+    from shared.rules.loader import trigger_met
 
     started = time.perf_counter()
     outcome = run(prepared, args.data, now)
@@ -319,8 +319,8 @@ def _print_notes(outcome: Run) -> None:
 
 
 def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | None) -> int:
-    from shared.card import CardContext, build_posts
-    from shared.preview import card_content, card_text, render_cards, write_page
+    from shared.runtime.cards import CardContext, build_posts
+    from shared.workbench.preview import card_content, card_text, render_cards, write_page
 
     outcome = run(prepared, args.data, now)
     _print_notes(outcome)
@@ -329,7 +329,7 @@ def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | N
     posts = build_posts(CardContext(rule, total=len(hits)), hits) if hits else []
     payloads = [post.payload for post in posts]
     rendered = render_cards([card_content(p) for p in payloads], f"kqlwatch preview: {rule.name}")
-    write_page(rendered.page, args.out)  # as shared.preview.write_preview, keeping the verdicts
+    write_page(rendered.page, args.out)  # as shared.workbench.preview.write_preview, keeping the verdicts
     for index, (payload, verdict) in enumerate(zip(payloads, rendered.results, strict=True), start=1):
         print(f"── card {index} of {len(payloads)} " + "─" * 40)
         print(card_text(payload))
@@ -349,9 +349,9 @@ def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | N
 def detector_hits(rule: Rule, result: EngineResult) -> tuple[list[dict[str, Any]], str]:
     """The hits the detector makes of these rows on a first run: trigger threshold, then one hit per identity
     (the latest row wins, in first-seen order) - the rows its cards show."""
-    from shared.dedupe import identity, identity_columns
     from shared.errors import RuleError
-    from shared.rules import trigger_met
+    from shared.rules.loader import trigger_met
+    from shared.runtime.hits import identity, identity_columns
 
     rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
     count = f"{len(rows):,} row{'s' if len(rows) != 1 else ''}"
@@ -446,7 +446,7 @@ def _csv_record(cells: Sequence[str]) -> str:
 
 def format_table(result: EngineResult, columns: Sequence[int], width: int = DEFAULT_WIDTH) -> list[str]:
     """Aligned columns; long values cut at `width` characters; everything made inert for a terminal."""
-    from shared.sanitize import clean
+    from shared.runtime.sanitize import clean
 
     header = [clean(result.columns[i], width, defang_text=False) for i in columns]
     cells = [[clean(as_text(row[i], result.types[i]), width, defang_text=False) for i in columns]
@@ -481,14 +481,14 @@ def display_width(text: str) -> int:
 def terminal_safe(text: str) -> str:
     """Multi-line text (a query, a message) fit for a terminal: line breaks and tabs kept, other control
     characters replaced, bidi controls shown as [U+XXXX] (so nothing reorders or hides what is shown)."""
-    from shared.sanitize import replace_controls, show_bidi
+    from shared.runtime.sanitize import replace_controls, show_bidi
 
     return replace_controls(show_bidi(text.replace("\r\n", "\n").replace("\r", "\n")))
 
 
 def _csv_safe(text: str, terminal: bool, *, numeric: bool = False) -> str:
     if terminal:
-        from shared.sanitize import show_bidi
+        from shared.runtime.sanitize import show_bidi
 
         text = show_bidi(text)
         text = text.replace("\r", "\\r").replace("\n", "\\n")

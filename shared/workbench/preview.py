@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import KqlwatchError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "render-cards.js"
 NODE_PACKAGES = ("adaptivecards", "jsdom")
 DEFAULT_TIMEOUT = 60.0
@@ -48,7 +48,7 @@ class RenderResult:
 
 
 def card_content(payload: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The card in a Teams message payload (as built by shared.card.message); a bare card is returned as is."""
+    """The card in a Teams message payload (as built by shared.runtime.cards.message); a bare card is returned as is."""
     if payload.get("type") != "message":
         return payload
     for attachment in payload.get("attachments") or []:

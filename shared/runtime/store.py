@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import StateError
-from shared.sanitize import scrub_surrogates, utf16_units
+from shared.runtime.sanitize import scrub_surrogates, utf16_units
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -107,7 +107,7 @@ def connect(connection: str, table_name: str, *, retry_total: int = 3, credentia
     """A TableClient from an Azurite/account connection string, or from a Table service URL with Entra ID."""
     from azure.data.tables import TableClient
 
-    from shared import redact
+    from shared.runtime import redact
 
     redact.install()  # azure-core's transport and pipeline logs print request URLs
     options: dict[str, Any] = {"retry_total": retry_total, "retry_backoff_factor": 0.5, "connection_timeout": 10,
@@ -406,7 +406,7 @@ def _state_errors(doing: str) -> Iterator[None]:
     except (ResourceExistsError, ResourceModifiedError, TableTransactionError):
         raise
     except AzureError as exc:
-        from shared.redact import redact_text
+        from shared.runtime.redact import redact_text
 
         message = redact_text((getattr(exc, "message", None) or type(exc).__name__).splitlines()[0])
         raise StateError(f"Table Storage: cannot {doing}: {message[:300]}") from None

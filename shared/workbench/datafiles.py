@@ -22,11 +22,11 @@ from typing import IO, TYPE_CHECKING, Any
 from shared.errors import KqlwatchError
 
 if TYPE_CHECKING:
-    from shared.engine import Engine, LoadedTable
+    from shared.workbench.engine import Engine, LoadedTable
 
 
 def file_format(path: str) -> str:
-    from shared.engine import file_format as engine_format
+    from shared.workbench.engine import file_format as engine_format
 
     return engine_format(path)
 
@@ -87,7 +87,7 @@ def load_files(engine: Engine, specs: Sequence[DataSpec], query: str | None = No
 
 
 def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) -> Loaded:
-    from shared.engine import EngineError
+    from shared.workbench.engine import EngineError
 
     started = time.perf_counter()
     is_json = file_format(str(spec.path)) == "json"
@@ -140,7 +140,7 @@ def _check_json_lines(engine: Engine, path: Path) -> None:
 def _check_json_array(engine: Engine, path: Path) -> bool:
     """Every element of a JSON array file must be an object (DuckDB reads it; no Python pass over a big file).
     False when the file is not one JSON array."""
-    from shared.engine import EngineError
+    from shared.workbench.engine import EngineError
 
     try:
         found = engine.first_non_object(str(path), array=True)
@@ -235,7 +235,7 @@ def load_rows(
 
 def create_known_tables(engine: Engine, query: str | None = None, skip: Iterable[str] = ()) -> None:
     """Every table with a schema that the data did not fill, empty (only those `query` names, when given)."""
-    from shared.kql import KqlLexError, tokenize
+    from shared.rules.kql import KqlLexError, tokenize
     from shared.schemas import known_tables, table_schema
 
     skipped = set(skip)

@@ -34,7 +34,7 @@ LOGGERS = (
 
 def redact_url(url: str) -> str:
     """Scheme, host and a short fingerprint: enough to tell webhooks apart, nothing to replay."""
-    from shared.dedupe import short_hash
+    from shared.runtime.hits import short_hash
 
     try:
         parts = urlsplit(url)

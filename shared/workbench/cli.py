@@ -15,21 +15,21 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from shared.detector import RunReport
 from shared.errors import ConfigError, KqlwatchError
+from shared.runtime.detector import RunReport
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("shared.runcmd", "run the rules against the workspace now"),
-    "demo": ("shared.demo", "run the detector locally on the bundled sample data (no Azure)"),
-    "hunt": ("shared.hunt", "run a rule's KQL over local data files"),
-    "preview": ("shared.hunt", "write the cards a rule would post for local data, as HTML"),
-    "validate": ("shared.validate", "check rule files: Sentinel schema and KQL (Kusto.Language)"),
-    "test": ("shared.ruletest", "run the rules' own test cases"),
-    "status": ("shared.status", "show each rule's last runs and health from the state table"),
+    "run": ("shared.workbench.runcmd", "run the rules against the workspace now"),
+    "demo": ("shared.workbench.demo", "run the detector locally on the bundled sample data (no Azure)"),
+    "hunt": ("shared.workbench.hunt", "run a rule's KQL over local data files"),
+    "preview": ("shared.workbench.hunt", "write the cards a rule would post for local data, as HTML"),
+    "validate": ("shared.workbench.validate", "check rule files: Sentinel schema and KQL (Kusto.Language)"),
+    "test": ("shared.workbench.ruletest", "run the rules' own test cases"),
+    "status": ("shared.workbench.status", "show each rule's last runs and health from the state table"),
 }
 
 
@@ -112,7 +112,7 @@ def _setup_logging(verbose: bool) -> None:
     # Azure SDK HTTP logging would print request URLs and headers.
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    from shared import redact
+    from shared.runtime import redact
 
     redact.install()  # and what they do log (retry warnings) loses everything after the host
 

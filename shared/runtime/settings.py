@@ -14,9 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.redact import redact_url
+from shared.rules.durations import parse_duration
+from shared.runtime.redact import redact_url
 
 __all__ = ["redact_url"]  # re-exported: callers read URLs' redacted form from here
 
@@ -82,7 +82,7 @@ MAX_DELIVERY_MAX_AGE = timedelta(days=365)
 MAX_MAX_LATENESS = timedelta(days=14)  # beyond what a workspace query can usefully scan every sweep
 MAX_LATE_SWEEP = timedelta(days=1)
 
-APP_ROOT = Path(__file__).resolve().parents[1]
+APP_ROOT = Path(__file__).resolve().parents[2]
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -19,17 +19,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from shared.cli import print_report
-from shared.detector import Detector
-from shared.loganalytics import LogsClient, StaticTokenCredential
-from shared.settings import load_settings
+from shared.runtime.detector import Detector
+from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
+from shared.runtime.settings import load_settings
+from shared.runtime.store import StateStore, connect
+from shared.runtime.teams import TeamsClient
 from shared.standins.azurite import Azurite
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from shared.state import StateStore, connect
-from shared.teams import TeamsClient
+from shared.workbench.cli import print_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "EmailEvents.jsonl"
 DEMO_WORKSPACE = "00000000-0000-4000-8000-00000000de00"
 DEMO_WORKSPACE_ARM = (
@@ -84,7 +84,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def demo(out_dir: Path | None = None, stream: Any = None) -> int:
-    from shared.preview import card_text, write_preview
+    from shared.workbench.preview import card_text, write_preview
 
     out = stream or sys.stdout
     out_dir = out_dir or ROOT / "demo-output"

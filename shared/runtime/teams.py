@@ -18,9 +18,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from shared import redact
-from shared.card import encode
-from shared.settings import redact_url
+from shared.runtime import redact
+from shared.runtime.cards import encode
+from shared.runtime.settings import redact_url
 
 MIN_INTERVAL = 0.3  # seconds between posts to one webhook (< 4/s)
 MAX_RETRY_AFTER = 30.0  # a longer Retry-After defers to the next run instead of blocking this one

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from shared.durations import parse_duration
 from shared.errors import RuleError
-from shared.exclusions import Exclusion, ExclusionError, parse_exclusions
-from shared.yamlguard import YamlRefused, safe_load
+from shared.rules.durations import parse_duration
+from shared.rules.exclusions import Exclusion, ExclusionError, parse_exclusions
+from shared.rules.yamlguard import YamlRefused, safe_load
 
 NAMESPACE = "kqlwatch"
 DEFAULT_FREQUENCY = timedelta(minutes=5)
@@ -29,7 +29,7 @@ SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
 _KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter"}
-WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.ingestion
+WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.rules.ingestion
 AGGREGATIONS = ("SingleAlert", "AlertPerResult")
 _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -63,7 +63,7 @@ class Rule:
     custom_details: Mapping[str, str] = field(default_factory=dict)
     route: str = ""  # kqlwatch.route: a named webhook route (KQLWATCH_ROUTE_<NAME>)
     extension: Mapping[str, Any] = field(default_factory=dict)
-    window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.ingestion.choose)
+    window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.rules.ingestion.choose)
     silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
 
 

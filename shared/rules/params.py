@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from shared.kql import LetBinding, string_literal, top_level_lets
+from shared.rules.kql import LetBinding, string_literal, top_level_lets
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 _TIMESPAN = re.compile(r"^\d+(\.\d+)?(d|h|m|s|ms|microsecond|tick)$")

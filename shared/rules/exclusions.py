@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from shared.kql import string_literal
+from shared.rules.kql import string_literal
 
 OPERATORS = ("equals", "in", "startswith", "endswith", "has", "cidr")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

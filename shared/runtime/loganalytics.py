@@ -121,7 +121,7 @@ class LogsClient:
     ) -> None:
         from azure.monitor.query import LogsQueryClient
 
-        from shared import redact
+        from shared.runtime import redact
 
         redact.install()  # azure-core's transport and pipeline logs print request URLs
         self._endpoint = endpoint
@@ -243,7 +243,7 @@ def _error_body(exc: Any) -> Mapping[str, Any]:
 
 
 def _first_line(text: str) -> str:
-    from shared.redact import redact_text
+    from shared.runtime.redact import redact_text
 
     # The SDK's messages can quote the request URL: keep only its scheme and host.
     return redact_text((text or "").strip().splitlines()[0])[:500] if (text or "").strip() else ""

@@ -19,20 +19,31 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from shared import exclusions as excl
-from shared import ingestion, notices
-from shared.card import CardContext, build_post, build_posts, query_link
-from shared.dedupe import identity, identity_columns, short_hash
 from shared.errors import ConfigError, KqlwatchError, RuleError
-from shared.exclusions import Exclusion
-from shared.kql import KqlLexError
-from shared.loganalytics import QueryResult
-from shared.params import ParamError, apply_params, bindings
-from shared.rules import MAX_FILE_BYTES, Rule, load_exclusion_files, load_rules, trigger_met
-from shared.settings import PARAM_PREFIX, Settings
-from shared.state import DELIVERED, DROPPED, SUPPRESSED, Hit, RuleState, RunRecord, StateStore, expired, lease_is_free
-from shared.teams import PostResult
-from shared.window import (
+from shared.rules import exclusions as excl
+from shared.rules import ingestion
+from shared.rules.exclusions import Exclusion
+from shared.rules.kql import KqlLexError
+from shared.rules.loader import MAX_FILE_BYTES, Rule, load_exclusion_files, load_rules, trigger_met
+from shared.rules.params import ParamError, apply_params, bindings
+from shared.runtime import notices
+from shared.runtime.cards import CardContext, build_post, build_posts, query_link
+from shared.runtime.hits import identity, identity_columns, short_hash
+from shared.runtime.loganalytics import QueryResult
+from shared.runtime.settings import PARAM_PREFIX, Settings
+from shared.runtime.store import (
+    DELIVERED,
+    DROPPED,
+    SUPPRESSED,
+    Hit,
+    RuleState,
+    RunRecord,
+    StateStore,
+    expired,
+    lease_is_free,
+)
+from shared.runtime.teams import PostResult
+from shared.runtime.window import (
     FAST_LATENESS,
     IngestionWindow,
     Window,

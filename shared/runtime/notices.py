@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.card import open_url, operational_card
-from shared.exclusions import Exclusion
-from shared.rules import Rule
-from shared.sanitize import format_time
+from shared.rules.exclusions import Exclusion
+from shared.rules.loader import Rule
+from shared.runtime.cards import open_url, operational_card
+from shared.runtime.sanitize import format_time
 
 FAILURES_BEFORE_NOTICE = 3
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
-from shared.redact import redact_text
-from shared.sanitize import clean
+from shared.runtime.redact import redact_text
+from shared.runtime.sanitize import clean
 
 if TYPE_CHECKING:
-    from shared.state import RuleState
+    from shared.runtime.store import RuleState
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -30,9 +30,9 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shared.rules import load_rules
-    from shared.settings import load_state_settings
-    from shared.state import DROPPED, StateStore, connect
+    from shared.rules.loader import load_rules
+    from shared.runtime.settings import load_state_settings
+    from shared.runtime.store import DROPPED, StateStore, connect
 
     settings = load_state_settings()  # offline: the state table only, no workspace or webhook needed
     store = StateStore(connect(settings.state_connection, settings.state_table))
@@ -128,7 +128,7 @@ def _errors(stored: Any) -> str:
 
 def _windows(rules: Sequence[Any]) -> dict[str, str]:
     """Each rule's window mode and why (issue 13)."""
-    from shared.ingestion import for_rule
+    from shared.rules.ingestion import for_rule
 
     return {r.id: f"{c.mode} ({c.reason})" for r in rules for c in [for_rule(r)]}
 

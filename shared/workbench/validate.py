@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import KqlwatchError
-from shared.rules import broken_links, is_exclusions_file
+from shared.rules.loader import broken_links, is_exclusions_file
 
 if TYPE_CHECKING:
     import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KUSTO_SCRIPT = ROOT / "tools" / "kusto-validate.js"
 KUSTO_PACKAGE = ROOT / "node_modules" / "@kusto" / "language-service-next"
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 ERROR, WARNING = "error", "warning"
 SCHEDULED_REQUIRED = (
@@ -349,8 +349,8 @@ class _Checked:
 def _check_file(path: Path) -> _Checked:
     import yaml
 
-    from shared.rules import MAX_FILE_BYTES
-    from shared.yamlguard import YamlRefused, bad_scalar_line, check_shape
+    from shared.rules.loader import MAX_FILE_BYTES
+    from shared.rules.yamlguard import YamlRefused, bad_scalar_line, check_shape
 
     c = _Checked(FileResult(str(path)))
     if _is_yaml(path) and path.suffix not in (".yaml", ".yml"):
@@ -477,7 +477,7 @@ def _check_query(c: _Checked) -> None:
 
 
 def _check_severity(c: _Checked) -> None:
-    from shared.rules import SEVERITIES
+    from shared.rules.loader import SEVERITIES
 
     value = c.doc.get("severity")
     if value is not None and value not in SEVERITIES:
@@ -485,7 +485,7 @@ def _check_severity(c: _Checked) -> None:
 
 
 def _duration(c: _Checked, key: str) -> timedelta | None:
-    from shared.durations import format_duration, parse_duration
+    from shared.rules.durations import format_duration, parse_duration
 
     value = c.doc.get(key)
     if value is None:
@@ -505,7 +505,7 @@ def _duration(c: _Checked, key: str) -> timedelta | None:
 
 
 def _check_schedule(c: _Checked) -> None:
-    from shared.durations import format_duration
+    from shared.rules.durations import format_duration
 
     frequency = _duration(c, "queryFrequency")
     period = _duration(c, "queryPeriod")
@@ -710,8 +710,8 @@ def _check_grouping_and_suppression(c: _Checked) -> None:
 def _check_loadable(c: _Checked) -> None:
     """kqlwatch's own loader must accept the file too (its `kqlwatch:` section, its limits)."""
     from shared.errors import RuleError
-    from shared.ingestion import for_rule
-    from shared.rules import parse_rule
+    from shared.rules.ingestion import for_rule
+    from shared.rules.loader import parse_rule
 
     if c.result.errors:
         return  # the loader stops at the first problem, most likely one reported above

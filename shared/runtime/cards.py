@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from shared.rules import Rule
-from shared.sanitize import clean, format_time, scrub_surrogates, truncate
+from shared.rules.loader import Rule
+from shared.runtime.sanitize import clean, format_time, scrub_surrogates, truncate
 
 MAX_HITS_PER_CARD = 25
 # Teams drops messages over ~28 KB after answering 202, and Microsoft does not say how it counts: a card of

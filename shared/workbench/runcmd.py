@@ -15,8 +15,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     import sys
 
-    from shared.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, print_report
-    from shared.runner import run
+    from shared.runtime.wiring import run
+    from shared.workbench.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, print_report
 
     if not args.once:
         print("kqlwatch run: give --once. kqlwatch has no scheduler of its own: in Azure the Functions timer runs "

@@ -18,11 +18,11 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from shared.rules import is_exclusions_file
+from shared.rules.loader import is_exclusions_file
 
 if TYPE_CHECKING:
-    from shared.engine import EngineResult
-    from shared.rules import Rule
+    from shared.rules.loader import Rule
+    from shared.workbench.engine import EngineResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CASE_KEYS = ("name", "description", "data", "dataFile", "table", "params", "now", "exclusions", "expect")
@@ -67,8 +67,8 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shared.hunt import rules_dir, terminal_safe
-    from shared.rules import broken_links
+    from shared.rules.loader import broken_links
+    from shared.workbench.hunt import rules_dir, terminal_safe
 
     paths = args.paths or [str(rules_dir())]
     try:
@@ -107,8 +107,8 @@ def collect(paths: Sequence[str]) -> list[tuple[Path, str | None]]:
 
 def run_files(targets: Sequence[tuple[Path, str | None]], out: TextIO, *, select: str | None = None) -> tuple[int, int]:
     from shared.errors import RuleError
-    from shared.hunt import terminal_safe
-    from shared.rules import load_rule
+    from shared.rules.loader import load_rule
+    from shared.workbench.hunt import terminal_safe
 
     passed = failed = 0
     for path, only in targets:
@@ -172,7 +172,7 @@ def _case_label(raw: Any, index: int) -> str:
 
 
 def _inline(text: str) -> str:
-    from shared.sanitize import clean
+    from shared.runtime.sanitize import clean
 
     return clean(text, 200, defang_text=False)
 
@@ -298,12 +298,12 @@ def _expectation(raw: Any, case: Case) -> None:
 
 
 def run_case(rule: Rule, case: Case) -> Outcome:
-    from shared.datafiles import DataError, DataSpec, create_known_tables, load_file, load_rows
-    from shared.engine import Engine, EngineError
     from shared.errors import KqlwatchError
-    from shared.hunt import UsageError, final_query
-    from shared.rules import load_exclusion_file
+    from shared.rules.loader import load_exclusion_file
     from shared.schemas import table_schema
+    from shared.workbench.datafiles import DataError, DataSpec, create_known_tables, load_file, load_rows
+    from shared.workbench.engine import Engine, EngineError
+    from shared.workbench.hunt import UsageError, final_query
 
     try:
         extra = load_exclusion_file(case.exclusions) if case.exclusions else []
@@ -389,7 +389,7 @@ def check_rows(rule: Rule, result: EngineResult, expected: Sequence[Mapping[str,
 
 def _key_columns(rule: Rule, result: EngineResult, named: Sequence[str]) -> list[str]:
     """What to show of a result row: the columns the expectation names, then the rule's identity columns."""
-    from shared.dedupe import identity_columns
+    from shared.runtime.hits import identity_columns
 
     times = [c for c, t in zip(result.columns, result.types, strict=True) if t == "datetime"]
     identity = identity_columns(result.columns, times, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns)
@@ -454,7 +454,7 @@ def values_equal(expected: Any, actual: Any, kind: str) -> bool:
                 return False
         return isinstance(expected, (int, float)) and float(expected) == float(actual)
     if kind == "timespan" and isinstance(actual, timedelta):
-        from shared.durations import parse_duration
+        from shared.rules.durations import parse_duration
 
         try:
             return isinstance(expected, str) and parse_duration(expected) == actual
@@ -495,7 +495,7 @@ def _rows(n: int) -> str:
 
 def _value(value: Any) -> str:
     """A value for the diff: JSON-quoted (so "" and " " are visible), ASCII-escaped, cut."""
-    from shared.sanitize import truncate
+    from shared.runtime.sanitize import truncate
 
     if isinstance(value, datetime):
         text = _aware(value).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
