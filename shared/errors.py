@@ -1,6 +1,15 @@
-"""The few error types kqlwatch raises; each message names what the user must fix."""
+"""The few error types kqlwatch raises (each message names what the user must fix), and the CLI's exit codes.
+
+Every room imports this leaf; it imports nothing of kqlwatch.
+"""
 
 from __future__ import annotations
+
+# The one place the `kqlwatch` exit codes are decided: 0 all good, 1 a rule failed (or a check found problems),
+# 2 bad configuration or usage.
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_USAGE = EXIT_CONFIG
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 class KqlwatchError(Exception):
@@ -10,9 +19,11 @@ class KqlwatchError(Exception):
 class ConfigError(KqlwatchError):
     """A setting is missing or malformed (the CLI exits 2)."""
 
-    def __init__(self, setting: str, reason: str) -> None:
+    def __init__(self, setting: str, reason: str, *, parameter: str | None = None) -> None:
         super().__init__(f"{setting} {reason}")
         self.setting = setting
+        self.reason = reason
+        self.parameter = parameter  # the rule parameter (`let` name) at fault, for a KQLWATCH_PARAM_* setting
 
 
 class RuleError(KqlwatchError):

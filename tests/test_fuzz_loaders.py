@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from shared.errors import KqlwatchError, RuleError
 from shared.rules.loader import load_exclusion_file, load_exclusion_files, load_rule, load_rules
-from shared.runtime.detector import prepare_rules
+from shared.rules.prepare import prepare_rules
 from shared.workbench.cli import main
 from shared.workbench.datafiles import DataSpec, load_files
 from shared.workbench.engine import Engine

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from shared.rules.loader import load_rule
-from shared.runtime.detector import prepare_rules, workspace_query
+from shared.rules.prepare import prepare_rules, workspace_query
 from shared.schemas import table_schema
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn

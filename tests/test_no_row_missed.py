@@ -13,7 +13,7 @@ import pytest
 
 from shared.rules import ingestion
 from shared.rules.loader import load_rule, parse_rule
-from shared.runtime.detector import window_choice, workspace_query
+from shared.rules.prepare import window_choice, workspace_query
 from shared.runtime.window import FAST_LATENESS, INGESTION_OVERLAP, ingestion_window
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
@@ -280,7 +280,7 @@ def test_kqlwatch_silence_after_sets_the_threshold(
 
 
 def test_workspace_query_adds_the_filter_only_in_ingestion_mode() -> None:
-    from shared.runtime.detector import prepare_rules
+    from shared.rules.prepare import prepare_rules
 
     prepared, _ = prepare_rules([load_rule(SEED_RULE)], {})
     sent = workspace_query(prepared[0], NOW)

@@ -12,7 +12,7 @@ from shared.errors import ConfigError
 from shared.rules.kql import Token, tokenize, top_level_lets
 from shared.rules.loader import load_rules
 from shared.rules.params import ParamError, apply_params
-from shared.runtime.detector import prepare_rules
+from shared.rules.prepare import prepare_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver

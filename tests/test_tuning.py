@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.rules.exclusions import parse_exclusions
 from shared.rules.loader import load_rules
-from shared.runtime.detector import prepare_rules
+from shared.rules.prepare import prepare_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver

@@ -16,8 +16,16 @@ _TIMESPAN = re.compile(r"^\d+(\.\d+)?(d|h|m|s|ms|microsecond|tick)$")
 _BOOL = {"true", "false"}
 
 
+PARAM_PREFIX = "KQLWATCH_PARAM_"  # KQLWATCH_PARAM_<Name> sets the rule's `let <Name>`
+
+
 class ParamError(ValueError):
-    """A value that does not fit the binding it replaces."""
+    """A value that does not fit the binding it replaces; `name` is the binding's name."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} {reason}")
+        self.name = name
+        self.reason = reason
 
 
 def bindings(query: str) -> dict[str, LetBinding]:
@@ -46,15 +54,15 @@ def literal_for(binding: LetBinding, value: str) -> str:
         text = value.strip()
         if first.text.isdigit() or _NUMBER.match(first.text):
             if not _NUMBER.match(text):
-                raise ParamError(f"{binding.name} is a number in the rule; {text!r} is not a number")
+                raise ParamError(binding.name, f"is a number in the rule; {text!r} is not a number")
             return text
         if not _TIMESPAN.match(text):
-            raise ParamError(f"{binding.name} is a timespan in the rule (like 1h); {text!r} is not one")
+            raise ParamError(binding.name, f"is a timespan in the rule (like 1h); {text!r} is not one")
         return text
     if first is not None and first.text.lower() in _BOOL:
         text = value.strip().lower()
         if text not in _BOOL:
-            raise ParamError(f"{binding.name} is a boolean in the rule; {value!r} is not true/false")
+            raise ParamError(binding.name, f"is a boolean in the rule; {value!r} is not true/false")
         return text
     return string_literal(value)
 

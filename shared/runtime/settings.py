@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.rules.durations import parse_duration
+from shared.rules.params import PARAM_PREFIX
 from shared.runtime.redact import redact_url
 
 __all__ = ["redact_url"]  # re-exported: callers read URLs' redacted form from here
@@ -35,7 +36,6 @@ LATE_SWEEP = "KQLWATCH_LATE_SWEEP"  # issue 13: how often a run reaches back ove
 DELIVERY_MAX_AGE = "KQLWATCH_DELIVERY_MAX_AGE"
 MAX_CARDS_PER_RUN = "KQLWATCH_MAX_CARDS_PER_RUN"
 OPS_WEBHOOK_URL = "KQLWATCH_OPS_WEBHOOK_URL"
-PARAM_PREFIX = "KQLWATCH_PARAM_"
 ROUTE_PREFIX = "KQLWATCH_ROUTE_"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 

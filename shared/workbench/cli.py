@@ -13,13 +13,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from shared.errors import ConfigError, KqlwatchError
-from shared.runtime.detector import RunReport
+from shared.errors import EXIT_BROKEN_PIPE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, KqlwatchError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+if TYPE_CHECKING:  # `kqlwatch --help` must not import the runtime (or, through it, the Azure SDKs)
+    from shared.runtime.detector import RunReport
+
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "main", "print_report"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -19,15 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from shared.runtime.detector import Detector
-from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
-from shared.runtime.settings import load_settings
-from shared.runtime.store import StateStore, connect
-from shared.runtime.teams import TeamsClient
-from shared.standins.azurite import Azurite
-from shared.standins.loganalytics import LogAnalyticsStandIn
-from shared.standins.teams import WebhookReceiver
-from shared.workbench.cli import print_report
+from shared.errors import EXIT_FAILED, EXIT_OK
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "EmailEvents.jsonl"
@@ -84,6 +76,16 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def demo(out_dir: Path | None = None, stream: Any = None) -> int:
+    # Imported here, not at the top: `kqlwatch --help` imports this module and must stay free of the runtime.
+    from shared.runtime.detector import Detector
+    from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
+    from shared.runtime.settings import load_settings
+    from shared.runtime.store import StateStore, connect
+    from shared.runtime.teams import TeamsClient
+    from shared.standins.azurite import Azurite
+    from shared.standins.loganalytics import LogAnalyticsStandIn
+    from shared.standins.teams import WebhookReceiver
+    from shared.workbench.cli import print_report
     from shared.workbench.preview import card_text, write_preview
 
     out = stream or sys.stdout
@@ -132,7 +134,7 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         reposted = len(hook.cards()) - len(cards)
         print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
         print("\nStopping the stand-ins.", file=out)
-        return 0 if first.ok and second.ok and reposted == 0 else 1
+        return EXIT_OK if first.ok and second.ok and reposted == 0 else EXIT_FAILED
 
 
 @contextmanager

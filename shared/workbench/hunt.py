@@ -26,14 +26,15 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from shared.rules.exclusions import Exclusion
     from shared.rules.loader import Rule
-    from shared.runtime.detector import PreparedRule
+    from shared.rules.prepare import PreparedRule
     from shared.workbench.datafiles import Loaded
     from shared.workbench.engine import EngineResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_WIDTH = 60
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CSV_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # all but tab, LF, CR
@@ -172,8 +173,7 @@ def final_query(
     from shared.rules.kql import KqlLexError
     from shared.rules.loader import load_exclusion_files
     from shared.rules.params import bindings
-    from shared.runtime.detector import prepare_rules
-    from shared.runtime.settings import PARAM_PREFIX
+    from shared.rules.prepare import prepare_rules
 
     try:
         names = bindings(rule.query)
@@ -198,9 +198,7 @@ def final_query(
     try:
         prepared, errors = prepare_rules([rule], dict(params), mine, today)
     except ConfigError as exc:
-        name = exc.setting.removeprefix(PARAM_PREFIX)
-        reason = str(exc)[len(exc.setting) :].strip()
-        raise UsageError(f"--param {name}: {reason}") from None
+        raise UsageError(f"--param {exc.parameter or exc.setting}: {exc.reason}") from None
     if errors or not prepared:
         raise errors[0] if errors else RuleError(rule.path, "the rule could not be prepared")
     return prepared[0]

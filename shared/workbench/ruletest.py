@@ -18,13 +18,13 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from shared.rules.loader import is_exclusions_file
 
 if TYPE_CHECKING:
     from shared.rules.loader import Rule
     from shared.workbench.engine import EngineResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CASE_KEYS = ("name", "description", "data", "dataFile", "table", "params", "now", "exclusions", "expect")
 EXPECT_KEYS = ("count", "rows", "partial")
 _SHOWN_ROWS = 10  # result rows listed under a failure

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
-from shared.runtime.redact import redact_text
-from shared.runtime.sanitize import clean
+from shared.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from shared.runtime.store import RuleState
@@ -52,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
                         for r in store.runs(rule_id, limit=args.runs)]
                 print(f"{names.get(rule_id, rule_id)} ({rule_id})")
                 print_table(["started", "rows", "new", "delivered", "deferred", "dropped", "ms", "errors"], runs)
-            return 0
+            return EXIT_OK
         states = store.rule_states()
         pending = store.pending_leases()
         now = datetime.now(timezone.utc)
@@ -63,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "pending", "leased",
                      "window", "cannot see",
                      "last error"], rows)
-        return 1 if any(s.consecutive_failures for s in states.values()) else 0
+        return EXIT_FAILED if any(s.consecutive_failures for s in states.values()) else EXIT_OK
     finally:
         store.close()
 
@@ -87,6 +86,9 @@ def _rule_row(name: str, rule_id: str, state: RuleState | None, leases: list[dat
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO | None = None,
                 width: int = 48) -> None:
     """Aligned columns; every value cleaned (no control characters from data reach the terminal)."""
+    from shared.runtime.redact import redact_text
+    from shared.runtime.sanitize import clean
+
     out = stream or sys.stdout
     cells = [[clean(redact_text(_text(v)), width, defang_text=False) for v in row] for row in rows]
     sizes = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]

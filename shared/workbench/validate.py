@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import KqlwatchError
+from shared.errors import EXIT_FAILED, EXIT_OK, KqlwatchError
 from shared.rules.loader import broken_links, is_exclusions_file
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
     report = validate_paths(paths, kql=not args.no_kql)
     for line in render(report, list_files=args.list, stats=args.stats):
         print(line)
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def render(report: Report, *, list_files: bool = False, stats: bool = False) -> list[str]:
