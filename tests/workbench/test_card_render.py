@@ -23,7 +23,7 @@ from shared.standins.rows import email_row
 from shared.workbench import preview
 from shared.workbench.preview import RenderResult, card_content, card_text, render_cards, write_preview
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
 WHEN = datetime(2026, 11, 27, 9, 30, 5, tzinfo=UTC)
 WORKSPACE_RESOURCE = (

@@ -32,7 +32,7 @@ from shared.standins.teams import WebhookReceiver
 from shared.workbench.cli import main, print_report
 from shared.workbench.status import print_table
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
-from tests.test_faults import AFTER_LEASE, Killed, KillingPoster
+from tests.integration.test_faults import AFTER_LEASE, Killed, KillingPoster
 
 RULE = load_rules(SEED_RULE.parent).rules[0]
 EMOJI = "\U0001f600"

@@ -20,8 +20,8 @@ from jsonschema.exceptions import best_match
 from shared.rules.exclusions import Condition, Exclusion
 from shared.runtime import notices
 from shared.runtime.cards import MAX_CARD_BYTES, CardContext, Post, build_post, build_posts, payload_size, query_link
-from tests.test_card_render import GENERIC_ROWS, HOSTILE_EMAILS, WORKSPACE_RESOURCE, email, seed_rule
-from tests.test_cards import HOSTILE_PIECES
+from tests.unit.test_cards import HOSTILE_PIECES
+from tests.workbench.test_card_render import GENERIC_ROWS, HOSTILE_EMAILS, WORKSPACE_RESOURCE, email, seed_rule
 
 WHEN = datetime(2026, 11, 27, 9, 30, 5, tzinfo=UTC)
 

@@ -27,9 +27,9 @@ from shared.workbench.validate import (
     validate_paths,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "sentinel-email-rules"
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "sentinel-email-rules"
 
 QUERY = """\
   EmailEvents

@@ -26,7 +26,7 @@ import yaml
 from lark.exceptions import UnexpectedInput
 from pycep import BicepParser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 CHECKOV = ROOT / ".venv-infra" / "bin" / "checkov"
 CHECKOV_CONFIG = INFRA / ".checkov.yaml"

@@ -17,7 +17,7 @@ from shared.standins.teams import WebhookReceiver
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 
 SEED_ID = "a256f4ea-deec-4fcd-bdf3-63987638eed9"
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sample-tenant.exclusions.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "sample-tenant.exclusions.yaml"
 SCHEDULER = """
 exclusions:
   - rule: a256f4ea-deec-4fcd-bdf3-63987638eed9
