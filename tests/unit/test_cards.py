@@ -13,10 +13,7 @@ from hypothesis import strategies as st
 
 from shared.rules.loader import load_rules
 from shared.runtime.cards import MAX_CARD_BYTES, MAX_HITS_PER_CARD, CardContext, build_posts, payload_size
-from shared.standins.clock import Clock
-from shared.standins.loganalytics import LogAnalyticsStandIn
-from shared.standins.teams import WebhookReceiver
-from tests.conftest import SEED_RULE, MakeDetector, email
+from tests.conftest import SEED_RULE
 
 RULE = load_rules(SEED_RULE.parent).rules[0]
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -121,14 +118,3 @@ def test_attacker_text_never_becomes_markup_or_links(subject: str, name: str, ot
         text = _texts(card)
         assert "https://evil" not in text and "http://evil" not in text and "evil.example" not in text
         assert "{{" not in text and "\u202e" not in text and "\x00" not in text and "javascript:" not in text
-
-
-def test_hostile_subject_posted_through_the_detector_is_inert(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                              make_detector: MakeDetector, clock: Clock) -> None:
-    subject = "Urgent [Reset your password](https://evil.example/login) {{DATE(2020-01-01T00:00:00Z)}}"
-    la.ingest("EmailEvents", [email(clock, Subject=subject)], at=clock.now - timedelta(minutes=10))
-    make_detector().run(only_due=False)
-    [card] = hook.cards()
-    text = _texts(card)
-    assert "Urgent [Reset your password](hxxps[:]//evil[.]example/login)" in text
-    assert "](https://" not in json.dumps(card)
