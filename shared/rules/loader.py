@@ -78,12 +78,35 @@ def load_rules(directory: Path) -> LoadResult:
     """Load every rule file (*.yaml / *.yml) under `directory`; collect errors instead of stopping at the first."""
     if not directory.is_dir():
         return LoadResult([], [RuleError(str(directory), "rules directory does not exist")])
-    loaded = load_files(p for p in rule_files(directory) if not is_exclusions_file(p))
+    loaded = load_files(find_rule_files(directory))
     return replace(loaded, warnings=[*broken_links(directory), *loaded.warnings])
 
 
 def rule_files(directory: Path) -> list[Path]:
+    """Every YAML file under `directory` (rules and exclusion files): *.yaml / *.yml in any letter case."""
     return sorted(p for p in directory.rglob("*") if _is_yaml_name(p) and p.is_file())
+
+
+def find_rule_files(directory: Path) -> list[Path]:
+    """The rule files under `directory`: what the detector loads, `kqlwatch test` runs and `validate` checks."""
+    return [p for p in rule_files(directory) if not is_exclusions_file(p)]
+
+
+APP_ROOT = Path(__file__).resolve().parents[2]  # where function_app.py and the shipped rules/ are
+RULES_DIR_SETTING = "KQLWATCH_RULES_DIR"
+DEFAULT_RULES_DIR = "rules"
+
+
+def rules_folder(env: Mapping[str, str]) -> tuple[str, Path]:
+    """(the value as given, the folder it names): KQLWATCH_RULES_DIR, else rules/. A relative path is taken from
+    the working directory when it exists there, else from the app's own folder (where function_app.py is): the
+    Functions host's working directory is not guaranteed. The one resolution the detector and the workbench use;
+    whether the folder exists is the caller's to report (a setting error at run time, a finding in `validate`)."""
+    raw = (env.get(RULES_DIR_SETTING) or "").strip() or DEFAULT_RULES_DIR
+    path = Path(raw)
+    if not (path.is_absolute() or path.exists()):
+        path = APP_ROOT / path
+    return raw, path
 
 
 def broken_links(directory: Path) -> list[str]:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.rules.durations import parse_duration
+from shared.rules.loader import RULES_DIR_SETTING, rules_folder
 from shared.rules.params import PARAM_PREFIX
 from shared.runtime.redact import redact_url
 
@@ -27,7 +28,7 @@ LOGS_ENDPOINT = "KQLWATCH_LOGS_ENDPOINT"
 STATE_CONNECTION = "KQLWATCH_STATE_CONNECTION"
 STATE_TABLE = "KQLWATCH_STATE_TABLE"
 TEAMS_WEBHOOK_URL = "KQLWATCH_TEAMS_WEBHOOK_URL"
-RULES_DIR = "KQLWATCH_RULES_DIR"
+RULES_DIR = RULES_DIR_SETTING
 SCHEDULE = "KQLWATCH_SCHEDULE"
 ACCESS_TOKEN = "KQLWATCH_ACCESS_TOKEN"  # noqa: S105 - a setting name, not a secret
 MAX_CATCHUP = "KQLWATCH_MAX_CATCHUP"
@@ -69,7 +70,6 @@ REQUIRED_IN_AZURE: tuple[str, ...] = (
 
 DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
 DEFAULT_STATE_TABLE = "kqlwatch"
-DEFAULT_RULES_DIR = "rules"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
 # Rows over 48 h late get TimeGenerated rewritten to their arrival (Sentinel's copy of Defender tables).
@@ -82,7 +82,6 @@ MAX_DELIVERY_MAX_AGE = timedelta(days=365)
 MAX_MAX_LATENESS = timedelta(days=14)  # beyond what a workspace query can usefully scan every sweep
 MAX_LATE_SWEEP = timedelta(days=1)
 
-APP_ROOT = Path(__file__).resolve().parents[2]
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -171,12 +170,8 @@ def read_params(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _rules_dir(env: Mapping[str, str]) -> Path:
-    """A relative path is taken from the working directory when it exists there, else from the app's own folder
-    (where function_app.py is): the Functions host's working directory is not guaranteed."""
-    raw = (env.get(RULES_DIR) or "").strip() or DEFAULT_RULES_DIR
-    path = Path(raw)
-    if not (path.is_absolute() or path.exists()):
-        path = APP_ROOT / path
+    """The rules folder as shared.rules.loader.rules_folder resolves it; it must exist and be a folder."""
+    raw, path = rules_folder(env)
     try:
         if not path.exists():
             raise ConfigError(RULES_DIR, f"names {raw!r}, which does not exist")

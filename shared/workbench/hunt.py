@@ -123,11 +123,10 @@ def explain(rule: Rule, query: str, now: datetime | None) -> str:
 
 
 def rules_dir() -> Path:
-    """KQLWATCH_RULES_DIR, else rules/ here, else the app's own rules/ (as the detector resolves it)."""
-    raw = Path(os.environ.get("KQLWATCH_RULES_DIR") or "rules")
-    if raw.is_absolute() or raw.exists():
-        return raw
-    return Path(__file__).resolve().parents[2] / raw
+    """KQLWATCH_RULES_DIR, else rules/ here, else the app's own rules/ (shared.rules.loader.rules_folder)."""
+    from shared.rules.loader import rules_folder
+
+    return rules_folder(os.environ)[1]
 
 
 def find_rule(spec: str) -> Rule:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from shared.rules.loader import is_exclusions_file
+from shared.rules.loader import find_rule_files, is_exclusions_file
 
 if TYPE_CHECKING:
     from shared.rules.loader import Rule
@@ -95,8 +95,7 @@ def collect(paths: Sequence[str]) -> list[tuple[Path, str | None]]:
         text, sep, case = raw.partition("::")
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-            targets.extend((f, None) for f in files if not is_exclusions_file(f))
+            targets.extend((f, None) for f in find_rule_files(path))
         elif path.is_file():
             if not is_exclusions_file(path):
                 targets.append((path, case if sep else None))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import EXIT_FAILED, EXIT_OK, KqlwatchError
-from shared.rules.loader import broken_links, is_exclusions_file
+from shared.rules.loader import broken_links, find_rule_files, is_exclusions_file, rules_folder
 
 if TYPE_CHECKING:
     import yaml
@@ -239,7 +240,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or [Path("rules")]
+    paths = [Path(p) for p in args.paths] or [rules_folder(os.environ)[1]]  # the folder a run would load
     report = validate_paths(paths, kql=not args.no_kql)
     for line in render(report, list_files=args.list, stats=args.stats):
         print(line)
@@ -269,9 +270,7 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     problems: list[Finding] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and _is_yaml(p) and not is_exclusions_file(p))
-            )
+            found.extend(find_rule_files(path))
             problems.extend(_broken_link(message) for message in broken_links(path))
         elif path.is_file():
             if not is_exclusions_file(path):
@@ -353,9 +352,6 @@ def _check_file(path: Path) -> _Checked:
     from shared.rules.yamlguard import YamlRefused, bad_scalar_line, check_shape
 
     c = _Checked(FileResult(str(path)))
-    if _is_yaml(path) and path.suffix not in (".yaml", ".yml"):
-        c.warning(f"kqlwatch loads only *.yaml and *.yml rule files: rename {path.suffix} to {path.suffix.lower()} "
-                  "or this file will not run", "file")  # fmt: skip
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -971,10 +967,6 @@ def _inline_pieces(text: str, node: yaml.ScalarNode, value: str) -> list[tuple[i
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-
-def _is_yaml(path: Path) -> bool:
-    return path.suffix.lower() in (".yaml", ".yml")
 
 
 def _is_text(node: yaml.Node | None) -> bool:
