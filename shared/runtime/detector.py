@@ -22,15 +22,14 @@ from shared.errors import KqlwatchError, RuleError
 from shared.rules import ingestion
 from shared.rules.loader import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
-from shared.runtime import notices
+from shared.runtime import hits, notices
 from shared.runtime.cards import CardContext, build_post, build_posts, query_link
-from shared.runtime.hits import identity, identity_columns, short_hash
+from shared.runtime.hits import short_hash
 from shared.runtime.loganalytics import QueryResult
 from shared.runtime.settings import Settings
 from shared.runtime.store import (
     DELIVERED,
     DROPPED,
-    SUPPRESSED,
     Hit,
     RuleState,
     RunRecord,
@@ -375,53 +374,14 @@ class Detector:
         self, rule: Rule, state: RuleState, result: QueryResult, window: Window, now: datetime, lease_until: datetime
     ) -> tuple[list[Hit], int]:
         """Create the hits this run is first to see; returns those to deliver, and how many were suppressed."""
-        hits = self._hits(rule, result, now, lease_until)
-        if not hits:
-            return [], 0
-        known = self.store.known_keys(rule.id, window.start)
-        fresh = [h for h in hits if h.key not in known]
-        if not fresh:
-            return [], 0
-        to_alert, to_suppress = self._suppression(rule, state, fresh, now)
-        created = self.store.insert_new(rule.id, to_alert)
-        suppressed = self.store.insert_new(rule.id, to_suppress, status=SUPPRESSED) if to_suppress else []
-        if rule.realert_key and created:
-            self.store.mark_entities(rule.id, {_entity(rule, h) for h in created}, now)
-        if rule.suppression and created:
-            state.suppressed_until = now + rule.suppression
-        return created, len(suppressed)
-
-    def _suppression(self, rule: Rule, state: RuleState, hits: list[Hit], now: datetime) -> tuple[list[Hit], list[Hit]]:
-        """Sentinel's suppression (no alert for a while after one), then kqlwatch.realert (the same entity is
-        not re-alerted within its window; another entity is). Read at run time, so a change applies at once."""
-        if rule.suppression and state.suppressed_until and now < state.suppressed_until:
-            return [], hits
-        if not rule.realert_key or not rule.realert_window:
-            return hits, []
-        seen = self.store.recent_entities(rule.id, now - rule.realert_window)
-        alert: list[Hit] = []
-        quiet: list[Hit] = []
-        for hit in hits:
-            key = _entity(rule, hit)
-            (quiet if key in seen else alert).append(hit)
-            seen.add(key)
-        return alert, quiet
+        recorded = hits.record_new(self.store, rule, state, self._hits(rule, result, now, lease_until),
+                                   window.start, now)
+        return recorded.created, recorded.suppressed
 
     def _hits(self, rule: Rule, result: QueryResult, now: datetime, lease_until: datetime) -> list[Hit]:
-        if not result.rows or not trigger_met(rule, len(result.rows)):
-            return []
-        columns = identity_columns(
-            result.columns, result.time_columns, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns
-        )
-        missing = [c for c in (*columns, *rule.realert_key) if c not in result.columns]
-        if missing:
-            raise RuleError(rule.path, f"dedupe/realert key names column(s) the query does not return: {missing}")
-        by_key: dict[str, Hit] = {}
-        for row in result.rows:
-            key = identity(row, columns)
-            # The same identity twice in one result (e.g. a verdict change): keep the latest row.
-            by_key[key] = Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
-        return list(by_key.values())
+        _, by_key = hits.collapse(rule, result.columns, result.time_columns, result.rows)
+        return [Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
+                for key, row in by_key.items()]
 
     def _drop(self, rule: Rule, hits: list[Hit], outcome: RuleOutcome) -> None:
         dropped = self.store.update_hits(rule.id, hits, Status=DROPPED)
@@ -652,5 +612,3 @@ def _as_time(value: Any) -> datetime | None:
     return None
 
 
-def _entity(rule: Rule, hit: Hit) -> str:
-    return identity(hit.row, rule.realert_key)

@@ -1,11 +1,24 @@
-"""Stable identities for result rows: what makes two rows "the same hit" across runs."""
+"""Where dedupe happens, all of it: what makes two rows "the same hit" (identity), one hit per identity in a
+result (collapse), and recording only the hits no earlier or concurrent run recorded (first writer wins, by the
+store's insert-if-absent). The detector and `kqlwatch hunt`/`preview` both use these; there is no other copy.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shared.errors import RuleError
+from shared.rules.loader import Rule, trigger_met
+
+if TYPE_CHECKING:
+    from shared.runtime.store import Hit, RuleState, StateStore
+
+Row = TypeVar("Row", bound=Mapping[str, Any])
 
 # EmailEvents emits a new row when a message's verdict or location changes; the message-recipient
 # pair is what a SOC wants to hear about once.
@@ -45,3 +58,73 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+def collapse(
+    rule: Rule, columns: Sequence[str], time_columns: Sequence[str], rows: Sequence[Row]
+) -> tuple[tuple[str, ...], dict[str, Row]]:
+    """(identity columns, identity -> row) for a result: nothing unless the rule's trigger is met, then one row
+    per identity - the same identity twice in one result (e.g. a verdict change) keeps the latest row, in
+    first-seen order."""
+    key = identity_columns(columns, time_columns, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns)
+    if not rows or not trigger_met(rule, len(rows)):
+        return key, {}
+    missing = [c for c in (*key, *rule.realert_key) if c not in columns]
+    if missing:
+        raise RuleError(rule.path, f"dedupe/realert key names column(s) the query does not return: {missing}")
+    by_key: dict[str, Row] = {}
+    for row in rows:
+        by_key[identity(row, key)] = row
+    return key, by_key
+
+
+def entity(rule: Rule, hit: Hit) -> str:
+    """The kqlwatch.realert identity of a hit: the same entity is not re-alerted within the realert window."""
+    return identity(hit.row, rule.realert_key)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    created: list[Hit]  # recorded by this run: to deliver
+    suppressed: int  # recorded as suppressed (Sentinel suppression or kqlwatch.realert)
+
+
+def record_new(store: StateStore, rule: Rule, state: RuleState, hits: list[Hit], since: datetime,
+               now: datetime) -> Recorded:
+    """Record the hits this run is first to see (store.insert_new: a hit another run recorded first is not
+    created again, so never sent twice); `since` bounds the known keys read to skip the ones recorded before."""
+    from shared.runtime.store import SUPPRESSED
+
+    if not hits:
+        return Recorded([], 0)
+    known = store.known_keys(rule.id, since)
+    fresh = [h for h in hits if h.key not in known]
+    if not fresh:
+        return Recorded([], 0)
+    to_alert, to_suppress = _suppression(store, rule, state, fresh, now)
+    created = store.insert_new(rule.id, to_alert)
+    suppressed = store.insert_new(rule.id, to_suppress, status=SUPPRESSED) if to_suppress else []
+    if rule.realert_key and created:
+        store.mark_entities(rule.id, {entity(rule, h) for h in created}, now)
+    if rule.suppression and created:
+        state.suppressed_until = now + rule.suppression
+    return Recorded(created, len(suppressed))
+
+
+def _suppression(
+    store: StateStore, rule: Rule, state: RuleState, hits: list[Hit], now: datetime
+) -> tuple[list[Hit], list[Hit]]:
+    """Sentinel's suppression (no alert for a while after one), then kqlwatch.realert (the same entity is
+    not re-alerted within its window; another entity is). Read at run time, so a change applies at once."""
+    if rule.suppression and state.suppressed_until and now < state.suppressed_until:
+        return [], hits
+    if not rule.realert_key or not rule.realert_window:
+        return hits, []
+    seen = store.recent_entities(rule.id, now - rule.realert_window)
+    alert: list[Hit] = []
+    quiet: list[Hit] = []
+    for hit in hits:
+        key = entity(rule, hit)
+        (quiet if key in seen else alert).append(hit)
+        seen.add(key)
+    return alert, quiet

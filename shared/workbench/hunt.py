@@ -346,9 +346,8 @@ def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | N
 def detector_hits(rule: Rule, result: EngineResult) -> tuple[list[dict[str, Any]], str]:
     """The hits the detector makes of these rows on a first run: trigger threshold, then one hit per identity
     (the latest row wins, in first-seen order) - the rows its cards show."""
-    from shared.errors import RuleError
     from shared.rules.loader import trigger_met
-    from shared.runtime.hits import identity, identity_columns
+    from shared.runtime.hits import collapse
 
     rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
     count = f"{len(rows):,} row{'s' if len(rows) != 1 else ''}"
@@ -357,13 +356,7 @@ def detector_hits(rule: Rule, result: EngineResult) -> tuple[list[dict[str, Any]
     if not trigger_met(rule, len(rows)):
         return [], f"{count}: trigger ({rule.trigger_operator} {rule.trigger_threshold}) not met, no alert"
     times = [c for c, t in zip(result.columns, result.types, strict=True) if t == "datetime"]
-    key = identity_columns(result.columns, times, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns)
-    missing = [c for c in key if c not in result.columns]
-    if missing:
-        raise RuleError(rule.path, f"kqlwatch.dedupeKey names column(s) the query does not return: {missing}")
-    by_key: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        by_key[identity(row, key)] = row
+    key, by_key = collapse(rule, result.columns, times, rows)  # the detector's own dedupe, not a copy of it
     hits = list(by_key.values())
     return hits, f"{count} -> {len(hits):,} hit{'s' if len(hits) != 1 else ''} (one per {', '.join(key)})"
 
