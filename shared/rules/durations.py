@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 _SHORT = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _ISO = re.compile(
@@ -42,3 +42,10 @@ def format_duration(value: timedelta) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def parse_time(text: str) -> datetime:
+    """THE ISO 8601 date/time reader (rule tests' `now`, --now, data files, query results): 'Z' or an offset;
+    one without a zone is UTC. Raises ValueError when the text is not one."""
+    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

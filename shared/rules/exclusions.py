@@ -24,8 +24,21 @@ _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9 _.,()@/-]")
 EXCLUSIONS_FILE = "exclusions.yaml"
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where in a file an exclusion is: the file (or rule) it came from, and which exclusion in it."""
+
+    source: str
+    part: str
+
+
 class ExclusionError(ValueError):
-    """An exclusion that cannot be applied; the message says which and why."""
+    """An exclusion that cannot be applied: `source` is the file (or rule), `reason` says which and why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -80,31 +93,31 @@ def parse_exclusions(items: Any, *, source: str, rule_id: str | None = None) -> 
     if items is None:
         return []
     if not isinstance(items, list):
-        raise ExclusionError(f"{source}: exclusions must be a list")
+        raise ExclusionError(source, "exclusions must be a list")
     return [_one(item, source, rule_id, index) for index, item in enumerate(items, 1)]
 
 
 def _one(item: Any, source: str, rule_id: str | None, index: int) -> Exclusion:
-    where = f"{source}: exclusion #{index}"
+    where = Place(source, f"exclusion #{index}")
     if not isinstance(item, dict):
-        raise ExclusionError(f"{where} must be a mapping")
+        raise ExclusionError(where.source, f"{where.part} must be a mapping")
     name = _text(item, "name", where)
     if name:
-        where = f"{source}: exclusion '{name}'"
+        where = Place(source, f"exclusion '{name}'")
     target = rule_id or _text(item, "rule", where).lower()
     if not target:
-        raise ExclusionError(f"{where} needs 'rule' (the rule id it applies to)")
+        raise ExclusionError(where.source, f"{where.part} needs 'rule' (the rule id it applies to)")
     for key in ("name", "reason", "owner"):
         if not _text(item, key, where):
-            raise ExclusionError(f"{where} needs '{key}' (exclusions must say why, and who owns them)")
+            raise ExclusionError(where.source, f"{where.part} needs '{key}' (exclusions must say why, and who owns them)")
     unknown = set(item) - {"rule", "name", "reason", "owner", "expires", "match", "column", "operator", "values"}
     if unknown:
-        raise ExclusionError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+        raise ExclusionError(where.source, f"{where.part} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     raw_conditions = item.get("match")
     if raw_conditions is None:
         raw_conditions = [{k: item[k] for k in ("column", "operator", "values") if k in item}]
     if not isinstance(raw_conditions, list) or not raw_conditions:
-        raise ExclusionError(f"{where}: 'match' must be a non-empty list of conditions")
+        raise ExclusionError(where.source, f"{where.part}: 'match' must be a non-empty list of conditions")
     return Exclusion(
         rule_id=target,
         name=name,
@@ -116,50 +129,50 @@ def _one(item: Any, source: str, rule_id: str | None, index: int) -> Exclusion:
     )
 
 
-def _text(item: dict[Any, Any], key: str, where: str) -> str:
+def _text(item: dict[Any, Any], key: str, where: Place) -> str:
     """A text field; YAML numbers are taken as written, anything else (a list, a mapping) is refused."""
     value = item.get(key)
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ExclusionError(f"{where}: '{key}' must be text, not {type(value).__name__}")
+        raise ExclusionError(where.source, f"{where.part}: '{key}' must be text, not {type(value).__name__}")
     return str(value).strip()
 
 
-def _condition(raw: Any, where: str) -> Condition:
+def _condition(raw: Any, where: Place) -> Condition:
     if not isinstance(raw, dict):
-        raise ExclusionError(f"{where}: each condition needs column, operator and values")
+        raise ExclusionError(where.source, f"{where.part}: each condition needs column, operator and values")
     column = str(raw.get("column") or "")
     operator = str(raw.get("operator") or "")
     values = raw.get("values", raw.get("value"))
     if not _COLUMN.match(column):
-        raise ExclusionError(f"{where}: column {column!r} is not a column name")
+        raise ExclusionError(where.source, f"{where.part}: column {column!r} is not a column name")
     if operator not in OPERATORS:
-        raise ExclusionError(f"{where}: operator {operator!r} is not one of {', '.join(OPERATORS)}")
+        raise ExclusionError(where.source, f"{where.part}: operator {operator!r} is not one of {', '.join(OPERATORS)}")
     if isinstance(values, (str, int, float)):
         values = [values]
     if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float)) for v in values):
-        raise ExclusionError(f"{where}: values must be a non-empty list")
+        raise ExclusionError(where.source, f"{where.part}: values must be a non-empty list")
     texts = tuple(str(v).strip() for v in values)
     if any(not t for t in texts):
-        raise ExclusionError(f"{where}: values must not be empty (an empty value would match every blank row)")
+        raise ExclusionError(where.source, f"{where.part}: values must not be empty (an empty value would match every blank row)")
     if operator == "cidr":
         for text in texts:
             try:
                 network = ipaddress.ip_network(text, strict=False)
             except ValueError:
-                raise ExclusionError(f"{where}: {text!r} is not an IPv4 address or CIDR range") from None
+                raise ExclusionError(where.source, f"{where.part}: {text!r} is not an IPv4 address or CIDR range") from None
             if network.version != 4:
-                raise ExclusionError(f"{where}: {text!r}: cidr supports IPv4 (SenderIPv4) ranges")
+                raise ExclusionError(where.source, f"{where.part}: {text!r}: cidr supports IPv4 (SenderIPv4) ranges")
     try:
         for text in texts:
             string_literal(text)
     except ValueError as exc:
-        raise ExclusionError(f"{where}: {exc}") from None
+        raise ExclusionError(where.source, f"{where.part}: {exc}") from None
     return Condition(column, operator, texts)
 
 
-def _expiry(value: Any, where: str) -> date | None:
+def _expiry(value: Any, where: Place) -> date | None:
     if value is None or value == "":
         return None
     if isinstance(value, date):
@@ -167,7 +180,7 @@ def _expiry(value: Any, where: str) -> date | None:
     try:
         return date.fromisoformat(str(value))
     except ValueError:
-        raise ExclusionError(f"{where}: expires {value!r} is not a date (YYYY-MM-DD)") from None
+        raise ExclusionError(where.source, f"{where.part}: expires {value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def split_by_expiry(exclusions: Sequence[Exclusion], today: date) -> tuple[list[Exclusion], list[Exclusion]]:

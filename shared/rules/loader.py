@@ -79,7 +79,7 @@ def load_rules(directory: Path) -> LoadResult:
     if not directory.is_dir():
         return LoadResult([], [RuleError(str(directory), "rules directory does not exist")])
     loaded = load_files(find_rule_files(directory))
-    return replace(loaded, warnings=[*broken_links(directory), *loaded.warnings])
+    return replace(loaded, warnings=[*map(str, broken_links(directory)), *loaded.warnings])
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -109,7 +109,18 @@ def rules_folder(env: Mapping[str, str]) -> tuple[str, Path]:
     return raw, path
 
 
-def broken_links(directory: Path) -> list[str]:
+@dataclass(frozen=True)
+class BrokenLink:
+    """A rule-named symlink that leads to no file: the link, and why it is not loaded."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def broken_links(directory: Path) -> list[BrokenLink]:
     """Rule-named symlinks that lead to no file (dangling, or a loop): rule_files cannot see them, and a rule
     that silently stops loading is a rule that silently stops alerting."""
     found = []
@@ -117,15 +128,15 @@ def broken_links(directory: Path) -> list[str]:
         try:
             path.resolve(strict=True)
         except RuntimeError:  # Python 3.11 reports a symlink loop so
-            found.append(f"{path}: symbolic link loop: the rule file is not loaded")
+            found.append(BrokenLink(str(path), "symbolic link loop: the rule file is not loaded"))
             continue
         except OSError as exc:
-            found.append(f"{path}: symbolic link to {_link_target(path)}, which "
-                         + ("loops" if exc.errno == errno.ELOOP else "does not exist")
-                         + ": the rule file is not loaded")
+            found.append(BrokenLink(str(path), f"symbolic link to {_link_target(path)}, which "
+                                    + ("loops" if exc.errno == errno.ELOOP else "does not exist")
+                                    + ": the rule file is not loaded"))
             continue
         if not path.is_file():
-            found.append(f"{path}: symbolic link to {_link_target(path)}, which is not a file: not loaded")
+            found.append(BrokenLink(str(path), f"symbolic link to {_link_target(path)}, which is not a file: not loaded"))
     return found
 
 
@@ -163,7 +174,7 @@ def load_exclusion_file(path: Path) -> list[Exclusion]:
     try:
         doc = safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(doc, dict):
-            raise ExclusionError(f"{path}: must be a mapping with an 'exclusions' list")
+            raise ExclusionError(str(path), "must be a mapping with an 'exclusions' list")
         return parse_exclusions(doc.get("exclusions"), source=str(path))
     except YamlRefused as exc:
         raise RuleError(str(path), exc.reason, exc.line) from None
@@ -173,7 +184,7 @@ def load_exclusion_file(path: Path) -> list[Exclusion]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(str(path), f"cannot read exclusions: {str(exc).splitlines()[0]}") from None
     except ExclusionError as exc:
-        raise RuleError(str(path), str(exc).removeprefix(f"{path}: ")) from None
+        raise RuleError(exc.source, exc.reason) from None
 
 
 def load_files(paths: Iterable[Path]) -> LoadResult:
@@ -262,7 +273,7 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
     rule_id = text("id", required=True).strip()
     if not text("name", required=True).strip():
         raise RuleError(where, "field 'name' is empty", key="name")
-    if not _GUID.match(rule_id):
+    if not is_guid(rule_id):
         raise RuleError(where, f"id {rule_id!r} is not a GUID", key="id")
     query = text("query", required=True)
     if not query.strip():
@@ -296,7 +307,7 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
     try:
         exclusions = tuple(parse_exclusions(extension.get("exclusions"), source=where, rule_id=rule_id.lower()))
     except ExclusionError as exc:
-        raise RuleError(where, str(exc).removeprefix(f"{where}: "), key=NAMESPACE) from None
+        raise RuleError(where, exc.reason, key=NAMESPACE) from None
     realert = extension.get("realert") or {}
     if not isinstance(realert, dict) or (realert and not {"key", "window"} <= set(realert)):
         raise RuleError(where, f"{NAMESPACE}.realert needs 'key' (columns) and 'window' (a duration)", key=NAMESPACE)
@@ -410,6 +421,11 @@ def _entity_columns(mappings: Any, where: str) -> tuple[str, ...]:
             if column not in columns:
                 columns.append(column)
     return tuple(columns)
+
+
+def is_guid(text: str) -> bool:
+    """THE GUID check (rule ids, workspace ids, validate's findings): 8-4-4-4-12 hex digits."""
+    return _GUID.match(text) is not None
 
 
 def trigger_met(rule: Rule, count: int) -> bool:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from shared.errors import KqlwatchError, RuleError
 from shared.rules import ingestion
+from shared.rules.durations import parse_time
 from shared.rules.loader import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
 from shared.runtime import hits, notices
@@ -606,7 +607,7 @@ def _as_time(value: Any) -> datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, str) and value:
         try:
-            return _as_time(datetime.fromisoformat(value.replace("Z", "+00:00")))
+            return parse_time(value)
         except ValueError:
             return None
     return None

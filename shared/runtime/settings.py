@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.rules.durations import parse_duration
-from shared.rules.loader import RULES_DIR_SETTING, rules_folder
+from shared.rules.loader import RULES_DIR_SETTING, is_guid, rules_folder
 from shared.rules.params import PARAM_PREFIX
 from shared.runtime.redact import redact_url
 
@@ -82,7 +82,6 @@ MAX_DELIVERY_MAX_AGE = timedelta(days=365)
 MAX_MAX_LATENESS = timedelta(days=14)  # beyond what a workspace query can usefully scan every sweep
 MAX_LATE_SWEEP = timedelta(days=1)
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -208,7 +207,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 def _guid(env: Mapping[str, str], name: str) -> str:
     value = _required(env, name)
-    if not _GUID.match(value):
+    if not is_guid(value):
         raise ConfigError(name, "must be the workspace GUID (customerId), e.g. 00000000-0000-0000-0000-000000000000")
     return value.lower()
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from shared.rules.durations import parse_duration
+from shared.rules.durations import parse_duration, parse_time
 from shared.rules.kql import tokenize
 from shared.schemas import known_tables, table_schema
 from shared.standins._http import LoopbackServer, Request, Response
@@ -259,9 +259,7 @@ def _parse_time(value: Any) -> Any:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, str) and value:
-        text = value.strip().replace("Z", "+00:00")
-        parsed = datetime.fromisoformat(text)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parse_time(value)
     return value
 
 

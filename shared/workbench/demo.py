@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import EXIT_FAILED, EXIT_OK
+from shared.rules.durations import parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "EmailEvents.jsonl"
@@ -151,7 +152,7 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 
 def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_time(text)
 
 
 

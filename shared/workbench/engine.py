@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.errors import KqlwatchError
+from shared.rules.durations import parse_time
 
 _DUCK_TYPES = {
     "string": "VARCHAR",
@@ -352,8 +353,7 @@ def _json_default(value: Any) -> Any:
 def _parse_time(text: str) -> datetime | None:
     if not text.strip():
         return None
-    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parse_time(text)
 
 
 def _ident(name: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from shared.rules.durations import parse_time
 
 if TYPE_CHECKING:
     from shared.rules.exclusions import Exclusion
@@ -215,10 +216,9 @@ def parse_now(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         raise UsageError(f"--now {text!r} is not an ISO date/time (like 2026-11-20T12:00:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 # --- running ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from shared.rules.durations import parse_time
 from shared.rules.loader import find_rule_files, is_exclusions_file
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for folder in (Path(p) for p in paths if Path(p).is_dir()):
         for warning in broken_links(folder):
-            print(f"kqlwatch test: warning: {terminal_safe(warning)}", file=sys.stderr)
+            print(f"kqlwatch test: warning: {terminal_safe(str(warning))}", file=sys.stderr)
     passed, failed = run_files(targets, sys.stdout, select=args.select)
     print(f"{passed} passed, {failed} failed")
     return EXIT_OK if failed == 0 else EXIT_FAILED
@@ -260,10 +261,9 @@ def _now(raw: Any) -> datetime | None:
         return datetime(raw.year, raw.month, raw.day, tzinfo=timezone.utc)
     if isinstance(raw, str):
         try:
-            parsed = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+            return parse_time(raw)
         except ValueError:
             raise CaseError(f"'now' {raw!r} is not an ISO date/time") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     raise CaseError("'now' must be a date/time")
 
 
@@ -469,7 +469,7 @@ def _as_time(value: Any) -> datetime | None:
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if isinstance(value, str):
         try:
-            return _aware(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+            return parse_time(value)
         except ValueError:
             return None
     return None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import EXIT_FAILED, EXIT_OK, KqlwatchError
-from shared.rules.loader import broken_links, find_rule_files, is_exclusions_file, rules_folder
+from shared.rules.loader import broken_links, find_rule_files, is_exclusions_file, is_guid, rules_folder
 
 if TYPE_CHECKING:
     import yaml
@@ -59,7 +59,6 @@ TACTICS = (
     "Exfiltration", "CommandAndControl", "Impact", "ImpairProcessControl", "InhibitResponseFunction",
 )  # fmt: skip
 _TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _COLUMN = re.compile(r"^[a-zA-Z_]+\w*$")  # Sentinel: entity/custom-detail columns
 _DETAIL_KEY = re.compile(r"^[a-zA-Z]+\w*$")
@@ -271,7 +270,7 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     for path in paths:
         if path.is_dir():
             found.extend(find_rule_files(path))
-            problems.extend(_broken_link(message) for message in broken_links(path))
+            problems.extend(Finding(b.path, 1, 1, WARNING, b.reason, "file") for b in broken_links(path))
         elif path.is_file():
             if not is_exclusions_file(path):
                 found.append(path)
@@ -280,11 +279,6 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     unique = list(dict.fromkeys(found))
     return unique, problems
 
-
-
-def _broken_link(message: str) -> Finding:
-    where, _, reason = message.partition(": ")
-    return Finding(where, 1, 1, WARNING, reason, "file")
 
 
 def validate_paths(paths: Iterable[Path], *, kql: bool = True) -> Report:
@@ -450,7 +444,7 @@ def _check_schema(c: _Checked) -> None:
 
 def _check_id(c: _Checked) -> None:
     value = c.doc.get("id")
-    if value is not None and not (isinstance(value, str) and _GUID.match(value.strip())):
+    if value is not None and not (isinstance(value, str) and is_guid(value.strip())):
         c.error(f"id {value!r} is not a GUID (e.g. {'a256f4ea-deec-4fcd-bdf3-63987638eed9'})", "id", c.node("id"))
 
 
