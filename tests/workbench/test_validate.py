@@ -358,7 +358,7 @@ def test_type_error(batch: tuple[Path, dict[str, FileResult]]) -> None:
 
 
 def test_node_or_package_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(validate, "KUSTO_PACKAGE", tmp_path / "missing")
+    monkeypatch.setattr(validate.kusto, "KUSTO_PACKAGE", tmp_path / "missing")
     with pytest.raises(KqlwatchError, match="run npm ci"):
         validate.check_kql(["EmailEvents"])
     monkeypatch.setattr("shutil.which", lambda name: None)
