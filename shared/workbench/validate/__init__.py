@@ -23,7 +23,7 @@ from shared.workbench.validate.reference import SCHEDULED_REQUIRED, TACTICS, tec
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="rule files or folders, searched recursively "
-                        "for *.yaml / *.yml (default: rules/)")  # fmt: skip
+                        "for *.yaml / *.yml (default: the rules folder, KQLWATCH_RULES_DIR or rules/)")  # fmt: skip
     parser.add_argument("--no-kql", action="store_true", help="skip the KQL check (no Node.js needed)")
     parser.add_argument("-l", "--list", action="store_true", help="also print one line per file: its kind and verdict")
     parser.add_argument("--stats", action="store_true", help="also print how often each check fired")
