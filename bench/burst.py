@@ -86,7 +86,7 @@ def child_baseline(config: dict[str, Any]) -> dict[str, Any]:
     from shared.runtime.cards import CardContext, build_post
     from shared.runtime.detector import load_prepared
     from shared.runtime.hits import identity, identity_columns
-    from shared.runtime.store import Hit, _hit_entity  # the same entity kqlwatch writes
+    from shared.runtime.rows import Hit, _hit_entity  # the same entity kqlwatch writes
 
     meters = _stand.Meters()
     settings = _stand.settings_from(config["env"])

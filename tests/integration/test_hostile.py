@@ -123,9 +123,9 @@ def test_a_hit_table_storage_still_refuses_is_stored_minimally_and_the_others_de
 ) -> None:
     """Whatever our bounds miss (here: the row budget raised past the real limit), a 400 for one hit is
     isolated: that hit is stored in a minimal form and reported; it and every other hit are delivered."""
-    import shared.runtime.store
+    import shared.runtime.rows
 
-    monkeypatch.setattr(shared.runtime.store, "MAX_ROW_UNITS", 10**6)  # Azurite now answers 400 PropertyValueTooLarge
+    monkeypatch.setattr(shared.runtime.rows, "MAX_ROW_UNITS", 10**6)  # Azurite now answers 400 PropertyValueTooLarge
     attacker = email(clock, Subject=ATTACKER_SUBJECT)
     others = [email(clock) for _ in range(3)]
     la.ingest("EmailEvents", [attacker, *others], at=clock.now - timedelta(minutes=10))
