@@ -19,12 +19,12 @@ import yaml
 from shared.errors import RuleError
 from shared.rules.durations import parse_duration
 from shared.rules.exclusions import Exclusion, ExclusionError, parse_exclusions
+from shared.rules.model import DEFAULT_FREQUENCY, DEFAULT_PERIOD, DEFAULT_SEVERITY
+from shared.rules.model import Rule as Rule  # re-exported: the loader's product
+from shared.rules.model import trigger_met as trigger_met
 from shared.rules.yamlguard import YamlRefused, safe_load
 
 NAMESPACE = "kqlwatch"
-DEFAULT_FREQUENCY = timedelta(minutes=5)
-DEFAULT_PERIOD = timedelta(hours=1)
-DEFAULT_SEVERITY = "Medium"
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
@@ -35,36 +35,6 @@ _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TRIGGER_OPERATORS = {"gt", "lt", "eq", "ne", "GreaterThan", "LessThan", "Equal", "NotEqual"}
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    name: str
-    query: str
-    path: str
-    description: str = ""
-    severity: str = DEFAULT_SEVERITY
-    query_frequency: timedelta = DEFAULT_FREQUENCY
-    query_period: timedelta = DEFAULT_PERIOD
-    tactics: tuple[str, ...] = ()
-    techniques: tuple[str, ...] = ()
-    trigger_operator: str = "gt"
-    trigger_threshold: int = 0
-    entity_columns: tuple[str, ...] = ()
-    dedupe_key: tuple[str, ...] = ()
-    version: str = ""
-    exclusions: tuple[Exclusion, ...] = ()
-    suppression: timedelta | None = None  # Sentinel suppressionEnabled/suppressionDuration
-    realert_key: tuple[str, ...] = ()  # kqlwatch.realert: the same entity is not re-alerted within the window
-    realert_window: timedelta | None = None
-    aggregation: str = "SingleAlert"  # eventGroupingSettings.aggregationKind
-    title_format: str = ""  # alertDetailsOverride.alertDisplayNameFormat
-    custom_details: Mapping[str, str] = field(default_factory=dict)
-    route: str = ""  # kqlwatch.route: a named webhook route (KQLWATCH_ROUTE_<NAME>)
-    extension: Mapping[str, Any] = field(default_factory=dict)
-    window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.rules.ingestion.choose)
-    silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
 
 
 @dataclass(frozen=True)
@@ -426,17 +396,3 @@ def _entity_columns(mappings: Any, where: str) -> tuple[str, ...]:
 def is_guid(text: str) -> bool:
     """THE GUID check (rule ids, workspace ids, validate's findings): 8-4-4-4-12 hex digits."""
     return _GUID.match(text) is not None
-
-
-def trigger_met(rule: Rule, count: int) -> bool:
-    """Sentinel's triggerOperator/triggerThreshold on the result count."""
-    op = {"GreaterThan": "gt", "LessThan": "lt", "Equal": "eq", "NotEqual": "ne"}.get(
-        rule.trigger_operator, rule.trigger_operator
-    )
-    threshold = rule.trigger_threshold
-    return {
-        "gt": count > threshold,
-        "lt": count < threshold,
-        "eq": count == threshold,
-        "ne": count != threshold,
-    }[op]
