@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 _SHORT = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _ISO = re.compile(
@@ -49,3 +50,17 @@ def parse_time(text: str) -> datetime:
     one without a zone is UTC. Raises ValueError when the text is not one."""
     parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def as_time(value: Any) -> datetime | None:
+    """A value as an aware datetime when it is one (a datetime, a date at midnight UTC, ISO text), else None."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except ValueError:
+            return None
+    return None

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from shared.errors import KqlwatchError, RuleError
 from shared.rules import ingestion
-from shared.rules.durations import parse_time
+from shared.rules.durations import as_time
 from shared.rules.loader import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
 from shared.runtime import hits, notices
@@ -602,14 +602,6 @@ _OPERATOR_WORDS = {"gt": "more than", "GreaterThan": "more than", "lt": "fewer t
                    "eq": "exactly", "Equal": "exactly", "ne": "other than", "NotEqual": "other than"}
 
 
-def _as_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, str) and value:
-        try:
-            return parse_time(value)
-        except ValueError:
-            return None
-    return None
+_as_time = as_time  # a row's time value, as the detector and the workbench read it
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from shared.rules.durations import parse_time
+from shared.rules.durations import as_time
 from shared.rules.loader import find_rule_files, is_exclusions_file
 
 if TYPE_CHECKING:
@@ -255,15 +255,11 @@ def _scalar_text(value: Any, where: str) -> str:
 def _now(raw: Any) -> datetime | None:
     if raw is None:
         return None
-    if isinstance(raw, datetime):
-        return raw if raw.tzinfo else raw.replace(tzinfo=timezone.utc)
-    if isinstance(raw, date):
-        return datetime(raw.year, raw.month, raw.day, tzinfo=timezone.utc)
-    if isinstance(raw, str):
-        try:
-            return parse_time(raw)
-        except ValueError:
-            raise CaseError(f"'now' {raw!r} is not an ISO date/time") from None
+    if isinstance(raw, (datetime, date, str)):
+        parsed = as_time(raw)
+        if parsed is None:
+            raise CaseError(f"'now' {raw!r} is not an ISO date/time")
+        return parsed
     raise CaseError("'now' must be a date/time")
 
 
@@ -462,17 +458,7 @@ def values_equal(expected: Any, actual: Any, kind: str) -> bool:
     return isinstance(expected, str) and bool(expected == actual)
 
 
-def _as_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return _aware(value)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    if isinstance(value, str):
-        try:
-            return parse_time(value)
-        except ValueError:
-            return None
-    return None
+_as_time = as_time
 
 
 def _aware(value: datetime) -> datetime:
