@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from shared.runtime.detector import Detector
-from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
+from shared.runtime.loganalytics import StaticTokenCredential
 from shared.runtime.settings import Settings, load_settings
-from shared.runtime.store import StateStore, connect
-from shared.runtime.teams import TeamsClient
+from shared.runtime.wiring import Tuning, build_detector, clients_for
 from shared.standins.azurite import Azurite
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
@@ -99,6 +98,13 @@ def env(azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_
 MakeDetector = Callable[..., Detector]
 
 
+def fast_tuning(settings: Settings) -> Tuning:
+    """The real clients with fast retries, the stand-ins' token (never a real Azure credential)."""
+    return Tuning(logs={"retry_total": 1, "retry_backoff_factor": 0.01, "read_timeout": 5}, state_retry_total=1,
+                  teams={"retries": 1, "backoff": 0.01, "min_interval": 0.0, "timeout": (2.0, 2.0)},
+                  credential=StaticTokenCredential(settings.access_token or ""))
+
+
 @pytest.fixture
 def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
     """Build a Detector wired to the real SDK clients and the stand-ins (fast retries for tests)."""
@@ -106,12 +112,9 @@ def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
 
     def make(settings: Settings | None = None, **overrides: str) -> Detector:
         settings = settings or load_settings({**env, **overrides})
-        logs = LogsClient(settings.logs_endpoint, StaticTokenCredential(settings.access_token or ""),
-                          retry_total=1, retry_backoff_factor=0.01, read_timeout=5)
-        store = StateStore(connect(settings.state_connection, settings.state_table, retry_total=1))
-        teams = TeamsClient(retries=1, backoff=0.01, min_interval=0.0, timeout=(2.0, 2.0))
-        opened.extend([logs, store, teams])
-        return Detector(settings, logs=logs, store=store, teams=teams, clock=clock)
+        clients = clients_for(settings, fast_tuning(settings))
+        opened.extend([clients.logs, clients.store, clients.teams])
+        return build_detector(settings, clients, clock)
 
     yield make
     for client in opened:

@@ -1,9 +1,14 @@
-"""Wire the real clients to the detector, once per process (Functions reuses the worker between runs)."""
+"""Wire the real clients to the detector: the one place they are built. The Function builds them once per process
+(Functions reuses the worker between runs); tests, the bench and the demo pass a Tuning."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from shared.runtime.detector import Detector, RunReport
 from shared.runtime.loganalytics import LogsClient, make_credential
@@ -11,23 +16,71 @@ from shared.runtime.settings import Settings, load_settings
 from shared.runtime.store import StateStore, connect
 from shared.runtime.teams import TeamsClient
 
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
 log = logging.getLogger("kqlwatch")
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """How tests, the bench and the demo tune the real clients; the Function uses the defaults. The one place
+    clients are built (build_clients), so every caller gets the same SDK retry and timeout wiring."""
+
+    logs: Mapping[str, Any] = field(default_factory=dict)  # LogsClient keyword arguments (retries, timeouts)
+    state_retry_total: int = 3
+    teams: Mapping[str, Any] = field(default_factory=dict)  # TeamsClient keyword arguments
+    credential: TokenCredential | None = None  # default: make_credential(KQLWATCH_ACCESS_TOKEN)
+
+
+DEFAULT_TUNING = Tuning()
+
+
+@dataclass(frozen=True)
+class Clients:
+    logs: LogsClient
+    store: StateStore
+    teams: TeamsClient
+
+    def close(self) -> None:
+        for client in (self.logs, self.store, self.teams):
+            client.close()
+
+
+def build_clients(
+    logs_endpoint: str, access_token: str | None, state_connection: str, state_table: str,
+    tuning: Tuning = DEFAULT_TUNING,
+) -> Clients:
+    credential = tuning.credential or make_credential(access_token)
+    return Clients(
+        LogsClient(logs_endpoint, credential, **tuning.logs),
+        StateStore(connect(state_connection, state_table, retry_total=tuning.state_retry_total)),
+        TeamsClient(**tuning.teams),
+    )
+
+
+def clients_for(settings: Settings, tuning: Tuning = DEFAULT_TUNING) -> Clients:
+    return build_clients(
+        settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table, tuning
+    )
+
+
+def build_detector(settings: Settings, clients: Clients, clock: Callable[[], datetime] | None = None) -> Detector:
+    if clock is None:
+        return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams)
+    return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams, clock=clock)
+
+
 @lru_cache(maxsize=4)
-def _clients(
-    logs_endpoint: str, access_token: str | None, state_connection: str, state_table: str
-) -> tuple[LogsClient, StateStore, TeamsClient]:
-    logs = LogsClient(logs_endpoint, make_credential(access_token))
-    store = StateStore(connect(state_connection, state_table))
-    return logs, store, TeamsClient()
+def _clients(logs_endpoint: str, access_token: str | None, state_connection: str, state_table: str) -> Clients:
+    return build_clients(logs_endpoint, access_token, state_connection, state_table)
 
 
 def detector(settings: Settings) -> Detector:
-    logs, store, teams = _clients(
+    clients = _clients(
         settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table
     )
-    return Detector(settings, logs=logs, store=store, teams=teams)
+    return build_detector(settings, clients)
 
 
 def run(*, only_due: bool, settings: Settings | None = None) -> RunReport:

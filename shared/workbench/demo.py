@@ -78,11 +78,9 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def demo(out_dir: Path | None = None, stream: Any = None) -> int:
     # Imported here, not at the top: `kqlwatch --help` imports this module and must stay free of the runtime.
-    from shared.runtime.detector import Detector
-    from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
+    from shared.runtime.loganalytics import StaticTokenCredential
     from shared.runtime.settings import load_settings
-    from shared.runtime.store import StateStore, connect
-    from shared.runtime.teams import TeamsClient
+    from shared.runtime.wiring import Tuning, build_detector, clients_for
     from shared.standins.azurite import Azurite
     from shared.standins.loganalytics import LogAnalyticsStandIn
     from shared.standins.teams import WebhookReceiver
@@ -111,12 +109,9 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
             "KQLWATCH_RULES_DIR": str(ROOT / "rules"),
             **{k: v for k, v in os.environ.items() if k.startswith("KQLWATCH_PARAM_")},
         })
-        logs = LogsClient(settings.logs_endpoint, StaticTokenCredential(la.token))
-        store = StateStore(connect(settings.state_connection, settings.state_table))
-        teams = TeamsClient(min_interval=0.05)
-        for client in (logs, store, teams):
-            stack.callback(client.close)
-        detector = Detector(settings, logs=logs, store=store, teams=teams)
+        clients = clients_for(settings, Tuning(teams={"min_interval": 0.05}, credential=StaticTokenCredential(la.token)))
+        stack.callback(clients.close)
+        detector = build_detector(settings, clients)
 
         print("\n== Run 1 ==", file=out)
         first = detector.run(only_due=False)
@@ -129,8 +124,8 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         print(f"\n{len(cards)} card(s) posted; HTML preview (adaptivecards renderer): {page}", file=out)
 
         print("\n== Run 2 (five minutes later, same data) ==", file=out)
-        second = Detector(settings, logs=logs, store=store, teams=teams,
-                          clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5)).run(only_due=False)
+        second = build_detector(settings, clients,
+                                clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5)).run(only_due=False)
         print_report(second, out)
         reposted = len(hook.cards()) - len(cards)
         print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
