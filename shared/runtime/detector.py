@@ -12,7 +12,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
@@ -24,12 +23,12 @@ from shared.rules.durations import as_time
 from shared.rules.loader import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
 from shared.runtime import hits, notices
-from shared.runtime.cards import CardContext, build_post, build_posts, query_link
+from shared.runtime.cards import query_link
+from shared.runtime.delivery import Delivery, Poster
 from shared.runtime.hits import short_hash
 from shared.runtime.loganalytics import QueryResult
 from shared.runtime.settings import Settings
 from shared.runtime.store import (
-    DELIVERED,
     DROPPED,
     Hit,
     RuleState,
@@ -38,7 +37,6 @@ from shared.runtime.store import (
     expired,
     lease_is_free,
 )
-from shared.runtime.teams import PostResult
 from shared.runtime.window import (
     FAST_LATENESS,
     IngestionWindow,
@@ -52,7 +50,6 @@ from shared.runtime.window import (
 log = logging.getLogger("kqlwatch")
 
 LEASE = timedelta(minutes=10)  # how long a run owns the hits it is delivering
-LEASE_MARGIN = timedelta(minutes=3)  # stop posting when less than this is left: a post with its retries fits in it
 MAX_SPLITS = 4  # a truncated (partial) result is re-queried as up to 2**4 smaller windows
 MIN_SPLIT = timedelta(minutes=1)
 NOTICE_INTERVAL = timedelta(hours=1)  # at most one "rule failing" card per rule per hour
@@ -65,10 +62,6 @@ TABLE_PROBE_SPAN = timedelta(hours=24)  # the probe's TimeGenerated span: on-tim
 
 class LogsApi(Protocol):
     def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult: ...
-
-
-class Poster(Protocol):
-    def post(self, url: str, payload: Any) -> PostResult: ...
 
 
 @dataclass
@@ -403,74 +396,18 @@ class Detector:
             return 0, 0, []
         rule = prepared.rule
         urls = {short_hash(u): u for u in self.settings.webhooks_for(rule.route, rule.severity)}
-        current = {h.key: h for h in hits}
-        problems: list[str] = []
         link = query_link(
             prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
         )
-        for url_id, url in urls.items():
-            todo = [current[h.key] for h in hits if url_id not in current[h.key].delivered_to]
-            if todo:
-                self._deliver_to(rule, url, url_id, set(urls), todo, link, lease_until, current, problems)
-        remaining = [h for h in current.values() if not h.delivered_to >= urls.keys()]
+        delivery = Delivery(rule, self.store, self.teams, self.clock, self.settings.max_cards_per_run, lease_until,
+                            link, frozenset(urls))
+        remaining = delivery.deliver(hits, urls)
         if remaining:
             # Release the lease so the next run can retry at once, and count the attempt.
             self.store.update_hits(
                 rule.id, [replace(h, attempts=h.attempts + 1, lease_owner="", lease_until=None) for h in remaining]
             )
-        return len(hits) - len(remaining), len(remaining), problems
-
-    def _deliver_to(
-        self, rule: Rule, url: str, url_id: str, all_ids: set[str], todo: list[Hit], link: str | None,
-        lease_until: datetime, current: dict[str, Hit], problems: list[str],
-    ) -> None:
-        """Post todo's cards to one webhook, recording each success at once. At most max_cards_per_run cards:
-        the rest is summed up in one card. A card Teams rejects (400/413) is split, then compacted."""
-        cap = self.settings.max_cards_per_run
-        rows = [h.row for h in todo]
-        ctx = CardContext(rule, total=len(todo), query_link=link, single_cards=cap // 2)
-        posts = build_posts(ctx, rows)
-        overflow: list[Hit] = []
-        if len(posts) > cap:
-            posts = posts[: cap - 1]
-            shown = posts[-1].first + posts[-1].count
-            overflow = todo[shown:]
-        queue = deque((p.first, p.count, p.payload, False) for p in posts)
-        sent = 0
-        while queue:
-            if self.clock() > lease_until - LEASE_MARGIN:
-                problems.append("lease nearly expired: remaining deliveries left to the next run")
-                return
-            first, count, payload, compact = queue.popleft()
-            result = self.teams.post(url, payload)
-            sent += 1
-            if result.ok:
-                self._mark(rule, todo[first : first + count], url_id, all_ids, current)
-                continue
-            if result.rejected and count > 1:
-                half = count // 2
-                queue.extendleft([(first + half, count - half, build_post(ctx, rows, first + half, first + count), False),
-                                  (first, half, build_post(ctx, rows, first, first + half), False)])
-                continue
-            if result.rejected and not compact:
-                queue.appendleft((first, 1, build_post(ctx, rows, first, first + 1, compact=True), True))
-                continue
-            problems.append(f"delivery failed: {result.detail}")
-            return  # this webhook is unwell: leave the rest for the next run, try the other webhooks
-        if overflow:
-            shown_hits = len(todo) - len(overflow)
-            result = self.teams.post(url, notices.overflow(rule, shown_hits, len(overflow), link))
-            if result.ok:
-                self._mark(rule, overflow, url_id, all_ids, current)
-            else:
-                problems.append(f"delivery failed: {result.detail}")
-
-    def _mark(self, rule: Rule, batch: list[Hit], url_id: str, all_ids: set[str], current: dict[str, Hit]) -> None:
-        marked = [replace(current[h.key], delivered_to=current[h.key].delivered_to | {url_id}) for h in batch]
-        done = [replace(h, lease_owner="", lease_until=None) for h in marked if h.delivered_to >= all_ids]
-        not_done = [h for h in marked if not h.delivered_to >= all_ids]
-        for h in self.store.update_hits(rule.id, done, Status=DELIVERED) + self.store.update_hits(rule.id, not_done):
-            current[h.key] = h
+        return len(hits) - len(remaining), len(remaining), delivery.problems
 
     # --- silence: triggers met by zero rows (issue 13) ---
 
