@@ -100,9 +100,12 @@ MakeDetector = Callable[..., Detector]
 
 def fast_tuning(settings: Settings) -> Tuning:
     """The real clients with fast retries, the stand-ins' token (never a real Azure credential)."""
-    return Tuning(logs={"retry_total": 1, "retry_backoff_factor": 0.01, "read_timeout": 5}, state_retry_total=1,
-                  teams={"retries": 1, "backoff": 0.01, "min_interval": 0.0, "timeout": (2.0, 2.0)},
-                  credential=StaticTokenCredential(settings.access_token or ""))
+    return Tuning(
+        logs={"retry_total": 1, "retry_backoff_factor": 0.01, "read_timeout": 5},
+        state_retry_total=1,
+        teams={"retries": 1, "backoff": 0.01, "min_interval": 0.0, "timeout": (2.0, 2.0)},
+        credential=StaticTokenCredential(settings.access_token or ""),
+    )
 
 
 @pytest.fixture

@@ -109,7 +109,9 @@ def _one(item: Any, source: str, rule_id: str | None, index: int) -> Exclusion:
         raise ExclusionError(where.source, f"{where.part} needs 'rule' (the rule id it applies to)")
     for key in ("name", "reason", "owner"):
         if not _text(item, key, where):
-            raise ExclusionError(where.source, f"{where.part} needs '{key}' (exclusions must say why, and who owns them)")
+            raise ExclusionError(
+                where.source, f"{where.part} needs '{key}' (exclusions must say why, and who owns them)"
+            )
     unknown = set(item) - {"rule", "name", "reason", "owner", "expires", "match", "column", "operator", "values"}
     if unknown:
         raise ExclusionError(where.source, f"{where.part} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
@@ -155,13 +157,17 @@ def _condition(raw: Any, where: Place) -> Condition:
         raise ExclusionError(where.source, f"{where.part}: values must be a non-empty list")
     texts = tuple(str(v).strip() for v in values)
     if any(not t for t in texts):
-        raise ExclusionError(where.source, f"{where.part}: values must not be empty (an empty value would match every blank row)")
+        raise ExclusionError(
+            where.source, f"{where.part}: values must not be empty (an empty value would match every blank row)"
+        )
     if operator == "cidr":
         for text in texts:
             try:
                 network = ipaddress.ip_network(text, strict=False)
             except ValueError:
-                raise ExclusionError(where.source, f"{where.part}: {text!r} is not an IPv4 address or CIDR range") from None
+                raise ExclusionError(
+                    where.source, f"{where.part}: {text!r} is not an IPv4 address or CIDR range"
+                ) from None
             if network.version != 4:
                 raise ExclusionError(where.source, f"{where.part}: {text!r}: cidr supports IPv4 (SenderIPv4) ranges")
     try:

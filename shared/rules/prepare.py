@@ -53,8 +53,11 @@ def prepare_rules(
     today = today or datetime.now(timezone.utc).date()
     by_rule = excl.by_rule(exclusions)
     known_ids = {r.id for r in rules}
-    errors = [RuleError(e.source, f"exclusion '{e.name}' names rule {e.rule_id}, which is not loaded")
-              for e in exclusions if e.rule_id not in known_ids]
+    errors = [
+        RuleError(e.source, f"exclusion '{e.name}' names rule {e.rule_id}, which is not loaded")
+        for e in exclusions
+        if e.rule_id not in known_ids
+    ]
     used: set[str] = set()
     prepared: list[PreparedRule] = []
     for rule in rules:
@@ -66,8 +69,9 @@ def prepare_rules(
             errors.append(RuleError(rule.path, f"query cannot be read: {exc}"))
             continue
         except ParamError as exc:
-            raise ConfigError(f"{PARAM_PREFIX}{exc.name}", f"does not fit rule {rule.id}: {exc}",
-                              parameter=exc.name) from None
+            raise ConfigError(
+                f"{PARAM_PREFIX}{exc.name}", f"does not fit rule {rule.id}: {exc}", parameter=exc.name
+            ) from None
         except ValueError as exc:  # control characters in a value
             bad = next((n for n in params if n in names), "?")
             raise ConfigError(f"{PARAM_PREFIX}{bad}", str(exc), parameter=bad) from None
@@ -76,8 +80,9 @@ def prepare_rules(
     for name in sorted(set(params) - used):
         holders = [e.path for e in failed if _binds(e.path, name)]
         if not holders:
-            raise ConfigError(f"{PARAM_PREFIX}{name}", f"names no top-level `let {name} = ...;` binding in any rule",
-                              parameter=name)
+            raise ConfigError(
+                f"{PARAM_PREFIX}{name}", f"names no top-level `let {name} = ...;` binding in any rule", parameter=name
+            )
         if warnings is not None:
             warnings.append(
                 f"{PARAM_PREFIX}{name} applies to no loaded rule: its `let {name}` is in "

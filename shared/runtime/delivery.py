@@ -72,8 +72,12 @@ class Delivery:
                 continue
             if result.rejected and count > 1:
                 half = count // 2
-                queue.extendleft([(first + half, count - half, build_post(ctx, rows, first + half, first + count), False),
-                                  (first, half, build_post(ctx, rows, first, first + half), False)])
+                queue.extendleft(
+                    [
+                        (first + half, count - half, build_post(ctx, rows, first + half, first + count), False),
+                        (first, half, build_post(ctx, rows, first, first + half), False),
+                    ]
+                )
                 continue
             if result.rejected and not compact:
                 queue.appendleft((first, 1, build_post(ctx, rows, first, first + 1, compact=True), True))

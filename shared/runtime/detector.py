@@ -301,12 +301,21 @@ class Detector:
         rule = prepared.rule
         choice = window_choice(rule)
         if choice.mode != ingestion.INGESTION:
-            window = next_window(now, period=rule.query_period, frequency=rule.query_frequency,
-                                 last_end=state.last_window_end, max_catchup=self.settings.max_catchup)
+            window = next_window(
+                now,
+                period=rule.query_period,
+                frequency=rule.query_frequency,
+                last_end=state.last_window_end,
+                max_catchup=self.settings.max_catchup,
+            )
             return RunPlan(choice, window, prepared.query)
         since = ingestion_window(
-            now, period=rule.query_period, last_end=state.last_window_end, last_sweep_end=state.last_sweep_end,
-            max_lateness=self.settings.max_lateness, max_catchup=self.settings.max_catchup,
+            now,
+            period=rule.query_period,
+            last_end=state.last_window_end,
+            last_sweep_end=state.last_sweep_end,
+            max_lateness=self.settings.max_lateness,
+            max_catchup=self.settings.max_catchup,
             sweep_every=self.settings.late_sweep,
         )
         query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
@@ -368,14 +377,17 @@ class Detector:
         self, rule: Rule, state: RuleState, result: QueryResult, window: Window, now: datetime, lease_until: datetime
     ) -> tuple[list[Hit], int]:
         """Create the hits this run is first to see; returns those to deliver, and how many were suppressed."""
-        recorded = hits.record_new(self.store, rule, state, self._hits(rule, result, now, lease_until),
-                                   window.start, now)
+        recorded = hits.record_new(
+            self.store, rule, state, self._hits(rule, result, now, lease_until), window.start, now
+        )
         return recorded.created, recorded.suppressed
 
     def _hits(self, rule: Rule, result: QueryResult, now: datetime, lease_until: datetime) -> list[Hit]:
         _, by_key = hits.collapse(rule, result.columns, result.time_columns, result.rows)
-        return [Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
-                for key, row in by_key.items()]
+        return [
+            Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
+            for key, row in by_key.items()
+        ]
 
     def _drop(self, rule: Rule, hits: list[Hit], outcome: RuleOutcome) -> None:
         dropped = self.store.update_hits(rule.id, hits, Status=DROPPED)
@@ -399,8 +411,16 @@ class Detector:
         link = query_link(
             prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
         )
-        delivery = Delivery(rule, self.store, self.teams, self.clock, self.settings.max_cards_per_run, lease_until,
-                            link, frozenset(urls))
+        delivery = Delivery(
+            rule,
+            self.store,
+            self.teams,
+            self.clock,
+            self.settings.max_cards_per_run,
+            lease_until,
+            link,
+            frozenset(urls),
+        )
         remaining = delivery.deliver(hits, urls)
         if remaining:
             # Release the lease so the next run can retry at once, and count the attempt.
@@ -427,7 +447,7 @@ class Detector:
         key = hashlib.sha256(f"silence\x00{rule.id}\x00{since.isoformat()}\x00{repeat}".encode()).hexdigest()
         row = {
             "Expected": f"{_OPERATOR_WORDS.get(rule.trigger_operator, rule.trigger_operator)} "
-                        f"{rule.trigger_threshold} row(s)",
+            f"{rule.trigger_threshold} row(s)",
             "Found": "0 rows",
             "SilentSince": since,
             "WindowStart": window.start,
@@ -439,7 +459,12 @@ class Detector:
     # --- blind spots: a source table with no new rows (issue 13) ---
 
     def _watch_sources(
-        self, rule: Rule, plan: RunPlan, result: QueryResult | None, state: RuleState, now: datetime,
+        self,
+        rule: Rule,
+        plan: RunPlan,
+        result: QueryResult | None,
+        state: RuleState,
+        now: datetime,
         outcome: RuleOutcome,
     ) -> None:
         """One notice when a source table has had no new rows for longer than its threshold, one when rows
@@ -481,8 +506,12 @@ class Detector:
         if checked is not None and now - checked < TABLE_PROBE_EVERY:
             return True, last
         try:
-            result = self.logs.query(self.settings.workspace_id, ingestion.last_ingested_query(table),
-                                     now - TABLE_PROBE_SPAN - FAST_LATENESS, now)
+            result = self.logs.query(
+                self.settings.workspace_id,
+                ingestion.last_ingested_query(table),
+                now - TABLE_PROBE_SPAN - FAST_LATENESS,
+                now,
+            )
         except KqlwatchError as exc:
             outcome.warnings.append(f"could not probe {table} for new rows: {exc}")
             return False, None
@@ -517,8 +546,9 @@ class Detector:
 
     def _report_expired_exclusions(self, prepared: PreparedRule, now: datetime, outcome: RuleOutcome) -> None:
         for exclusion in prepared.expired:
-            message = (f"exclusion '{exclusion.name}' ({exclusion.source}) expired on {exclusion.expires}: "
-                       "no longer applied")
+            message = (
+                f"exclusion '{exclusion.name}' ({exclusion.source}) expired on {exclusion.expires}: no longer applied"
+            )
             outcome.warnings.append(message)
             notice = f"expired-{short_hash(repr(exclusion))}"
             if self.store.first_time(prepared.rule.id, notice, now):
@@ -535,10 +565,16 @@ class Detector:
         return delivered
 
 
-_OPERATOR_WORDS = {"gt": "more than", "GreaterThan": "more than", "lt": "fewer than", "LessThan": "fewer than",
-                   "eq": "exactly", "Equal": "exactly", "ne": "other than", "NotEqual": "other than"}
+_OPERATOR_WORDS = {
+    "gt": "more than",
+    "GreaterThan": "more than",
+    "lt": "fewer than",
+    "LessThan": "fewer than",
+    "eq": "exactly",
+    "Equal": "exactly",
+    "ne": "other than",
+    "NotEqual": "other than",
+}
 
 
 _as_time = as_time  # a row's time value, as the detector and the workbench read it
-
-

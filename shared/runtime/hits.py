@@ -89,8 +89,9 @@ class Recorded:
     suppressed: int  # recorded as suppressed (Sentinel suppression or kqlwatch.realert)
 
 
-def record_new(store: StateStore, rule: Rule, state: RuleState, hits: list[Hit], since: datetime,
-               now: datetime) -> Recorded:
+def record_new(
+    store: StateStore, rule: Rule, state: RuleState, hits: list[Hit], since: datetime, now: datetime
+) -> Recorded:
     """Record the hits this run is first to see (store.insert_new: a hit another run recorded first is not
     created again, so never sent twice); `since` bounds the known keys read to skip the ones recorded before."""
     from shared.runtime.store import SUPPRESSED

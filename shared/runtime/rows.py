@@ -32,13 +32,30 @@ MINIMAL_ROW_UNITS = 2_000  # a hit Table Storage refused anyway is stored with o
 MAX_TEXT_UNITS = 4_000  # errors and other free text we store
 
 # What the card shows of an email hit: kept first when a row must be clipped.
-CARD_COLUMNS = ("NetworkMessageId", "RecipientEmailAddress", "Subject", "SenderFromAddress", "SenderDisplayName",
-                "SenderMailFromAddress", "SenderIPv4", "SenderIPv6", "AuthenticationDetails", "DeliveryAction",
-                "DeliveryLocation", "TimeGenerated", "Timestamp", "SPF", "DKIM", "DMARC", "CompAuth")
+CARD_COLUMNS = (
+    "NetworkMessageId",
+    "RecipientEmailAddress",
+    "Subject",
+    "SenderFromAddress",
+    "SenderDisplayName",
+    "SenderMailFromAddress",
+    "SenderIPv4",
+    "SenderIPv6",
+    "AuthenticationDetails",
+    "DeliveryAction",
+    "DeliveryLocation",
+    "TimeGenerated",
+    "Timestamp",
+    "SPF",
+    "DKIM",
+    "DMARC",
+    "CompAuth",
+)
 
 _MAX_TICKS = 10**19
 
 PENDING, DELIVERED, DROPPED, SUPPRESSED = "pending", "delivered", "dropped", "suppressed"
+
 
 @dataclass
 class Hit:
@@ -53,6 +70,7 @@ class Hit:
     truncated: bool = False
     status: str = "pending"
     store_note: str = ""  # why Table Storage holds only a minimal form of this hit (empty: stored in full)
+
 
 @dataclass
 class RuleState:
@@ -76,10 +94,12 @@ class RuleState:
     blind: dict[str, datetime] = field(default_factory=dict)  # source table -> its last row, while reported blind
     sources_checked: datetime | None = None  # when this rule last looked at its source tables' last rows
 
+
 @dataclass
 class Snapshot:
     state: RuleState
     pending: list[Hit] = field(default_factory=list)
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -94,15 +114,18 @@ class RunRecord:
     errors: Sequence[str]
     duration_ms: int
 
-def encode_row(row: Mapping[str, Any], types: Mapping[str, str], *, budget: int | None = None,
-               columns: Sequence[str] | None = None) -> tuple[str, bool]:
+
+def encode_row(
+    row: Mapping[str, Any], types: Mapping[str, str], *, budget: int | None = None, columns: Sequence[str] | None = None
+) -> tuple[str, bool]:
     """Row -> JSON that fits one property, and whether values had to be clipped to get there (the card's
     query link shows the full row). Size is counted as Table Storage counts it, in UTF-16 code units, so
     16,500 emoji (33,000 units) are clipped, not refused; lone surrogates become U+FFFD. The columns the
     card shows go first, so clipping hundreds of columns never drops the subject or the message id."""
     budget = MAX_ROW_UNITS if budget is None else budget
-    plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()
-             if columns is None or k in columns}
+    plain = {
+        k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items() if columns is None or k in columns
+    }
     kinds = {k: t for k, t in types.items() if k in plain and t == "datetime"}
     for limit in (None, 4000, 500, 100, 20):
         values = plain if limit is None else {k: _clip_value(v, _limit_for(k, limit)) for k, v in plain.items()}
@@ -126,17 +149,21 @@ def encode_row(row: Mapping[str, Any], types: Mapping[str, str], *, budget: int 
             return text, True
         kept.pop()  # the estimate was short: drop the last column taken
 
+
 def _limit_for(column: str, limit: int) -> int:
     # The card's columns keep enough for the card (it shows at most 120 characters; ids whole).
     return max(limit, 200) if column in CARD_COLUMNS else limit
 
+
 def _row_json(values: Mapping[str, Any], kinds: Mapping[str, str]) -> str:
     return scrub_surrogates(json.dumps({"row": values, "types": kinds}, ensure_ascii=False, default=str))
+
 
 def _clip_value(value: Any, limit: int) -> Any:
     if isinstance(value, (dict, list)):
         value = json.dumps(value, ensure_ascii=False, default=str)
     return _clip(value, limit) if isinstance(value, str) else value
+
 
 def decode_row(text: str) -> dict[str, Any]:
     try:
@@ -151,6 +178,7 @@ def decode_row(text: str) -> dict[str, Any]:
                 row[column] = datetime.fromisoformat(value)
     return row
 
+
 def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> dict[str, Any]:
     """The hit as stored. `minimal` (the reason) keeps only the card's columns, in MINIMAL_ROW_UNITS."""
     types = {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)}
@@ -158,20 +186,23 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> di
         row_json, clipped = encode_row(hit.row, types, budget=MINIMAL_ROW_UNITS, columns=CARD_COLUMNS)
     else:
         row_json, clipped = encode_row(hit.row, types)
-    return _drop_none({
-        "PartitionKey": rule_id,
-        "RowKey": hit.key,
-        "Kind": "hit",
-        "Status": status,
-        "FirstSeen": hit.first_seen,
-        "Row": row_json,
-        "Truncated": hit.truncated or clipped,
-        "DeliveredTo": ",".join(sorted(hit.delivered_to)),
-        "Attempts": hit.attempts,
-        "LeaseOwner": hit.lease_owner,
-        "LeaseUntil": hit.lease_until,
-        "StoreNote": minimal or None,
-    })
+    return _drop_none(
+        {
+            "PartitionKey": rule_id,
+            "RowKey": hit.key,
+            "Kind": "hit",
+            "Status": status,
+            "FirstSeen": hit.first_seen,
+            "Row": row_json,
+            "Truncated": hit.truncated or clipped,
+            "DeliveredTo": ",".join(sorted(hit.delivered_to)),
+            "Attempts": hit.attempts,
+            "LeaseOwner": hit.lease_owner,
+            "LeaseUntil": hit.lease_until,
+            "StoreNote": minimal or None,
+        }
+    )
+
 
 def errors_json(errors: Sequence[str], budget: int = 8000) -> str:
     """A run's errors as a JSON list that fits its property: each clipped, then as many as fit (clipping the
@@ -183,6 +214,7 @@ def errors_json(errors: Sequence[str], budget: int = 8000) -> str:
             break
         kept = candidate
     return json.dumps(kept)
+
 
 def _hit_patch(rule_id: str, hit: Hit, changes: Mapping[str, Any]) -> dict[str, Any]:
     patch = {
@@ -196,6 +228,7 @@ def _hit_patch(rule_id: str, hit: Hit, changes: Mapping[str, Any]) -> dict[str, 
     }
     patch.update(changes)
     return patch
+
 
 def _hit_from(entity: Mapping[str, Any]) -> Hit:
     delivered = entity.get("DeliveredTo") or ""
@@ -213,6 +246,7 @@ def _hit_from(entity: Mapping[str, Any]) -> Hit:
         status=entity.get("Status") or PENDING,
         store_note=entity.get("StoreNote") or "",
     )
+
 
 def _state_fields(state: RuleState) -> dict[str, Any]:
     return {
@@ -236,6 +270,7 @@ def _state_fields(state: RuleState) -> dict[str, Any]:
         "Blind": json.dumps({t: v.isoformat() for t, v in sorted(state.blind.items())[:50]}),
     }
 
+
 def _state_from(entity: Mapping[str, Any]) -> RuleState:
     return RuleState(
         last_window_end=_utc(entity.get("LastWindowEnd")),
@@ -258,6 +293,7 @@ def _state_from(entity: Mapping[str, Any]) -> RuleState:
         blind=_blind_from(entity.get("Blind")),
     )
 
+
 def _blind_from(text: Any) -> dict[str, datetime]:
     try:
         raw = json.loads(text) if isinstance(text, str) and text else {}
@@ -265,21 +301,34 @@ def _blind_from(text: Any) -> dict[str, datetime]:
     except ValueError:
         return {}
 
+
 def _utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
-    plain = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
-                     value.microsecond, tzinfo=value.tzinfo or timezone.utc)
+    plain = datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=value.tzinfo or timezone.utc,
+    )
     return plain.astimezone(timezone.utc)
+
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
+
 def _drop_none(entity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entity.items() if v is not None}
 
+
 def lease_is_free(hit: Hit, now: datetime) -> bool:
     return hit.lease_until is None or hit.lease_until <= now
+
 
 def expired(hit: Hit, now: datetime, max_age: timedelta) -> bool:
     return now - hit.first_seen > max_age

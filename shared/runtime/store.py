@@ -58,11 +58,38 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
 # The records and the codec are re-exported: callers take the store and its records from one place.
-__all__ = ["CARD_COLUMNS", "DELIVERED", "DROPPED", "ENTITY_PREFIX", "MAX_PROPERTY_UNITS", "MAX_ROW_UNITS", "MAX_TEXT_UNITS", "MINIMAL_ROW_UNITS", "NOTICE_PREFIX", "PENDING", "RUN_PREFIX", "STATE_ROW", "SUPPRESSED", "TABLES_PARTITION", "Hit", "RuleState", "RunRecord", "Snapshot", "StateStore", "connect", "decode_row", "encode_row", "errors_json", "expired", "lease_is_free"]
+__all__ = [
+    "CARD_COLUMNS",
+    "DELIVERED",
+    "DROPPED",
+    "ENTITY_PREFIX",
+    "MAX_PROPERTY_UNITS",
+    "MAX_ROW_UNITS",
+    "MAX_TEXT_UNITS",
+    "MINIMAL_ROW_UNITS",
+    "NOTICE_PREFIX",
+    "PENDING",
+    "RUN_PREFIX",
+    "STATE_ROW",
+    "SUPPRESSED",
+    "TABLES_PARTITION",
+    "Hit",
+    "RuleState",
+    "RunRecord",
+    "Snapshot",
+    "StateStore",
+    "connect",
+    "decode_row",
+    "encode_row",
+    "errors_json",
+    "expired",
+    "lease_is_free",
+]
 
 log = logging.getLogger("kqlwatch.state")
 
 BATCH = 100  # entity-group transaction limit (the SDK fails on 101)
+
 
 def connect(connection: str, table_name: str, *, retry_total: int = 3, credential: Any = None) -> TableClient:
     """A TableClient from an Azurite/account connection string, or from a Table service URL with Entra ID."""
@@ -71,8 +98,12 @@ def connect(connection: str, table_name: str, *, retry_total: int = 3, credentia
     from shared.runtime import redact
 
     redact.install()  # azure-core's transport and pipeline logs print request URLs
-    options: dict[str, Any] = {"retry_total": retry_total, "retry_backoff_factor": 0.5, "connection_timeout": 10,
-                               "read_timeout": 30}
+    options: dict[str, Any] = {
+        "retry_total": retry_total,
+        "retry_backoff_factor": 0.5,
+        "connection_timeout": 10,
+        "read_timeout": 30,
+    }
     if connection.startswith(("https://", "http://")):
         if credential is None:
             from azure.identity import DefaultAzureCredential
@@ -85,6 +116,7 @@ def connect(connection: str, table_name: str, *, retry_total: int = 3, credentia
         from shared.errors import ConfigError
 
         raise ConfigError("KQLWATCH_STATE_CONNECTION", f"is not a usable connection string or URL ({exc})") from None
+
 
 class StateStore:
     def __init__(self, table: TableClient) -> None:
@@ -135,11 +167,13 @@ class StateStore:
         """Every rule's pending hits, as the end of the lease each is held under (None: free to deliver)."""
         out: dict[str, list[datetime | None]] = {}
         with _state_errors("read pending hits"):
-            for e in self._table.query_entities("Status eq @pending", parameters={"pending": PENDING},
-                                                select=["PartitionKey", "LeaseUntil"]):
+            for e in self._table.query_entities(
+                "Status eq @pending", parameters={"pending": PENDING}, select=["PartitionKey", "LeaseUntil"]
+            ):
                 lease = _utc(e.get("LeaseUntil"))
                 out.setdefault(e["PartitionKey"], []).append(
-                    lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None)
+                    lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None
+                )
         return out
 
     def rule_states(self) -> dict[str, RuleState]:
@@ -205,8 +239,10 @@ class StateStore:
         updated: list[Hit] = []
         for chunk in _chunks(hits, BATCH):
             patches = [_hit_patch(rule_id, hit, changes) for hit in chunk]
-            options = [{"mode": UpdateMode.MERGE, "etag": h.etag, "match_condition": MatchConditions.IfNotModified}
-                       for h in chunk]
+            options = [
+                {"mode": UpdateMode.MERGE, "etag": h.etag, "match_condition": MatchConditions.IfNotModified}
+                for h in chunk
+            ]
             with _state_errors(f"update hits of rule {rule_id}"):
                 try:
                     results = self._table.submit_transaction(
@@ -242,8 +278,10 @@ class StateStore:
     def mark_entities(self, rule_id: str, entity_keys: Iterable[str], when: datetime) -> None:
         from azure.data.tables import UpdateMode
 
-        entities = [{"PartitionKey": rule_id, "RowKey": ENTITY_PREFIX + k, "Kind": "entity", "LastAlerted": when}
-                    for k in sorted(set(entity_keys))]
+        entities = [
+            {"PartitionKey": rule_id, "RowKey": ENTITY_PREFIX + k, "Kind": "entity", "LastAlerted": when}
+            for k in sorted(set(entity_keys))
+        ]
         for start in range(0, len(entities), BATCH):
             with _state_errors(f"record entities of rule {rule_id}"):
                 self._table.submit_transaction(
@@ -279,8 +317,13 @@ class StateStore:
     def save_table_seen(self, table: str, last_ingested: datetime | None, checked_at: datetime) -> None:
         from azure.data.tables import UpdateMode
 
-        entity = {"PartitionKey": TABLES_PARTITION, "RowKey": table, "Kind": "table",
-                  "LastIngested": last_ingested, "CheckedAt": checked_at}
+        entity = {
+            "PartitionKey": TABLES_PARTITION,
+            "RowKey": table,
+            "Kind": "table",
+            "LastIngested": last_ingested,
+            "CheckedAt": checked_at,
+        }
         with _state_errors(f"record the watch of table {table}"):
             self._table.upsert_entity(_drop_none(entity), mode=UpdateMode.REPLACE)
 
@@ -294,12 +337,18 @@ class StateStore:
             "PartitionKey eq @pk and ((RowKey lt @tilde and Status ne @pending and FirstSeen lt @hits ) "
             "or (Kind eq @run and Started lt @runs ) or (Kind eq @entity and LastAlerted lt @hits ) )"
         )
-        params = {"pk": rule_id, "tilde": "~", "pending": PENDING, "hits": hits_before, "runs": runs_before,
-                  "run": "run", "entity": "entity"}
+        params = {
+            "pk": rule_id,
+            "tilde": "~",
+            "pending": PENDING,
+            "hits": hits_before,
+            "runs": runs_before,
+            "run": "run",
+            "entity": "entity",
+        }
         deleted = 0
         with _state_errors(f"purge old state of rule {rule_id}"):
-            doomed = [e["RowKey"] for e in self._table.query_entities(query, parameters=params,
-                                                                       select=["RowKey"])]
+            doomed = [e["RowKey"] for e in self._table.query_entities(query, parameters=params, select=["RowKey"])]
             for start in range(0, len(doomed), BATCH):
                 self._table.submit_transaction(
                     [("delete", {"PartitionKey": rule_id, "RowKey": key}) for key in doomed[start : start + BATCH]]
@@ -353,6 +402,7 @@ class StateStore:
             ):
                 yield _hit_from(entity)
 
+
 @contextmanager
 def _state_errors(doing: str) -> Iterator[None]:
     """Turn Azure SDK failures into StateError saying what we were doing (no URLs, no keys). The conflicts
@@ -370,9 +420,11 @@ def _state_errors(doing: str) -> Iterator[None]:
         message = redact_text((getattr(exc, "message", None) or type(exc).__name__).splitlines()[0])
         raise StateError(f"Table Storage: cannot {doing}: {message[:300]}") from None
 
+
 def _chunks(items: Sequence[Hit], size: int) -> Iterator[Sequence[Hit]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
 
 def _error_code(exc: Any) -> str:
     headers = getattr(getattr(exc, "response", None), "headers", None) or {}

@@ -48,7 +48,10 @@ class Clients:
 
 
 def build_clients(
-    logs_endpoint: str, access_token: str | None, state_connection: str, state_table: str,
+    logs_endpoint: str,
+    access_token: str | None,
+    state_connection: str,
+    state_table: str,
     tuning: Tuning = DEFAULT_TUNING,
 ) -> Clients:
     credential = tuning.credential or make_credential(access_token)
@@ -77,9 +80,7 @@ def _clients(logs_endpoint: str, access_token: str | None, state_connection: str
 
 
 def detector(settings: Settings) -> Detector:
-    clients = _clients(
-        settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table
-    )
+    clients = _clients(settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table)
     return build_detector(settings, clients)
 
 

@@ -80,7 +80,7 @@ def test_no_import_cycles_at_module_level() -> None:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append([*trail[trail.index(nxt):], nxt] if nxt in trail else [node, nxt])
+                cycles.append([*trail[trail.index(nxt) :], nxt] if nxt in trail else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = 2
@@ -103,8 +103,9 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def test_kqlwatch_help_imports_neither_the_runtime_nor_the_sdks() -> None:
-    done = subprocess.run([sys.executable, "-c", HELP_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
     loaded = json.loads(done.stdout.splitlines()[-1])
     heavy = [m for m in loaded if m.startswith(("shared.runtime", "shared.standins", "azure", "requests", "duckdb"))]
     assert heavy == []

@@ -41,7 +41,10 @@ def packaged_files(root: Path, scratch: Path) -> list[str]:
     subprocess.run([git, "init", "-q", str(matcher)], check=True)
     ignored = subprocess.run(
         [git, "-c", f"core.excludesFile={root / '.funcignore'}", "check-ignore", "--no-index", "--stdin", "-z"],
-        cwd=matcher, input="\0".join(paths).encode(), capture_output=True, check=False,
+        cwd=matcher,
+        input="\0".join(paths).encode(),
+        capture_output=True,
+        check=False,
     )
     assert ignored.returncode in (0, 1), ignored.stderr  # 1: nothing ignored
     dropped = {p for p in ignored.stdout.decode().split("\0") if p}
@@ -63,14 +66,32 @@ def test_the_package_imports_with_only_requirements_txt(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     # pip as scripts/setup.sh runs it (this machine's pip configuration: its indexes and wheel folder).
-    install = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", "requirements.txt", "-c", "constraints.txt"]
+    install = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+        "requirements.txt",
+        "-c",
+        "constraints.txt",
+    ]
     done = subprocess.run(install, cwd=package, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     # -s: no user site-packages; `-c` puts the package folder (cwd) first on sys.path, as the Functions host does.
-    run = subprocess.run([str(python), "-s", "-c", IMPORT_ALL], cwd=package, capture_output=True, text=True,
-                         timeout=300, check=False, env=env)
+    run = subprocess.run(
+        [str(python), "-s", "-c", IMPORT_ALL],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
     assert "shared.runtime.detector" in result["modules"] and "shared.rules.loader" in result["modules"]

@@ -12,8 +12,9 @@ from tests.conftest import MakeDetector, email
 from tests.unit.test_cards import _texts
 
 
-def test_hostile_subject_posted_through_the_detector_is_inert(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                              make_detector: MakeDetector, clock: Clock) -> None:
+def test_hostile_subject_posted_through_the_detector_is_inert(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     subject = "Urgent [Reset your password](https://evil.example/login) {{DATE(2020-01-01T00:00:00Z)}}"
     la.ingest("EmailEvents", [email(clock, Subject=subject)], at=clock.now - timedelta(minutes=10))
     make_detector().run(only_due=False)

@@ -104,8 +104,10 @@ def test_between_sweeps_a_run_scans_only_the_short_span(
 ) -> None:
     """The stand-in counts the rows in each query's TimeGenerated span (what a workspace scans): 50 rows an hour
     over two days; a normal run scans about 2 h of them, a sweep the whole 2 days."""
-    rows = [email(clock, TimeGenerated=clock.now - i * 72 * timedelta(seconds=1), EmailDirection="Outbound")
-            for i in range(2400)]
+    rows = [
+        email(clock, TimeGenerated=clock.now - i * 72 * timedelta(seconds=1), EmailDirection="Outbound")
+        for i in range(2400)
+    ]
     la.ingest("EmailEvents", rows, at=clock.now - 2 * M)
     scanned = []
     for _ in range(3):  # first run, first sweep, a normal run
@@ -170,8 +172,13 @@ def test_a_silence_that_lasts_past_the_suppression_window_alerts_again(
 
 
 def test_a_source_table_gone_quiet_gets_one_notice_and_one_when_rows_return(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock,
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ops = {"KQLWATCH_OPS_WEBHOOK_URL": hook.url("ops")}
     la.ingest("EmailEvents", [email(clock, EmailDirection="Outbound")], at=clock.now - 10 * M)
@@ -206,8 +213,9 @@ def test_kqlwatch_silence_after_sets_the_threshold(
     la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
 ) -> None:
     seed = rules_dir / "accepted-domain-dmarc-temperror.yaml"
-    seed.write_text(seed.read_text(encoding="utf-8").replace("kqlwatch:\n", "kqlwatch:\n  silenceAfter: 6h\n", 1),
-                    encoding="utf-8")
+    seed.write_text(
+        seed.read_text(encoding="utf-8").replace("kqlwatch:\n", "kqlwatch:\n  silenceAfter: 6h\n", 1), encoding="utf-8"
+    )
     la.ingest("EmailEvents", [email(clock, EmailDirection="Outbound")], at=clock.now - 10 * M)
     for _ in range(4):
         make_detector(KQLWATCH_OPS_WEBHOOK_URL=hook.url("ops")).run(only_due=False)

@@ -16,9 +16,11 @@ COLUMNS = ["NetworkMessageId", "RecipientEmailAddress", "DeliveryAction"]
 
 def test_one_hit_per_identity_the_latest_row_in_first_seen_order() -> None:
     rule = parse_rule(BASE, "rules/x.yaml")
-    rows = [{"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Delivered"},
-            {"NetworkMessageId": "m2", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Delivered"},
-            {"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Junked"}]
+    rows = [
+        {"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Delivered"},
+        {"NetworkMessageId": "m2", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Delivered"},
+        {"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Junked"},
+    ]
     key, by_key = collapse(rule, COLUMNS, [], rows)
     assert key == ("NetworkMessageId", "RecipientEmailAddress")
     assert list(by_key.values()) == [rows[2], rows[1]]
@@ -28,8 +30,12 @@ def test_one_hit_per_identity_the_latest_row_in_first_seen_order() -> None:
 def test_preview_refuses_a_realert_key_the_query_does_not_return_as_the_detector_does() -> None:
     rule = parse_rule(BASE + "kqlwatch:\n  realert:\n    key: [SenderIPv4]\n    window: 1h\n", "rules/x.yaml")
     rows = [{"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "DeliveryAction": "Delivered"}]
-    with pytest.raises(RuleError, match=r"dedupe/realert key names column\(s\) the query does not return: \['SenderIPv4'\]"):
+    with pytest.raises(
+        RuleError, match=r"dedupe/realert key names column\(s\) the query does not return: \['SenderIPv4'\]"
+    ):
         collapse(rule, COLUMNS, [], rows)  # what a run does with this rule
     result = EngineResult(COLUMNS, ["string"] * 3, [tuple(r.values()) for r in rows])
-    with pytest.raises(RuleError, match=r"dedupe/realert key names column\(s\) the query does not return: \['SenderIPv4'\]"):
+    with pytest.raises(
+        RuleError, match=r"dedupe/realert key names column\(s\) the query does not return: \['SenderIPv4'\]"
+    ):
         detector_hits(rule, result)  # `kqlwatch preview`/`hunt --hits`: the same refusal, not cards a run never posts

@@ -14,8 +14,19 @@ from shared.rules.prepare import prepare_rules
 from tests.conftest import SEED_RULE
 
 SEED_QUERY = load_rules(SEED_RULE.parent).rules[0].query
-PIECES = [*"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *", "//", "\u2018", "\u2019", "\u201c", "\u201d", "```", "let ", "or true",
-          "\x00", "\u2028"]
+PIECES = [
+    *"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *",
+    "//",
+    "\u2018",
+    "\u2019",
+    "\u201c",
+    "\u201d",
+    "```",
+    "let ",
+    "or true",
+    "\x00",
+    "\u2028",
+]
 HOSTILE = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
 
 

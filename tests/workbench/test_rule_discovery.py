@@ -20,8 +20,9 @@ from tests.conftest import SEED_RULE
 def _seed_with_failing_case(folder: Path, name: str) -> Path:
     """The seed rule with one case that cannot pass: no rows in, one hit expected."""
     doc = yaml.safe_load(SEED_RULE.read_text(encoding="utf-8"))
-    doc["kqlwatch"]["tests"] = [{"name": "expects a hit from nothing", "data": {"EmailEvents": []},
-                                 "expect": {"count": 1}}]
+    doc["kqlwatch"]["tests"] = [
+        {"name": "expects a hit from nothing", "data": {"EmailEvents": []}, "expect": {"count": 1}}
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

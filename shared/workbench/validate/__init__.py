@@ -28,12 +28,14 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("-l", "--list", action="store_true", help="also print one line per file: its kind and verdict")
     parser.add_argument("--stats", action="store_true", help="also print how often each check fired")
 
+
 def main(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [rules_folder(os.environ)[1]]  # the folder a run would load
     report = validate_paths(paths, kql=not args.no_kql)
     for line in render(report, list_files=args.list, stats=args.stats):
         print(line)
     return EXIT_OK if report.ok else EXIT_FAILED
+
 
 def render(report: Report, *, list_files: bool = False, stats: bool = False) -> list[str]:
     """The command's output: findings file by file (and each file's verdict), then the summary."""
@@ -47,6 +49,7 @@ def render(report: Report, *, list_files: bool = False, stats: bool = False) -> 
             lines.append(f"  {count:5d}  {severity:<7} {code}")
     lines.append(report.summary())
     return lines
+
 
 def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     """The rule files under `paths` (files as given; folders searched recursively), in a stable order."""
@@ -64,9 +67,11 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     unique = list(dict.fromkeys(found))
     return unique, problems
 
+
 def validate_paths(paths: Iterable[Path], *, kql: bool = True) -> Report:
     files, problems = rule_paths(paths)
     return Report(validate_files(files, kql=kql), problems)
+
 
 def validate_files(paths: Sequence[Path], *, kql: bool = True) -> list[FileResult]:
     """Check every file; one Node process checks all their queries. Never raises for a bad file."""
@@ -81,7 +86,22 @@ def validate_files(paths: Sequence[Path], *, kql: bool = True) -> list[FileResul
 
 
 __all__ = [
-    "ERROR", "SCHEDULED_REQUIRED", "TACTICS", "WARNING", "FileResult", "Finding", "KqlResult", "Report", "check_kql",
-    "configure", "main", "query_locator", "render", "rule_paths", "run_kusto_validate", "technique_tactics",
-    "validate_files", "validate_paths",
+    "ERROR",
+    "SCHEDULED_REQUIRED",
+    "TACTICS",
+    "WARNING",
+    "FileResult",
+    "Finding",
+    "KqlResult",
+    "Report",
+    "check_kql",
+    "configure",
+    "main",
+    "query_locator",
+    "render",
+    "rule_paths",
+    "run_kusto_validate",
+    "technique_tactics",
+    "validate_files",
+    "validate_paths",
 ]

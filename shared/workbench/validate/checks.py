@@ -55,7 +55,9 @@ def _check_file(path: Path) -> _Checked:
         return c
     loader = None
     try:
-        check_shape(c.text, yaml.SafeLoader)  # before building anything: an alias bomb or deep nesting is refused here, fast
+        check_shape(
+            c.text, yaml.SafeLoader
+        )  # before building anything: an alias bomb or deep nesting is refused here, fast
         loader = yaml.SafeLoader(c.text)
         root = loader.get_single_node()
         doc = loader.construct_document(root) if root is not None else None
@@ -93,6 +95,7 @@ def _check_file(path: Path) -> _Checked:
     _check_schema(c)
     _check_loadable(c)
     return c
+
 
 def _check_schema(c: _Checked) -> None:
     doc = c.doc
@@ -135,10 +138,12 @@ def _check_schema(c: _Checked) -> None:
         c.error(f"version {version!r} must be text in the form X.Y.Z (e.g. 1.0.0; quote it in YAML)", "version",
                 c.node("version"))  # fmt: skip
 
+
 def _check_id(c: _Checked) -> None:
     value = c.doc.get("id")
     if value is not None and not (isinstance(value, str) and is_guid(value.strip())):
         c.error(f"id {value!r} is not a GUID (e.g. {'a256f4ea-deec-4fcd-bdf3-63987638eed9'})", "id", c.node("id"))
+
 
 def _check_query(c: _Checked) -> None:
     import yaml
@@ -156,6 +161,7 @@ def _check_query(c: _Checked) -> None:
         c.warning(f"query is {len(value):,} characters; Sentinel's limit is {SENTINEL_QUERY_CHARS:,}", "query", node)
     key_node = c.nodes["query"][0]
     c.query = _Query(value, node, key_node.start_mark.column)
+
 
 def _check_severity(c: _Checked) -> None:
     from shared.rules.loader import SEVERITIES
@@ -180,6 +186,7 @@ def _check_schedule(c: _Checked) -> None:
                 f"not {format_duration(frequency)} (Sentinel's limit)", "schedule",
                 c.node("queryFrequency"))  # fmt: skip
 
+
 def _check_trigger(c: _Checked) -> None:
     operator = c.doc.get("triggerOperator")
     if operator is not None:
@@ -199,6 +206,7 @@ def _check_trigger(c: _Checked) -> None:
         c.error(f"triggerThreshold {threshold!r} must be a whole number from 0 to {MAX_THRESHOLD:,}", "trigger",
                 c.node("triggerThreshold"))  # fmt: skip
 
+
 def _check_loadable(c: _Checked) -> None:
     """kqlwatch's own loader must accept the file too (its `kqlwatch:` section, its limits)."""
     from shared.errors import RuleError
@@ -217,6 +225,7 @@ def _check_loadable(c: _Checked) -> None:
         )
     except Exception as exc:  # a loader bug must not hide the other files' results
         c.error(f"kqlwatch's rule loader failed: {type(exc).__name__}: {exc}", "kqlwatch")
+
 
 def _check_duplicate_ids(checked: Sequence[_Checked]) -> None:
     first: dict[str, str] = {}

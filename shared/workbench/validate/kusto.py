@@ -24,6 +24,7 @@ KUSTO_SCRIPT = ROOT / "tools" / "kusto-validate.js"
 
 KUSTO_PACKAGE = ROOT / "node_modules" / "@kusto" / "language-service-next"
 
+
 def check_kql(queries: Sequence[str], *, timeout: float | None = None) -> list[KqlResult]:
     """Check queries with Kusto.Language against the shipped table schemas, in one Node process."""
     from shared.schemas import known_tables, table_schema
@@ -32,6 +33,7 @@ def check_kql(queries: Sequence[str], *, timeout: float | None = None) -> list[K
         return []
     tables = {name: table_schema(name) or {} for name in known_tables()}
     return run_kusto_validate(queries, tables, timeout=timeout)
+
 
 def run_kusto_validate(
     queries: Sequence[str], tables: Mapping[str, Mapping[str, str]], *, timeout: float | None = None
@@ -80,6 +82,7 @@ def run_kusto_validate(
         for r in sorted(results, key=lambda r: int(r["id"]))
     ]
 
+
 def _apply_kql(c: _Checked, result: KqlResult) -> None:
     import difflib
 
@@ -105,6 +108,7 @@ def _apply_kql(c: _Checked, result: KqlResult) -> None:
                       "Analytics, where it may not exist", "defender-only", c.query.node)  # fmt: skip
     if result.columns is not None:
         _check_output_columns(c, set(result.columns))
+
 
 def _check_output_columns(c: _Checked, columns: set[str]) -> None:
     """Entity mappings, custom details, alert placeholders and kqlwatch.dedupeKey must name output columns."""
@@ -141,6 +145,7 @@ def _check_output_columns(c: _Checked, columns: set[str]) -> None:
         for item in dedupe[1].value:
             if _is_text(item):
                 check(item.value, item, "kqlwatch.dedupeKey")
+
 
 @cache
 def _defender_only_tables() -> frozenset[str]:

@@ -35,9 +35,11 @@ def query_locator(text: str, node: yaml.ScalarNode, value: str, key_col: int = 0
 
     return locate
 
+
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
 
 _BLOCK_HEADER = re.compile(r"[|>]([1-9][+-]?|[+-][1-9]?)?")
+
 
 def _block_pieces(text: str, node: yaml.ScalarNode, value: str, key_col: int) -> list[tuple[int, int, int, int]]:
     """(value offset, file line, file column, length) of each content line of a block scalar, as PyYAML folds it;
@@ -88,6 +90,7 @@ def _block_pieces(text: str, node: yaml.ScalarNode, value: str, key_col: int) ->
         return []
     return pieces
 
+
 def _inline_pieces(text: str, node: yaml.ScalarNode, value: str) -> list[tuple[int, int, int, int]]:
     line, col = node.start_mark.line, node.start_mark.column
     source = text[node.start_mark.index : node.end_mark.index]
@@ -98,6 +101,7 @@ def _inline_pieces(text: str, node: yaml.ScalarNode, value: str) -> list[tuple[i
     if node.style == '"' and "\\" not in source and source[1:-1] == value:
         return [(0, line, col + 1, len(value))]
     return []
+
 
 def _code_point_offset(text: str, utf16_offset: int) -> int:
     """Kusto.Language (JavaScript) counts UTF-16 code units; Python strings count code points."""

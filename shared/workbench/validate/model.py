@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 ERROR, WARNING = "error", "warning"
 
+
 @dataclass(frozen=True)
 class Finding:
     path: str
@@ -27,6 +28,7 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.col}: {self.severity}: {self.message} [{self.code}]"
+
 
 @dataclass
 class FileResult:
@@ -48,6 +50,7 @@ class FileResult:
         tally = ((self.errors, "error"), (self.warnings, "warning"))
         counts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in tally if n]
         return f"{'invalid' if self.errors else 'valid'}, {what}" + (f" ({', '.join(counts)})" if counts else "")
+
 
 @dataclass(frozen=True)
 class Report:
@@ -80,6 +83,7 @@ class Report:
     def counts_by_code(self) -> Counter[tuple[str, str]]:
         return Counter((f.severity, f.code) for f in self.findings())
 
+
 @dataclass(frozen=True)
 class KqlResult:
     """Kusto.Language's verdict on one query."""
@@ -89,11 +93,13 @@ class KqlResult:
     tables_without_schema: list[str]
     columns: list[str] | None  # output columns, None when not all known
 
+
 @dataclass
 class _Query:
     value: str
     node: yaml.ScalarNode
     key_col: int
+
 
 @dataclass
 class _Checked:
@@ -128,6 +134,7 @@ class _Checked:
             return None
         return node
 
+
 def _list_of_text(c: _Checked, key: str) -> list[tuple[str, yaml.Node]]:
     """The items of a list-of-text field with their nodes; reports a wrong shape."""
     import yaml
@@ -143,10 +150,12 @@ def _list_of_text(c: _Checked, key: str) -> list[tuple[str, yaml.Node]]:
             c.error(f"each entry of '{key}' must be a name", "type", item)
     return items
 
+
 def _is_text(node: yaml.Node | None) -> bool:
     import yaml
 
     return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":str")
+
 
 def _mapping(node: yaml.Node | None) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     import yaml
@@ -154,6 +163,7 @@ def _mapping(node: yaml.Node | None) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+
 
 def _finding_order(f: Finding) -> tuple[int, int]:
     return f.line, f.col

@@ -63,17 +63,21 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
 # Entity type -> (its identifiers, the minimal sets of identifiers that identify one).
 ENTITY_IDENTIFIERS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
-    kind: (tuple(names), tuple(tuple(s) for s in sets)) for kind, (names, sets) in _REFERENCE["entityIdentifiers"].items()
+    kind: (tuple(names), tuple(tuple(s) for s in sets))
+    for kind, (names, sets) in _REFERENCE["entityIdentifiers"].items()
 }
 
 # Data connector ids (Azure-Sentinel CI's ValidConnectorIds.json, the Microsoft ones and those the bundled corpus
 # uses). Not exhaustive - an id missing here is a warning, not an error.
 CONNECTOR_IDS: frozenset[str] = frozenset(_REFERENCE["connectorIds"])
 
+
 def _normalise(name: str) -> str:
     return re.sub(r"[\s_-]", "", name).lower()
 
+
 _TACTIC_BY_NORMAL = {_normalise(t): t for t in TACTICS}
+
 
 @cache
 def technique_tactics() -> dict[str, tuple[str, ...]]:

@@ -40,6 +40,7 @@ def _check_tactics(c: _Checked) -> set[str]:
             c.error(f"unknown tactic {name!r} (known: {', '.join(TACTICS)})", "tactic", node)
     return tactics
 
+
 def _check_techniques(c: _Checked, tactics: set[str]) -> None:
     known = technique_tactics()
     for technique, node in _list_of_text(c, "relevantTechniques"):
@@ -56,11 +57,16 @@ def _check_techniques(c: _Checked, tactics: set[str]) -> None:
             c.error(f"technique {technique} belongs to {needs}; add {'it' if len(known[base]) == 1 else 'one'} "
                     "to tactics", "technique-tactic", node)  # fmt: skip
 
+
 def _check_connectors(c: _Checked) -> None:
     import yaml
 
-    node = c.shaped("requiredDataConnectors", yaml.SequenceNode,
-                    "'requiredDataConnectors' must be a list of {connectorId, dataTypes}", "type")
+    node = c.shaped(
+        "requiredDataConnectors",
+        yaml.SequenceNode,
+        "'requiredDataConnectors' must be a list of {connectorId, dataTypes}",
+        "type",
+    )
     if node is None:
         return
     for item in node.value:
@@ -75,6 +81,7 @@ def _check_connectors(c: _Checked) -> None:
         connector_id = connector[1].value
         if connector_id not in CONNECTOR_IDS:
             c.warning(f"data connector id {connector_id!r} is not one kqlwatch knows", "connector", connector[1])
+
 
 def _check_entities(c: _Checked) -> None:
     import yaml
@@ -125,11 +132,13 @@ def _check_entities(c: _Checked) -> None:
             combos = "; ".join(" + ".join(combo) for combo in spec[1])
             c.error(f"the {entity_type} mapping needs one of these identifiers: {combos}", "entity", mapping)
 
+
 def _check_custom_details(c: _Checked) -> None:
     import yaml
 
-    node = c.shaped("customDetails", yaml.MappingNode, "'customDetails' must be a mapping of name: column",
-                    "custom-details")
+    node = c.shaped(
+        "customDetails", yaml.MappingNode, "'customDetails' must be a mapping of name: column", "custom-details"
+    )
     if node is None:
         return
     if len(node.value) > 20:
@@ -141,6 +150,7 @@ def _check_custom_details(c: _Checked) -> None:
         if not _is_text(value) or not _COLUMN.match(value.value):
             c.error(f"customDetails value {getattr(value, 'value', value)!r} must be a column name", "custom-details",
                     value)  # fmt: skip
+
 
 def _check_grouping_and_suppression(c: _Checked) -> None:
     grouping = c.doc.get("eventGroupingSettings")
