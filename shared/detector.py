@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from shared import dnsevidence, ingestion, notices  # dnsevidence: issue 16
 from shared import exclusions as excl
-from shared import ingestion, notices
 from shared.card import CardContext, build_post, build_posts, query_link
 from shared.dedupe import identity, identity_columns, short_hash
 from shared.errors import ConfigError, KqlwatchError, RuleError
@@ -248,8 +248,10 @@ class Detector:
         self.teams = teams
         self.clock = clock
         self.run_id = uuid.uuid4().hex[:12]
+        self.dns = dnsevidence.RunLookups(settings.dns_servers)  # issue 16: one cache and budget per run
 
     def run(self, *, only_due: bool) -> RunReport:
+        self.dns = dnsevidence.RunLookups(self.settings.dns_servers)  # issue 16
         warnings: list[str] = []
         prepared, errors = load_prepared(self.settings, self.clock().date(), warnings)
         for error in errors:
@@ -517,10 +519,11 @@ class Detector:
         link = query_link(
             prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
         )
+        evidence = self._evidence(prepared, hits)  # issue 16: once per rule run, before any card is built
         for url_id, url in urls.items():
             todo = [current[h.key] for h in hits if url_id not in current[h.key].delivered_to]
             if todo:
-                self._deliver_to(rule, url, url_id, set(urls), todo, link, lease_until, current, problems)
+                self._deliver_to(rule, url, url_id, set(urls), todo, link, lease_until, current, problems, evidence)
         remaining = [h for h in current.values() if not h.delivered_to >= urls.keys()]
         if remaining:
             # Release the lease so the next run can retry at once, and count the attempt.
@@ -532,12 +535,13 @@ class Detector:
     def _deliver_to(
         self, rule: Rule, url: str, url_id: str, all_ids: set[str], todo: list[Hit], link: str | None,
         lease_until: datetime, current: dict[str, Hit], problems: list[str],
+        evidence: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
         """Post todo's cards to one webhook, recording each success at once. At most max_cards_per_run cards:
         the rest is summed up in one card. A card Teams rejects (400/413) is split, then compacted."""
         cap = self.settings.max_cards_per_run
         rows = [h.row for h in todo]
-        ctx = CardContext(rule, total=len(todo), query_link=link, single_cards=cap // 2)
+        ctx = CardContext(rule, total=len(todo), query_link=link, single_cards=cap // 2, evidence=evidence)
         posts = build_posts(ctx, rows)
         overflow: list[Hit] = []
         if len(posts) > cap:
@@ -573,6 +577,12 @@ class Detector:
                 self._mark(rule, overflow, url_id, all_ids, current)
             else:
                 problems.append(f"delivery failed: {result.detail}")
+
+    def _evidence(self, prepared: PreparedRule, hits: list[Hit]) -> Sequence[tuple[str, Sequence[str]]]:
+        """Issue 16: DNS evidence for the rule's accepted domains on these hits (never raises, <= 5 s a run)."""
+        if dnsevidence.MAIL_AUTH_DNS not in prepared.rule.enrich:
+            return ()
+        return dnsevidence.card_evidence(dnsevidence.evidence_for(prepared.query, [h.row for h in hits], self.dns))
 
     def _mark(self, rule: Rule, batch: list[Hit], url_id: str, all_ids: set[str], current: dict[str, Hit]) -> None:
         marked = [replace(current[h.key], delivered_to=current[h.key].delivered_to | {url_id}) for h in batch]

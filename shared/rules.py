@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from shared.dnsevidence import parse_enrich  # issue 16
 from shared.durations import parse_duration
 from shared.errors import RuleError
 from shared.exclusions import Exclusion, ExclusionError, parse_exclusions
@@ -28,7 +29,8 @@ DEFAULT_SEVERITY = "Medium"
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
-_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter"}
+_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter",
+                         "enrich"}  # enrich: issue 16 (shared.dnsevidence)
 WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.ingestion
 AGGREGATIONS = ("SingleAlert", "AlertPerResult")
 _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
@@ -65,6 +67,7 @@ class Rule:
     extension: Mapping[str, Any] = field(default_factory=dict)
     window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.ingestion.choose)
     silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
+    enrich: tuple[str, ...] = ()  # kqlwatch.enrich (issue 16): e.g. ("mail-auth-dns",), see shared.dnsevidence
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,7 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         extension=extension,
         window=window,
         silence_after=_silence_after(extension, where),
+        enrich=parse_enrich(extension.get("enrich"), query, where),  # issue 16
     )
 
 
