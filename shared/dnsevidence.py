@@ -116,20 +116,26 @@ def accepted_domains(query: str) -> frozenset[str]:
 
 
 def domains_on(rows: Iterable[Mapping[str, Any]], accepted: frozenset[str]) -> list[str]:
-    """Distinct MAIL FROM domains of these rows that the rule accepts, in first-seen order. A row's own text
-    only ever selects from `accepted`: the name looked up is always the rule's."""
+    """Distinct sender domains of these rows (MAIL FROM, then header From) that the rule accepts, in first-seen
+    order. A row's own text only ever selects from `accepted`: the name looked up is always the rule's."""
     found: dict[str, None] = {}
     for row in rows:
-        domain = row_domain(row)
-        if domain in accepted:
-            found[domain] = None
+        for domain in row_domains(row):
+            if domain in accepted:
+                found[domain] = None
     return list(found)
 
 
-def row_domain(row: Mapping[str, Any]) -> str:
-    value = row.get("SenderMailFromDomain")
+def row_domains(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The row's MAIL FROM (envelope, SPF's) domain and its header From (DMARC's) domain, lower case."""
+    return tuple(dict.fromkeys(d for d in (_domain(row, "SenderMailFromDomain", "SenderMailFromAddress"),
+                                           _domain(row, "SenderFromDomain", "SenderFromAddress")) if d))
+
+
+def _domain(row: Mapping[str, Any], domain_column: str, address_column: str) -> str:
+    value = row.get(domain_column)
     if not isinstance(value, str) or not value:
-        address = row.get("SenderMailFromAddress")
+        address = row.get(address_column)
         value = address.rpartition("@")[2] if isinstance(address, str) else ""
     return value.strip().lower().rstrip(".")
 
@@ -333,7 +339,7 @@ def _shown(record: str | None) -> str:
 
 def evidence_blocks(evidence: Sequence[tuple[str, Sequence[str]]], hits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """A Container under the hits with the evidence for the domains on this card; [] when there is none."""
-    on_card = {row_domain(h) for h in hits}
+    on_card = {d for h in hits for d in row_domains(h)}
     shown = [(d, lines) for d, lines in evidence if d in on_card]
     if not shown:
         return []
