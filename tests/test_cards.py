@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.card import MAX_CARD_BYTES, MAX_HITS_PER_CARD, CardContext, build_posts, payload_size
-from shared.rules import load_rules
+from shared.rules import load_rule
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
 from tests.conftest import SEED_RULE, MakeDetector, email
 
-RULE = load_rules(SEED_RULE.parent).rules[0]
+RULE = load_rule(SEED_RULE)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from shared.card import MAX_CARD_BYTES, CardContext, build_posts, encode, payload_size
 from shared.cli import main, print_report
 from shared.durations import parse_duration
-from shared.rules import load_rules
+from shared.rules import load_rule
 from shared.standins._http import Response
 from shared.standins.azurite import Azurite
 from shared.standins.clock import Clock
@@ -34,7 +34,7 @@ from shared.teams import TeamsClient
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 from tests.test_faults import AFTER_LEASE, Killed, KillingPoster
 
-RULE = load_rules(SEED_RULE.parent).rules[0]
+RULE = load_rule(SEED_RULE)
 EMOJI = "\U0001f600"
 ATTACKER_SUBJECT = EMOJI * 16_500  # 16,500 characters, 33,000 UTF-16 units: over Table Storage's 64 KiB
 

@@ -12,13 +12,13 @@ from shared.detector import prepare_rules
 from shared.errors import ConfigError
 from shared.kql import Token, tokenize, top_level_lets
 from shared.params import ParamError, apply_params
-from shared.rules import load_rules
+from shared.rules import load_rule
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 
-SEED_QUERY = load_rules(SEED_RULE.parent).rules[0].query
+SEED_QUERY = load_rule(SEED_RULE).query
 PIECES = [*"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *", "//", "\u2018", "\u2019", "\u201c", "\u201d", "```", "let ", "or true",
           "\x00", "\u2028"]
 HOSTILE = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
@@ -87,14 +87,14 @@ def test_let_inside_strings_and_comments_is_not_a_binding() -> None:
 
 
 def test_parameter_naming_no_binding_is_a_configuration_error() -> None:
-    rules = load_rules(SEED_RULE.parent).rules
+    rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     with pytest.raises(ConfigError) as caught:
         prepare_rules(rules, {"SenderDomain": "contoso.com"})
     assert caught.value.setting == "KQLWATCH_PARAM_SenderDomain"
 
 
 def test_control_characters_in_a_value_are_a_configuration_error() -> None:
-    rules = load_rules(SEED_RULE.parent).rules
+    rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     with pytest.raises(ConfigError, match="KQLWATCH_PARAM_SenderDomains"):
         prepare_rules(rules, {"SenderDomains": "contoso.com\x00"})
 

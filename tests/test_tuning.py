@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.detector import prepare_rules
 from shared.exclusions import parse_exclusions
-from shared.rules import load_rules
+from shared.rules import load_rule
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
@@ -100,7 +100,7 @@ def test_exclusion_values_are_data_not_kql() -> None:
         [{"name": "x", "reason": "r", "owner": "o",
           "match": [{"column": "Subject", "operator": "has", "values": ['") or true //']}]}],
         source="t", rule_id=SEED_ID)
-    rules = load_rules(SEED_RULE.parent).rules
+    rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     [prepared], _ = prepare_rules(rules, {}, [exclusion])
     assert prepared.query.rstrip().endswith(
         '| where not((isnotempty(Subject) and (Subject has "\\") or true //")))  // exclusion: x')
