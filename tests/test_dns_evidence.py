@@ -144,6 +144,17 @@ def test_only_the_rules_accepted_domains_are_looked_up_never_a_name_from_the_row
                                                        "_dmarc.contoso.com"}
 
 
+def test_the_header_from_domain_counts_when_it_is_accepted(dns_standin: DnsStandIn) -> None:
+    """The header-spoof rule's hits carry a foreign MAIL FROM: the evidence is for the accepted header From."""
+    query = parse_rule(SEED_RULE.read_text(), str(SEED_RULE)).query
+    row = {"SenderMailFromDomain": "kestrelquartz68.ru", "SenderFromDomain": "Contoso.com"}
+    evidence = de.evidence_for(query, [row], lookups(dns_standin))
+    assert [e.domain for e in evidence] == ["contoso.com"]
+    assert "kestrelquartz68.ru" not in {q.name for q in dns_standin.queries()}
+    blocks = de.evidence_blocks(de.card_evidence(evidence), [row])
+    assert "contoso[.]com" in json.dumps(blocks)
+
+
 def test_accepted_domains_follow_the_parameter(dns_standin: DnsStandIn) -> None:
     query = apply_params(parse_rule(SEED_RULE.read_text(), str(SEED_RULE)).query, {"SenderDomains": "Split.Example, contoso.com"})
     assert de.accepted_domains(query) == {"split.example", "contoso.com"}
