@@ -45,8 +45,15 @@ WORKSPACE = "11111111-2222-3333-4444-555555555555"
 DOC = ROOT / "docs" / "benchmarks.md"
 
 # The Table Storage calls StateStore makes (and the ones it could make), each one HTTP round-trip.
-TABLE_OPS = ("submit_transaction", "create_entity", "update_entity", "upsert_entity", "create_table", "get_entity",
-             "delete_entity")
+TABLE_OPS = (
+    "submit_transaction",
+    "create_entity",
+    "update_entity",
+    "upsert_entity",
+    "create_table",
+    "get_entity",
+    "delete_entity",
+)
 
 
 # --- timing -------------------------------------------------------------------------------------------------
@@ -91,8 +98,11 @@ class Meters:
         return out
 
     def counts(self, prefix: str) -> dict[str, int]:
-        return {name.removeprefix(prefix): m.count for name, m in sorted(self.by_name.items())
-                if name.startswith(prefix) and m.count}
+        return {
+            name.removeprefix(prefix): m.count
+            for name, m in sorted(self.by_name.items())
+            if name.startswith(prefix) and m.count
+        }
 
     def reset(self) -> None:
         self.by_name.clear()
@@ -202,8 +212,14 @@ class TimedReceiver(WebhookReceiver):
 
 def run_child(script: str, mode: str, config: Mapping[str, Any]) -> Any:
     """Run `script --child MODE` with `config` (JSON) on stdin; its last stdout line is its JSON result."""
-    done = subprocess.run([sys.executable, script, "--child", mode], input=json.dumps(config, default=str), cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, script, "--child", mode],
+        input=json.dumps(config, default=str),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode:
         raise SystemExit(f"{mode} child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -270,12 +286,17 @@ def email(now: datetime, **fields: Any) -> dict[str, Any]:
 
 def quiet_email(when: datetime, index: int) -> dict[str, Any]:
     """Ordinary mail the seed rule does not match (passes SPF/DMARC): what an idle run reads past."""
-    return email_row(when, AuthenticationDetails='{"SPF":"pass","DKIM":"pass","DMARC":"pass","CompAuth":"pass"}',
-                     SenderMailFromDomain="fabrikam-partner.example", RecipientEmailAddress=f"user{index}@contoso.com")
+    return email_row(
+        when,
+        AuthenticationDetails='{"SPF":"pass","DKIM":"pass","DMARC":"pass","CompAuth":"pass"}',
+        SenderMailFromDomain="fabrikam-partner.example",
+        RecipientEmailAddress=f"user{index}@contoso.com",
+    )
 
 
-def env_for(*, la_endpoint: str, token: str, connection: str, webhook: str, rules: Path,
-            table: str | None = None) -> dict[str, str]:
+def env_for(
+    *, la_endpoint: str, token: str, connection: str, webhook: str, rules: Path, table: str | None = None
+) -> dict[str, str]:
     return {
         "KQLWATCH_WORKSPACE_ID": WORKSPACE,
         "KQLWATCH_LOGS_ENDPOINT": la_endpoint,
@@ -287,8 +308,13 @@ def env_for(*, la_endpoint: str, token: str, connection: str, webhook: str, rule
     }
 
 
-def wire(settings: Settings, meters: Meters, *, clock: Callable[[], datetime] | None = None,
-         min_interval: float | None = None) -> Detector:
+def wire(
+    settings: Settings,
+    meters: Meters,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    min_interval: float | None = None,
+) -> Detector:
     """A Detector with the real clients (the Function's own settings: retries, timeouts, post spacing), each
     behind a counting proxy."""
     logs = CountingLogs(LogsClient(settings.logs_endpoint, StaticTokenCredential(settings.access_token or "")), meters)
@@ -347,8 +373,10 @@ def machine() -> dict[str, str]:
 
 def machine_line() -> str:
     m = machine()
-    return (f"{m['date']}; {m['cpus']} CPUs ({m['cpu']}), {m['memory']} RAM; Python {m['python']}, "
-            f"Node {m['node']}; {m['os']}")
+    return (
+        f"{m['date']}; {m['cpus']} CPUs ({m['cpu']}), {m['memory']} RAM; Python {m['python']}, "
+        f"Node {m['node']}; {m['os']}"
+    )
 
 
 def command_line() -> str:

@@ -76,9 +76,16 @@ def child_kqlwatch(config: dict[str, Any]) -> dict[str, Any]:
     _stand.close(detector)
     outcome = report.outcomes[0]
     maxrss, hwm = _stand.peak_memory_mb()
-    return {"wall": wall, "cpu": cpu, "thread_cpu": thread_cpu, "threads": threading.active_count(),
-            "maxrss_mb": maxrss, "hwm_mb": hwm, "meters": meters.as_dict(),
-            "outcome": {k: v for k, v in outcome.log_line().items() if k not in ("window_start", "window_end")}}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "thread_cpu": thread_cpu,
+        "threads": threading.active_count(),
+        "maxrss_mb": maxrss,
+        "hwm_mb": hwm,
+        "meters": meters.as_dict(),
+        "outcome": {k: v for k, v in outcome.log_line().items() if k not in ("window_start", "window_end")},
+    }
 
 
 def child_baseline(config: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +106,9 @@ def child_baseline(config: dict[str, Any]) -> dict[str, Any]:
     result = detector.logs.query(settings.workspace_id, prepared.query, now - rule.query_period, now)
     query_wall = time.perf_counter() - wall
     rows = result.rows[: config["sample"]]
-    columns = identity_columns(result.columns, result.time_columns, dedupe_key=rule.dedupe_key,
-                               entity_columns=rule.entity_columns)
+    columns = identity_columns(
+        result.columns, result.time_columns, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns
+    )
     ctx = CardContext(rule, total=1)
     table = detector.store._table
     url = settings.webhook_urls[0]
@@ -112,8 +120,15 @@ def child_baseline(config: dict[str, Any]) -> dict[str, Any]:
     loop_wall = time.perf_counter() - loop_started
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     _stand.close(detector)
-    return {"wall": wall, "cpu": cpu, "query_wall": query_wall, "loop_wall": loop_wall, "sampled": len(rows),
-            "rows": len(result.rows), "meters": meters.as_dict()}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "query_wall": query_wall,
+        "loop_wall": loop_wall,
+        "sampled": len(rows),
+        "rows": len(result.rows),
+        "meters": meters.as_dict(),
+    }
 
 
 # --- parent ---------------------------------------------------------------------------------------------------
@@ -127,8 +142,11 @@ def run_child(mode: str, config: dict[str, Any]) -> dict[str, Any]:
 def _ingest(la: LogAnalyticsStandIn, size: int) -> None:
     now = datetime.now(timezone.utc)
     la.reset()
-    la.ingest("EmailEvents", [_stand.email(now, RecipientEmailAddress=f"user{i % 500}@contoso.com")
-                              for i in range(size)], at=now - timedelta(minutes=10))
+    la.ingest(
+        "EmailEvents",
+        [_stand.email(now, RecipientEmailAddress=f"user{i % 500}@contoso.com") for i in range(size)],
+        at=now - timedelta(minutes=10),
+    )
 
 
 def _split(meters: _stand.Meters) -> dict[str, float]:
@@ -141,15 +159,21 @@ def _split(meters: _stand.Meters) -> dict[str, float]:
     }
 
 
-def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedReceiver, size: int,
-                 baseline_sample: int, rules: Path) -> dict[str, Any]:
+def measure_size(
+    azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedReceiver, size: int, baseline_sample: int, rules: Path
+) -> dict[str, Any]:
     out: dict[str, Any] = {"size": size}
     # kqlwatch
     _ingest(la, size)
     hook.reset()
     hook.clear_arrivals()
-    env = _stand.env_for(la_endpoint=la.endpoint, token=la.token, connection=azurite.connection_string,
-                         webhook=hook.url("soc"), rules=rules)
+    env = _stand.env_for(
+        la_endpoint=la.endpoint,
+        token=la.token,
+        connection=azurite.connection_string,
+        webhook=hook.url("soc"),
+        rules=rules,
+    )
     started, spawned = time.perf_counter(), time.monotonic()
     child = run_child("kqlwatch", {"env": env})
     out["process_wall"] = time.perf_counter() - started
@@ -167,8 +191,11 @@ def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedRe
         "max_posts_per_s": _stand.max_per_second(arrivals),
         "mean_posts_per_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0,
         "first_card": min(arrivals) - spawned if arrivals else 0.0,  # includes the child's start-up and imports
-        "store": {k.removeprefix("store."): {"calls": v.count, "wall": v.wall}
-                  for k, v in meters.by_name.items() if k.startswith("store.")},
+        "store": {
+            k.removeprefix("store."): {"calls": v.count, "wall": v.wall}
+            for k, v in meters.by_name.items()
+            if k.startswith("store.")
+        },
         "cpu_steps": {k.removeprefix("cpu."): v.wall for k, v in meters.by_name.items() if k.startswith("cpu.")},
     }
     if out["kqlwatch"]["outcome"]["new_hits"] != size:
@@ -179,8 +206,13 @@ def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedRe
     hook.reset()
     hook.clear_arrivals()
     sample = min(size, baseline_sample)
-    env = _stand.env_for(la_endpoint=la.endpoint, token=la.token, connection=azurite.connection_string,
-                         webhook=hook.url("naive"), rules=rules)
+    env = _stand.env_for(
+        la_endpoint=la.endpoint,
+        token=la.token,
+        connection=azurite.connection_string,
+        webhook=hook.url("naive"),
+        rules=rules,
+    )
     la.requests.clear()
     base = run_child("baseline", {"env": env, "sample": sample})
     bmeters = _stand.Meters.from_dict(base["meters"])
@@ -192,8 +224,10 @@ def measure_size(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedRe
         "wall": base["query_wall"] + per_hit * size,
         "measured_wall": base["wall"],
         "per_hit": per_hit,
-        "round_trips": len(la.requests) + (sum(bmeters.counts("table.").values()) - 1 + len(arrivals))
-        * size / max(base["sampled"], 1),  # the create_table is not per hit
+        "round_trips": len(la.requests)
+        + (sum(bmeters.counts("table.").values()) - 1 + len(arrivals))
+        * size
+        / max(base["sampled"], 1),  # the create_table is not per hit
         "posts": size,
         "max_posts_per_s": _stand.max_per_second(arrivals),
         "at_4_per_s": base["query_wall"] + size / 4,
@@ -216,10 +250,17 @@ def _estimate_real(k: dict[str, Any]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100,1000,10000",
-                        help="comma-separated burst sizes (default 100,1000,10000; add 50000 for the optional size)")
-    parser.add_argument("--baseline-sample", type=int, default=1000,
-                        help="most hits the naive baseline really processes; beyond, it is extrapolated")
+    parser.add_argument(
+        "--sizes",
+        default="100,1000,10000",
+        help="comma-separated burst sizes (default 100,1000,10000; add 50000 for the optional size)",
+    )
+    parser.add_argument(
+        "--baseline-sample",
+        type=int,
+        default=1000,
+        help="most hits the naive baseline really processes; beyond, it is extrapolated",
+    )
     parser.add_argument("--child", choices=["kqlwatch", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--write", action="store_true", help="also write the figures into docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -231,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: list[dict[str, Any]] = []
-    with (Azurite() as azurite, LogAnalyticsStandIn() as la, _stand.TimedReceiver() as hook,
-          tempfile.TemporaryDirectory(prefix="kqlwatch-bench-") as tmp):
+    with (
+        Azurite() as azurite,
+        LogAnalyticsStandIn() as la,
+        _stand.TimedReceiver() as hook,
+        tempfile.TemporaryDirectory(prefix="kqlwatch-bench-") as tmp,
+    ):
         os.environ["REQUESTS_CA_BUNDLE"] = la.ca_file  # inherited by the children
         rules = _stand.rules_dir(Path(tmp) / "rules")
         _stand.warm_up(la.endpoint, la.token)
@@ -251,26 +296,55 @@ def render(results: list[dict[str, Any]], baseline_sample: int) -> str:
     for r in results:
         k, b, n = r["kqlwatch"], r["baseline"], r["size"]
         trips = k["la_requests"] + k["table_ops"] + k["posts"]
-        rows.append([f"{n:,}", f"{k['delivered']:,}", _stand.ms(k["wall"]),
-                     _stand.ms(k["first_card"]) if k["posts"] else "none", f"{k['hwm_mb']:.0f} MB",
-                     f"{k['table_ops']:,}",
-                     f"{k['table_entities']:,}", f"{k['posts']}",
-                     f"{k['max_posts_per_s']} ({k['mean_posts_per_s']:.1f})", f"{trips:,}",
-                     f"{b['round_trips']:,.0f}", f"{b['round_trips'] / trips:.0f}x",
-                     _stand.ms(b["wall"]) + (" (extrapolated)" if b["extrapolated"] else ""),
-                     f"{b['max_posts_per_s']}"])
+        rows.append(
+            [
+                f"{n:,}",
+                f"{k['delivered']:,}",
+                _stand.ms(k["wall"]),
+                _stand.ms(k["first_card"]) if k["posts"] else "none",
+                f"{k['hwm_mb']:.0f} MB",
+                f"{k['table_ops']:,}",
+                f"{k['table_entities']:,}",
+                f"{k['posts']}",
+                f"{k['max_posts_per_s']} ({k['mean_posts_per_s']:.1f})",
+                f"{trips:,}",
+                f"{b['round_trips']:,.0f}",
+                f"{b['round_trips'] / trips:.0f}x",
+                _stand.ms(b["wall"]) + (" (extrapolated)" if b["extrapolated"] else ""),
+                f"{b['max_posts_per_s']}",
+            ]
+        )
         other = k["wall"] - k["la_wait"] - k["table_wait"] - k["hook_wait"] - k["spacing"]
-        split_rows.append([f"{n:,}", _stand.ms(k["wall"]), _stand.ms(k["cpu"]), _stand.ms(k["table_cpu"]),
-                           _stand.ms(k["table_wait"]),
-                           _stand.ms(k["la_wait"]), _stand.ms(k["hook_wait"]), _stand.ms(k["spacing"]),
-                           _stand.ms(other), _stand.ms(_estimate_real(k))])
+        split_rows.append(
+            [
+                f"{n:,}",
+                _stand.ms(k["wall"]),
+                _stand.ms(k["cpu"]),
+                _stand.ms(k["table_cpu"]),
+                _stand.ms(k["table_wait"]),
+                _stand.ms(k["la_wait"]),
+                _stand.ms(k["hook_wait"]),
+                _stand.ms(k["spacing"]),
+                _stand.ms(other),
+                _stand.ms(_estimate_real(k)),
+            ]
+        )
         store = k["store"]
-        calls = [f"{store.get(m, {}).get('calls', 0)} / {_stand.ms(store.get(m, {}).get('wall', 0))}"
-                 for m in ("insert_new", "update_hits", "snapshot", "known_keys", "purge", "save_run")]
+        calls = [
+            f"{store.get(m, {}).get('calls', 0)} / {_stand.ms(store.get(m, {}).get('wall', 0))}"
+            for m in ("insert_new", "update_hits", "snapshot", "known_keys", "purge", "save_run")
+        ]
         steps = [_stand.ms(k["cpu_steps"].get(step, 0)) for step in ("identities", "build_posts")]
         store_rows.append([f"{n:,}", *calls, *steps])
-        base_rows.append([f"{n:,}", f"{b['sampled']:,}", f"{b['per_hit'] * 1000:.1f} ms", _stand.ms(b["wall"]),
-                          _stand.ms(b["at_4_per_s"])])
+        base_rows.append(
+            [
+                f"{n:,}",
+                f"{b['sampled']:,}",
+                f"{b['per_hit'] * 1000:.1f} ms",
+                _stand.ms(b["wall"]),
+                _stand.ms(b["at_4_per_s"]),
+            ]
+        )
     goal = next((r for r in results if r["size"] == GOAL_SIZE), None)
     verdicts = []
     if goal:
@@ -292,38 +366,81 @@ def render(results: list[dict[str, Any]], baseline_sample: int) -> str:
             f"the naive baseline reached {b['max_posts_per_s']}).",
         ]
     notes = [f"- {r['size']:,} hits: {w}" for r in results for w in r["kqlwatch"]["outcome"]["warnings"]]
-    return "\n".join([
-        "kqlwatch: one run (`Detector.run`) in a fresh child process; round-trips = Log Analytics queries + Table "
-        "Storage operations (transactions, entity calls, query pages) + webhook posts; first card after = from "
-        "spawning the child (its ~0.5 s start-up included) to the first post received. Baseline: naive, one "
-        f"create_entity and one post per hit, unspaced; measured on up to {baseline_sample:,} hits and extrapolated "
-        "linearly beyond (marked).",
-        "",
-        _stand.table(["hits", "delivered", "kqlwatch wall", "first card after", "peak memory", "Table ops",
-                      "entities written", "posts", "max posts/s (mean)", "round-trips", "baseline round-trips",
-                      "fewer", "baseline wall", "baseline max posts/s"], rows),
-        "",
-        "Where kqlwatch's time goes (waiting = call wall time minus the child's CPU in it; CPU includes the SDKs' "
-        "serialisation and TLS; spacing = the deliberate 0.3 s between posts; last column: an **estimate**, not a "
-        "measurement, of the same run against real Table Storage):",
-        "",
-        _stand.table(["hits", "wall", "our CPU", "of which in Table SDK calls", "waiting on Azurite",
-                      "waiting on LA stand-in", "waiting on webhook", "post spacing", "own time (the rest)",
-                      "est. real Table Storage"], split_rows),
-        "",
-        "By state-store call (calls / wall, Azurite included) and our two CPU-heavy steps:",
-        "",
-        _stand.table(["hits", "insert_new", "update_hits", "snapshot", "known_keys", "purge", "save_run",
-                      "identities", "build_posts (all cards)"], store_rows),
-        "",
-        "Naive baseline, measured per hit and extrapolated:",
-        "",
-        _stand.table(["hits", "hits really processed", "per hit", "wall (unspaced)", "wall at 4 posts/s"],
-                     base_rows),
-        "",
-        *verdicts,
-        *(["", "Warnings the runs reported:", "", *notes] if notes else []),
-    ])
+    return "\n".join(
+        [
+            "kqlwatch: one run (`Detector.run`) in a fresh child process; round-trips = Log Analytics queries + Table "
+            "Storage operations (transactions, entity calls, query pages) + webhook posts; first card after = from "
+            "spawning the child (its ~0.5 s start-up included) to the first post received. Baseline: naive, one "
+            f"create_entity and one post per hit, unspaced; measured on up to {baseline_sample:,} hits and extrapolated "
+            "linearly beyond (marked).",
+            "",
+            _stand.table(
+                [
+                    "hits",
+                    "delivered",
+                    "kqlwatch wall",
+                    "first card after",
+                    "peak memory",
+                    "Table ops",
+                    "entities written",
+                    "posts",
+                    "max posts/s (mean)",
+                    "round-trips",
+                    "baseline round-trips",
+                    "fewer",
+                    "baseline wall",
+                    "baseline max posts/s",
+                ],
+                rows,
+            ),
+            "",
+            "Where kqlwatch's time goes (waiting = call wall time minus the child's CPU in it; CPU includes the SDKs' "
+            "serialisation and TLS; spacing = the deliberate 0.3 s between posts; last column: an **estimate**, not a "
+            "measurement, of the same run against real Table Storage):",
+            "",
+            _stand.table(
+                [
+                    "hits",
+                    "wall",
+                    "our CPU",
+                    "of which in Table SDK calls",
+                    "waiting on Azurite",
+                    "waiting on LA stand-in",
+                    "waiting on webhook",
+                    "post spacing",
+                    "own time (the rest)",
+                    "est. real Table Storage",
+                ],
+                split_rows,
+            ),
+            "",
+            "By state-store call (calls / wall, Azurite included) and our two CPU-heavy steps:",
+            "",
+            _stand.table(
+                [
+                    "hits",
+                    "insert_new",
+                    "update_hits",
+                    "snapshot",
+                    "known_keys",
+                    "purge",
+                    "save_run",
+                    "identities",
+                    "build_posts (all cards)",
+                ],
+                store_rows,
+            ),
+            "",
+            "Naive baseline, measured per hit and extrapolated:",
+            "",
+            _stand.table(
+                ["hits", "hits really processed", "per hit", "wall (unspaced)", "wall at 4 posts/s"], base_rows
+            ),
+            "",
+            *verdicts,
+            *(["", "Warnings the runs reported:", "", *notes] if notes else []),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,13 @@ def sample(eager: bool) -> dict[str, object]:
 
 def slowest_imports(top: int) -> list[tuple[str, float]]:
     """`python -X importtime -c 'import function_app'`: the modules with the largest cumulative import time."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import function_app"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import function_app"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows: list[tuple[str, float]] = []
     for line in done.stderr.splitlines():
         parts = line.split("|")
@@ -90,12 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ["import function_app + get_functions()", f"{lazy_index * 1000:.0f} ms", f"{eager_index * 1000:.0f} ms"],
         ["of which SDK imports forced first", "-", f"{med(eager, 'sdk') * 1000:.0f} ms"],
-        ["whole process: interpreter start, indexing, then the first run's imports", f"{med(lazy, 'process') * 1000:.0f} ms",
-         f"{med(eager, 'process') * 1000:.0f} ms"],
-        ["first timer run: deferred `import shared.runner`", f"{med(lazy, 'first_run_imports') * 1000:.0f} ms",
-         f"{med(eager, 'first_run_imports') * 1000:.0f} ms"],
-        ["first timer run: then the SDKs its clients import (monitor.query, data.tables, identity)",
-         f"{med(lazy, 'first_run_sdks') * 1000:.0f} ms", f"{med(eager, 'first_run_sdks') * 1000:.0f} ms"],
+        [
+            "whole process: interpreter start, indexing, then the first run's imports",
+            f"{med(lazy, 'process') * 1000:.0f} ms",
+            f"{med(eager, 'process') * 1000:.0f} ms",
+        ],
+        [
+            "first timer run: deferred `import shared.runner`",
+            f"{med(lazy, 'first_run_imports') * 1000:.0f} ms",
+            f"{med(eager, 'first_run_imports') * 1000:.0f} ms",
+        ],
+        [
+            "first timer run: then the SDKs its clients import (monitor.query, data.tables, identity)",
+            f"{med(lazy, 'first_run_sdks') * 1000:.0f} ms",
+            f"{med(eager, 'first_run_sdks') * 1000:.0f} ms",
+        ],
         ["functions indexed", str(lazy[0]["functions"]), str(eager[0]["functions"])],
     ]
     verdict = "met" if lazy_index * 1000 < GOAL_MS and not loaded else "MISSED"
@@ -109,15 +123,30 @@ def main(argv: list[str] | None = None) -> int:
         f"({lazy_index * 1000:.0f} ms; eager would cost {(eager_index - lazy_index) * 1000:+.0f} ms).",
     ]
     if args.top:
-        body += ["", "Slowest imports under `import function_app` (`python -X importtime`, cumulative; the tracing "
-                 "inflates them):", ""]
-        body.append(_stand.table(["module", "cumulative"],
-                                 [[f"`{name}`", f"{sec * 1000:.0f} ms"] for name, sec in slowest_imports(args.top)]))
+        body += [
+            "",
+            "Slowest imports under `import function_app` (`python -X importtime`, cumulative; the tracing "
+            "inflates them):",
+            "",
+        ]
+        body.append(
+            _stand.table(
+                ["module", "cumulative"],
+                [[f"`{name}`", f"{sec * 1000:.0f} ms"] for name, sec in slowest_imports(args.top)],
+            )
+        )
     _stand.report("cold_start", "\n".join(body), write=args.write)
     if args.write:
-        _stand.save_json("cold_start", {"samples": args.samples, "index_ms": lazy_index * 1000,
-                                        "eager_index_ms": eager_index * 1000, "loaded": loaded,
-                                        "first_run_imports_ms": med(lazy, "first_run_imports") * 1000})
+        _stand.save_json(
+            "cold_start",
+            {
+                "samples": args.samples,
+                "index_ms": lazy_index * 1000,
+                "eager_index_ms": eager_index * 1000,
+                "loaded": loaded,
+                "first_run_imports_ms": med(lazy, "first_run_imports") * 1000,
+            },
+        )
     return 0
 
 

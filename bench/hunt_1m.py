@@ -105,16 +105,20 @@ def generate(rows: int, directory: Path, formats: list[str]) -> dict[str, Path]:
     jsonl = directory / "EmailEvents.jsonl"
     started = time.perf_counter()
     con.execute(f"COPY ({_ROWS_SQL.format(rows=rows)}) TO '{jsonl}' (FORMAT JSON)")
-    print(f"generated {rows:,} rows as JSON lines in {time.perf_counter() - started:.1f} s: "
-          f"{jsonl.stat().st_size / 2**20:,.0f} MiB")
+    print(
+        f"generated {rows:,} rows as JSON lines in {time.perf_counter() - started:.1f} s: "
+        f"{jsonl.stat().st_size / 2**20:,.0f} MiB"
+    )
     files["jsonl"] = jsonl
     if "csv" in formats:
         csv_path = directory / "EmailEvents.csv"
         started = time.perf_counter()
         sql = _CSV_SQL.format(rows_sql=_ROWS_SQL.format(rows=rows))
         con.execute(f"COPY ({sql}) TO '{csv_path}' (FORMAT CSV, HEADER)")
-        print(f"generated the same rows as a Logs-blade CSV in {time.perf_counter() - started:.1f} s: "
-              f"{csv_path.stat().st_size / 2**20:,.0f} MiB")
+        print(
+            f"generated the same rows as a Logs-blade CSV in {time.perf_counter() - started:.1f} s: "
+            f"{csv_path.stat().st_size / 2**20:,.0f} MiB"
+        )
         files["csv"] = csv_path
     con.close()
     return files
@@ -127,7 +131,9 @@ def hunt(path: Path, directory: Path) -> dict[str, float]:
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(
             [str(KQLWATCH), "hunt", str(RULE), "--data", f"EmailEvents={path}", "--format", "jsonl"],
-            stdout=out, stderr=err, cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            cwd=ROOT,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -168,10 +174,12 @@ def main() -> int:
         for fmt in formats:
             figures = hunt(files[fmt], directory)
             results[fmt] = figures
-            print(f"kqlwatch hunt ({fmt:5}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
-                  f"load {figures['load']:.2f} s, query {figures['query']:.2f} s, "
-                  f"command {figures['total']:.2f} s, wall (with start-up) {figures['wall']:.2f} s, "
-                  f"peak RSS {figures['peak_mib']:,.0f} MiB")
+            print(
+                f"kqlwatch hunt ({fmt:5}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
+                f"load {figures['load']:.2f} s, query {figures['query']:.2f} s, "
+                f"command {figures['total']:.2f} s, wall (with start-up) {figures['wall']:.2f} s, "
+                f"peak RSS {figures['peak_mib']:,.0f} MiB"
+            )
         if len({r["rows"] for r in results.values()}) > 1:
             print("MISMATCH: the inputs gave different row counts")
             return 1

@@ -84,13 +84,19 @@ def child(config: dict[str, Any]) -> list[dict[str, Any]]:
             if not report.ok or any(o.new_hits for o in report.outcomes):
                 raise SystemExit(f"an idle run must succeed with no hits: {[o.log_line() for o in report.outcomes]}")
             post, spacing = meters.by_name["hook.post"], meters.by_name["hook.spacing"]
-            out.append({
-                "wall": wall, "cpu": cpu, "queries": meters.by_name["la.query"].count,
-                "table_ops": meters.counts("table."), "posts": post.count,
-                "la_wait": meters.total("la.").wait, "table_wait": meters.total("table.").wait,
-                "hook_wait": max(post.wait - spacing.wall, 0.0) + spacing.wall,
-                "load_rules": meters.by_name["cpu.load_rules"].wall,
-            })
+            out.append(
+                {
+                    "wall": wall,
+                    "cpu": cpu,
+                    "queries": meters.by_name["la.query"].count,
+                    "table_ops": meters.counts("table."),
+                    "posts": post.count,
+                    "la_wait": meters.total("la.").wait,
+                    "table_wait": meters.total("table.").wait,
+                    "hook_wait": max(post.wait - spacing.wall, 0.0) + spacing.wall,
+                    "load_rules": meters.by_name["cpu.load_rules"].wall,
+                }
+            )
     finally:
         _stand.close(detector)
     out.append(_yaml_what_if(real_load, detector.settings))
@@ -133,23 +139,41 @@ def _prefill(connection: str, table: str, rule_ids: list[str], count: int) -> No
     store.ensure_table()
     for rule_id in rule_ids:
         for start in range(0, count, 100):
-            hits = [Hit(f"{rule_id[:8]}{i:056x}", _stand.email(now), first_seen=now - timedelta(days=3))
-                    for i in range(start, min(start + 100, count))]
+            hits = [
+                Hit(f"{rule_id[:8]}{i:056x}", _stand.email(now), first_seen=now - timedelta(days=3))
+                for i in range(start, min(start + 100, count))
+            ]
             store.insert_new(rule_id, hits, status=DELIVERED)
     store.close()
 
 
-def measure(azurite: Azurite, la: LogAnalyticsStandIn, hook: _stand.TimedReceiver, *, rules: int, runs: int,
-            rows: int, stored_hits: int) -> tuple[RunFigures, list[RunFigures], dict[str, Any]]:
+def measure(
+    azurite: Azurite,
+    la: LogAnalyticsStandIn,
+    hook: _stand.TimedReceiver,
+    *,
+    rules: int,
+    runs: int,
+    rows: int,
+    stored_hits: int,
+) -> tuple[RunFigures, list[RunFigures], dict[str, Any]]:
     now = datetime.now(timezone.utc)
     la.reset()
-    la.ingest("EmailEvents", [_stand.quiet_email(now - timedelta(seconds=i * 3600 // max(rows, 1)), i)
-                              for i in range(rows)], at=now - timedelta(minutes=1))
+    la.ingest(
+        "EmailEvents",
+        [_stand.quiet_email(now - timedelta(seconds=i * 3600 // max(rows, 1)), i) for i in range(rows)],
+        at=now - timedelta(minutes=1),
+    )
     hook.reset()
     with tempfile.TemporaryDirectory(prefix="kqlwatch-bench-") as tmp:
         rules_dir = _stand.rules_dir(Path(tmp) / "rules", rules)
-        env = _stand.env_for(la_endpoint=la.endpoint, token=la.token, connection=azurite.connection_string,
-                             webhook=hook.url("soc"), rules=rules_dir)
+        env = _stand.env_for(
+            la_endpoint=la.endpoint,
+            token=la.token,
+            connection=azurite.connection_string,
+            webhook=hook.url("soc"),
+            rules=rules_dir,
+        )
         from shared.rules import load_rules
 
         rule_ids = [r.id for r in load_rules(rules_dir).rules]
@@ -177,22 +201,38 @@ def _row(label: str, rules: int, stored: int, runs: list[RunFigures]) -> list[st
         for name, count in r.table_ops.items():
             ops.setdefault(name, []).append(float(count))
     kinds = ", ".join(f"{name} {_stand.median(counts) / rules:g}" for name, counts in ops.items())
-    return [label, str(rules), f"{stored:,}", f"{med('wall') * rules * 1000:.0f} ms", f"{med('queries'):g}",
-            f"{med('state_ops'):g} ({kinds})", f"{med('posts') * rules:g}",
-            f"{med('la_wait') * 1000:.1f} ms", f"{med('table_wait') * 1000:.1f} ms",
-            f"**{med('own') * 1000:.1f} ms**{spread('own')}", f"{med('cpu') * 1000:.1f} ms",
-            f"{med('load_rules') * 1000:.1f} ms"]
+    return [
+        label,
+        str(rules),
+        f"{stored:,}",
+        f"{med('wall') * rules * 1000:.0f} ms",
+        f"{med('queries'):g}",
+        f"{med('state_ops'):g} ({kinds})",
+        f"{med('posts') * rules:g}",
+        f"{med('la_wait') * 1000:.1f} ms",
+        f"{med('table_wait') * 1000:.1f} ms",
+        f"**{med('own') * 1000:.1f} ms**{spread('own')}",
+        f"{med('cpu') * 1000:.1f} ms",
+        f"{med('load_rules') * 1000:.1f} ms",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", default="1,10", help="comma-separated rule counts (copies of the seed rule)")
     parser.add_argument("--runs", type=int, default=10, help="steady-state runs measured per case (default 10)")
-    parser.add_argument("--rows", type=int, default=2000,
-                        help="EmailEvents rows of the last hour in the workspace, none matching (default 2000)")
-    parser.add_argument("--stored-hits", default="0,10000",
-                        help="settled hits already in each rule's partition, comma-separated; values after the "
-                             "first are measured with the first rule count only")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=2000,
+        help="EmailEvents rows of the last hour in the workspace, none matching (default 2000)",
+    )
+    parser.add_argument(
+        "--stored-hits",
+        default="0,10000",
+        help="settled hits already in each rule's partition, comma-separated; values after the "
+        "first are measured with the first rule count only",
+    )
     parser.add_argument("--write", action="store_true", help="also write the figures into docs/benchmarks.md")
     parser.add_argument("--child", choices=["runs"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,12 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         _stand.warm_up(la.endpoint, la.token)
         cases = [(n, stored_counts[0]) for n in rule_counts] + [(rule_counts[0], s) for s in stored_counts[1:]]
         for rules, stored in cases:
-            first, steady, what_if = measure(azurite, la, hook, rules=rules, runs=args.runs, rows=args.rows,
-                                             stored_hits=stored)
+            first, steady, what_if = measure(
+                azurite, la, hook, rules=rules, runs=args.runs, rows=args.rows, stored_hits=stored
+            )
             rows.append(_row("first", rules, stored, [first]))
             rows.append(_row(f"steady, median of {len(steady)}", rules, stored, steady))
             results[f"{rules}x{stored}"] = {
-                "rules": rules, "stored_hits": stored,
+                "rules": rules,
+                "stored_hits": stored,
                 "wall_per_rule_s": _stand.median([r.wall for r in steady]) / rules,
                 "own_per_rule_s": _stand.median([r.own for r in steady]) / rules,
                 "cpu_per_rule_s": _stand.median([r.cpu for r in steady]) / rules,
@@ -238,9 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     creates = many["create_table_per_run"]
     per_rule_ops = (many["state_ops_per_run"] - creates) / many["rules"]
     state_ok = max(r["state_ops_per_rule"] for r in results.values()) <= GOAL_STATE_OPS
-    shared_ops = (f" plus {creates:g} `create_table` per run (answered 409 every time), so "
-                  f"{one['state_ops_per_run']:g} for a {one['rules']}-rule run and {many['state_ops_per_rule']:g} per "
-                  f"rule at {many['rules']} rules") if creates else " (no `create_table` after the first run)"
+    shared_ops = (
+        (
+            f" plus {creates:g} `create_table` per run (answered 409 every time), so "
+            f"{one['state_ops_per_run']:g} for a {one['rules']}-rule run and {many['state_ops_per_rule']:g} per "
+            f"rule at {many['rules']} rules"
+        )
+        if creates
+        else " (no `create_table` after the first run)"
+    )
     verdicts = [
         f"- 1 query per rule: **{'met' if many['queries_per_rule'] <= GOAL_QUERIES else 'MISSED'}** "
         f"({many['queries_per_rule']:g}).",
@@ -254,18 +302,31 @@ def main(argv: list[str] | None = None) -> int:
         f"(`{many['loader']}`), {many['load_rules_pure_python_s'] * 1000:.1f} ms with PyYAML's pure-Python "
         "SafeLoader swapped in.",
     ]
-    headers = ["run", "rules", "stored hits/rule", "wall (run)", "LA queries/rule", "state ops/rule (by kind)",
-               "posts", "LA wait/rule", "Table wait/rule", "own time/rule (min-max)", "CPU/rule",
-               "rule loading/rule"]
-    body = "\n".join([
-        f"Copies of the seed rule; the workspace holds {args.rows:,} EmailEvents rows of the last hour, none matching. "
-        "Own time = wall - time waiting on the stand-ins (includes SDK and TLS CPU); CPU = the detector process's "
-        "CPU time; rule loading = `load_prepared` (reading and parsing the rule files, every run).",
-        "",
-        _stand.table(headers, rows),
-        "",
-        *verdicts,
-    ])
+    headers = [
+        "run",
+        "rules",
+        "stored hits/rule",
+        "wall (run)",
+        "LA queries/rule",
+        "state ops/rule (by kind)",
+        "posts",
+        "LA wait/rule",
+        "Table wait/rule",
+        "own time/rule (min-max)",
+        "CPU/rule",
+        "rule loading/rule",
+    ]
+    body = "\n".join(
+        [
+            f"Copies of the seed rule; the workspace holds {args.rows:,} EmailEvents rows of the last hour, none matching. "
+            "Own time = wall - time waiting on the stand-ins (includes SDK and TLS CPU); CPU = the detector process's "
+            "CPU time; rule loading = `load_prepared` (reading and parsing the rule files, every run).",
+            "",
+            _stand.table(headers, rows),
+            "",
+            *verdicts,
+        ]
+    )
     _stand.report("idle_run", body, write=args.write)
     if args.write:
         _stand.save_json("idle_run", {"rows": args.rows, "runs": args.runs, "cases": results})

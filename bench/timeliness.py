@@ -119,8 +119,17 @@ def ticks(start: datetime, end: datetime, every: timedelta) -> Iterator[datetime
 # --- the models ----------------------------------------------------------------------------------------------
 
 
-def kqlwatch(rows: list[Row], *, schedule: timedelta, period: timedelta, post: float, outage: tuple[datetime, datetime],
-             end: datetime, by_ingestion: bool = False, name: str = "") -> Outcome:
+def kqlwatch(
+    rows: list[Row],
+    *,
+    schedule: timedelta,
+    period: timedelta,
+    post: float,
+    outage: tuple[datetime, datetime],
+    end: datetime,
+    by_ingestion: bool = False,
+    name: str = "",
+) -> Outcome:
     """kqlwatch's own windowing (shared.window) and dedupe: an identity alerts once."""
     out = Outcome(name)
     by_ingest = sorted(rows, key=lambda r: r.ingested)
@@ -156,9 +165,18 @@ def kqlwatch(rows: list[Row], *, schedule: timedelta, period: timedelta, post: f
     return out
 
 
-def kqlwatch_ingestion(rows: list[Row], *, schedule: timedelta, period: timedelta, post: float,
-                       outage: tuple[datetime, datetime], end: datetime, sweep_every: timedelta,
-                       max_lateness: timedelta = DEFAULT_MAX_LATENESS, name: str = "") -> Outcome:
+def kqlwatch_ingestion(
+    rows: list[Row],
+    *,
+    schedule: timedelta,
+    period: timedelta,
+    post: float,
+    outage: tuple[datetime, datetime],
+    end: datetime,
+    sweep_every: timedelta,
+    max_lateness: timedelta = DEFAULT_MAX_LATENESS,
+    name: str = "",
+) -> Outcome:
     """Issue 13's windows (shared.window): rows ingested after the watermark, TimeGenerated within the run's span
     (short between sweeps, max_lateness on a sweep); an identity alerts once."""
     out = Outcome(name)
@@ -174,8 +192,15 @@ def kqlwatch_ingestion(rows: list[Row], *, schedule: timedelta, period: timedelt
         while cursor < len(by_ingest) and by_ingest[cursor].ingested <= t:
             waiting.append(by_ingest[cursor])
             cursor += 1
-        window = ingestion_window(t, period=period, last_end=last_end, last_sweep_end=last_sweep,
-                                  max_lateness=max_lateness, max_catchup=MAX_CATCHUP, sweep_every=sweep_every)
+        window = ingestion_window(
+            t,
+            period=period,
+            last_end=last_end,
+            last_sweep_end=last_sweep,
+            max_lateness=max_lateness,
+            max_catchup=MAX_CATCHUP,
+            sweep_every=sweep_every,
+        )
         posted = t + timedelta(seconds=post)
         keep: list[Row] = []
         for row in waiting:
@@ -276,46 +301,120 @@ def _fmt(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="alertable message-recipient pairs in the day")
-    parser.add_argument("--updates", type=float, default=0.05,
-                        help="share of them that get a second row later (verdict/location change; default 0.05)")
+    parser.add_argument(
+        "--updates",
+        type=float,
+        default=0.05,
+        help="share of them that get a second row later (verdict/location change; default 0.05)",
+    )
     parser.add_argument("--outage-start", default="13:00", help="UTC time the Function goes down (default 13:00)")
     parser.add_argument("--outage-hours", type=float, default=1.0, help="how long it stays down (default 1)")
-    parser.add_argument("--post-latency", type=float, default=2.0,
-                        help="seconds from a run's start to the card posted, for every model alike (default 2: "
-                             "an idle run against the stand-ins takes ~0.25 s; a real workspace query ~1-2 s)")
+    parser.add_argument(
+        "--post-latency",
+        type=float,
+        default=2.0,
+        help="seconds from a run's start to the card posted, for every model alike (default 2: "
+        "an idle run against the stand-ins takes ~0.25 s; a real workspace query ~1-2 s)",
+    )
     parser.add_argument("--seed", type=int, default=20261120)
-    parser.add_argument("--mail-per-day", type=int, default=1_000_000,
-                        help="a busy tenant's EmailEvents rows a day, for the scan cost (default 1,000,000)")
+    parser.add_argument(
+        "--mail-per-day",
+        type=int,
+        default=1_000_000,
+        help="a busy tenant's EmailEvents rows a day, for the scan cost (default 1,000,000)",
+    )
     parser.add_argument("--write", action="store_true", help="also write the figures into docs/benchmarks.md")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
     rows = make_rows(args.events, args.updates, rng)
     hour, minute = (int(x) for x in args.outage_start.split(":"))
-    outage = (DAY + timedelta(hours=hour, minutes=minute),
-              DAY + timedelta(hours=hour, minutes=minute) + timedelta(hours=args.outage_hours))
+    outage = (
+        DAY + timedelta(hours=hour, minutes=minute),
+        DAY + timedelta(hours=hour, minutes=minute) + timedelta(hours=args.outage_hours),
+    )
     end = max(r.ingested for r in rows) + timedelta(hours=1)
     period = load_rule(_stand.SEED_RULE).query_period
     post = args.post_latency
 
     models: list[tuple[Callable[[], Outcome], tuple[datetime, datetime] | None]] = [
-        (lambda: kqlwatch(rows, schedule=timedelta(minutes=1), period=period, post=post, outage=outage, end=end,
-                          name=f"kqlwatch, 1-min schedule, queryPeriod {_td(period)}"), outage),
-        (lambda: kqlwatch(rows, schedule=timedelta(minutes=5), period=period, post=post, outage=outage, end=end,
-                          name=f"kqlwatch, 5-min schedule, queryPeriod {_td(period)}"), outage),
+        (
+            lambda: kqlwatch(
+                rows,
+                schedule=timedelta(minutes=1),
+                period=period,
+                post=post,
+                outage=outage,
+                end=end,
+                name=f"kqlwatch, 1-min schedule, queryPeriod {_td(period)}",
+            ),
+            outage,
+        ),
+        (
+            lambda: kqlwatch(
+                rows,
+                schedule=timedelta(minutes=5),
+                period=period,
+                post=post,
+                outage=outage,
+                end=end,
+                name=f"kqlwatch, 5-min schedule, queryPeriod {_td(period)}",
+            ),
+            outage,
+        ),
         (lambda: scheduled(rows, post=post, end=end), None),
         (lambda: nrt(rows, post=post, end=end), None),
-        (lambda: kqlwatch(rows, schedule=timedelta(minutes=1), period=timedelta(hours=7), post=post, outage=outage,
-                          end=end, name="*model:* kqlwatch 1-min, queryPeriod 7h (TimeGenerated)"), outage),
-        (lambda: kqlwatch_ingestion(rows, schedule=timedelta(minutes=1), period=period, post=post, outage=outage,
-                                    end=end, sweep_every=DEFAULT_LATE_SWEEP,
-                                    name="**kqlwatch, 1-min, ingestion time + hourly late sweep (issue 13)**"), outage),
-        (lambda: kqlwatch_ingestion(rows, schedule=timedelta(minutes=5), period=period, post=post, outage=outage,
-                                    end=end, sweep_every=DEFAULT_LATE_SWEEP,
-                                    name="**kqlwatch, 5-min, ingestion time + hourly late sweep (issue 13)**"), outage),
-        (lambda: kqlwatch_ingestion(rows, schedule=timedelta(minutes=1), period=period, post=post, outage=outage,
-                                    end=end, sweep_every=timedelta(minutes=1),
-                                    name="*model:* kqlwatch 1-min, ingestion time, whole 2d span every run"), outage),
+        (
+            lambda: kqlwatch(
+                rows,
+                schedule=timedelta(minutes=1),
+                period=timedelta(hours=7),
+                post=post,
+                outage=outage,
+                end=end,
+                name="*model:* kqlwatch 1-min, queryPeriod 7h (TimeGenerated)",
+            ),
+            outage,
+        ),
+        (
+            lambda: kqlwatch_ingestion(
+                rows,
+                schedule=timedelta(minutes=1),
+                period=period,
+                post=post,
+                outage=outage,
+                end=end,
+                sweep_every=DEFAULT_LATE_SWEEP,
+                name="**kqlwatch, 1-min, ingestion time + hourly late sweep (issue 13)**",
+            ),
+            outage,
+        ),
+        (
+            lambda: kqlwatch_ingestion(
+                rows,
+                schedule=timedelta(minutes=5),
+                period=period,
+                post=post,
+                outage=outage,
+                end=end,
+                sweep_every=DEFAULT_LATE_SWEEP,
+                name="**kqlwatch, 5-min, ingestion time + hourly late sweep (issue 13)**",
+            ),
+            outage,
+        ),
+        (
+            lambda: kqlwatch_ingestion(
+                rows,
+                schedule=timedelta(minutes=1),
+                period=period,
+                post=post,
+                outage=outage,
+                end=end,
+                sweep_every=timedelta(minutes=1),
+                name="*model:* kqlwatch 1-min, ingestion time, whole 2d span every run",
+            ),
+            outage,
+        ),
     ]
     results = [summarize(run(), rows, out) for run, out in models]
 
@@ -325,49 +424,74 @@ def main(argv: list[str] | None = None) -> int:
         r["scanned_per_day"] = r["mean_span_h"] * per_day * args.mail_per_day / 24
     for service in results[2:4]:  # Sentinel and NRT run in the service: their scan is not ours to compare
         service["scanned_per_day"] = None
-    table_rows = [[r["name"], f"{r['alerted']:,}", f"**{r['missed']:,}**",
-                   " / ".join(str(v) for v in r["missed_by_delay"].values()), f"**{r['duplicates']:,}**",
-                   _fmt(r["p50"]), f"**{_fmt(r['p95'])}**", _fmt(r["max"]), _fmt(r["p95_outside_outage"]),
-                   "-" if r["scanned_per_day"] is None else f"{r['mean_span_h']:.2f} h",
-                   "-" if r["scanned_per_day"] is None else f"{r['scanned_per_day'] / 1e6:,.0f} M"]
-                  for r in results]
+    table_rows = [
+        [
+            r["name"],
+            f"{r['alerted']:,}",
+            f"**{r['missed']:,}**",
+            " / ".join(str(v) for v in r["missed_by_delay"].values()),
+            f"**{r['duplicates']:,}**",
+            _fmt(r["p50"]),
+            f"**{_fmt(r['p95'])}**",
+            _fmt(r["max"]),
+            _fmt(r["p95_outside_outage"]),
+            "-" if r["scanned_per_day"] is None else f"{r['mean_span_h']:.2f} h",
+            "-" if r["scanned_per_day"] is None else f"{r['scanned_per_day'] / 1e6:,.0f} M",
+        ]
+        for r in results
+    ]
     k1, k5 = results[0], results[1]
     n1, n5, full = results[5], results[6], results[7]
     late = sum(1 for r in rows if r.delay > 3600)
-    body = "\n".join([
-        f"{args.events:,} alertable message-recipient pairs over {DAY:%Y-%m-%d} (TimeGenerated uniform over the day), "
-        f"{len(rows) - args.events:,} of them with a second row later ({args.updates:.0%}: verdict/location change). "
-        "Ingestion delay: "
-        + ", ".join(f"{share:.1%} {_fmt(low)}-{_fmt(high)}" for share, low, high in DELAYS)
-        + f" (log-uniform within each; median {_fmt(delays[len(delays) // 2])}, {late} rows over 1 h late). "
-        f"Function outage {outage[0]:%H:%M}-{outage[1]:%H:%M} UTC (kqlwatch rows only: Sentinel and NRT run in the "
-        f"service). Every model posts {post:g} s after its run starts. kqlwatch's overlap with the previous window: "
-        f"max(queryPeriod - queryFrequency, MIN_OVERLAP = {_td(MIN_OVERLAP)}).",
-        "",
-        _stand.table(["model", "alerted", "missed", "missed by delay (<=3m / 3-30m / 30-60m / >1h)", "duplicates",
-                      "p50", "p95", "max", "p95 outside the outage", "mean span scanned per run",
-                      f"rows scanned a day ({args.mail_per_day / 1e6:g} M mail rows/day)"], table_rows),
-        "",
-        f"- 0 missed (issue 13's windows, 1-minute schedule): **{'met' if n1['missed'] == 0 else 'MISSED'}** "
-        f"({n1['missed']} missed; {n5['missed']} at 5 minutes), including the {late} rows ingested over 1 h late. "
-        f"The TimeGenerated windows of before miss {k1['missed']} (1 min) and {k5['missed']} (5 min): every row "
-        f"ingested more than ~{_td(period)} after its TimeGenerated; a 7 h queryPeriod still misses "
-        f"{results[4]['missed']} (those over 7 h late).",
-        f"- 0 duplicates: **{'met' if n1['duplicates'] == 0 and n5['duplicates'] == 0 else 'MISSED'}** "
-        f"({n1['duplicates']} and {n5['duplicates']}; the Sentinel- and NRT-style rules alert "
-        f"{results[2]['duplicates']} and {results[3]['duplicates']} times again on a later row of the same message).",
-        f"- p95 under {GOAL_P95:.0f} s after ingestion at a 1-minute schedule: "
-        f"**{'met' if n1['p95'] < GOAL_P95 else 'MISSED'}** over the whole day with the outage ({_fmt(n1['p95'])}: "
-        f"rows ingested during the hour-long outage wait for it to end); "
-        f"**{'met' if n1['p95_outside_outage'] < GOAL_P95 else 'MISSED'}** outside it "
-        f"({_fmt(n1['p95_outside_outage'])} for rows not ingested during the outage). Rows more than 1 h late wait "
-        "for the hourly sweep (max above).",
-        f"- Scan cost: the whole 2-day span on every run scans {full['scanned_per_day'] / 1e9:,.1f} G rows a day at "
-        f"1 minute ({full['scanned_per_day'] / k1['scanned_per_day']:.0f}x the TimeGenerated windows of before); "
-        f"the split (short span + hourly sweep) scans {n1['scanned_per_day'] / 1e9:,.2f} G "
-        f"({n1['scanned_per_day'] / k1['scanned_per_day']:.1f}x before) at 1 minute and "
-        f"{n5['scanned_per_day'] / 1e9:,.2f} G ({n5['scanned_per_day'] / k5['scanned_per_day']:.1f}x) at 5 minutes.",
-    ])
+    body = "\n".join(
+        [
+            f"{args.events:,} alertable message-recipient pairs over {DAY:%Y-%m-%d} (TimeGenerated uniform over the day), "
+            f"{len(rows) - args.events:,} of them with a second row later ({args.updates:.0%}: verdict/location change). "
+            "Ingestion delay: "
+            + ", ".join(f"{share:.1%} {_fmt(low)}-{_fmt(high)}" for share, low, high in DELAYS)
+            + f" (log-uniform within each; median {_fmt(delays[len(delays) // 2])}, {late} rows over 1 h late). "
+            f"Function outage {outage[0]:%H:%M}-{outage[1]:%H:%M} UTC (kqlwatch rows only: Sentinel and NRT run in the "
+            f"service). Every model posts {post:g} s after its run starts. kqlwatch's overlap with the previous window: "
+            f"max(queryPeriod - queryFrequency, MIN_OVERLAP = {_td(MIN_OVERLAP)}).",
+            "",
+            _stand.table(
+                [
+                    "model",
+                    "alerted",
+                    "missed",
+                    "missed by delay (<=3m / 3-30m / 30-60m / >1h)",
+                    "duplicates",
+                    "p50",
+                    "p95",
+                    "max",
+                    "p95 outside the outage",
+                    "mean span scanned per run",
+                    f"rows scanned a day ({args.mail_per_day / 1e6:g} M mail rows/day)",
+                ],
+                table_rows,
+            ),
+            "",
+            f"- 0 missed (issue 13's windows, 1-minute schedule): **{'met' if n1['missed'] == 0 else 'MISSED'}** "
+            f"({n1['missed']} missed; {n5['missed']} at 5 minutes), including the {late} rows ingested over 1 h late. "
+            f"The TimeGenerated windows of before miss {k1['missed']} (1 min) and {k5['missed']} (5 min): every row "
+            f"ingested more than ~{_td(period)} after its TimeGenerated; a 7 h queryPeriod still misses "
+            f"{results[4]['missed']} (those over 7 h late).",
+            f"- 0 duplicates: **{'met' if n1['duplicates'] == 0 and n5['duplicates'] == 0 else 'MISSED'}** "
+            f"({n1['duplicates']} and {n5['duplicates']}; the Sentinel- and NRT-style rules alert "
+            f"{results[2]['duplicates']} and {results[3]['duplicates']} times again on a later row of the same message).",
+            f"- p95 under {GOAL_P95:.0f} s after ingestion at a 1-minute schedule: "
+            f"**{'met' if n1['p95'] < GOAL_P95 else 'MISSED'}** over the whole day with the outage ({_fmt(n1['p95'])}: "
+            f"rows ingested during the hour-long outage wait for it to end); "
+            f"**{'met' if n1['p95_outside_outage'] < GOAL_P95 else 'MISSED'}** outside it "
+            f"({_fmt(n1['p95_outside_outage'])} for rows not ingested during the outage). Rows more than 1 h late wait "
+            "for the hourly sweep (max above).",
+            f"- Scan cost: the whole 2-day span on every run scans {full['scanned_per_day'] / 1e9:,.1f} G rows a day at "
+            f"1 minute ({full['scanned_per_day'] / k1['scanned_per_day']:.0f}x the TimeGenerated windows of before); "
+            f"the split (short span + hourly sweep) scans {n1['scanned_per_day'] / 1e9:,.2f} G "
+            f"({n1['scanned_per_day'] / k1['scanned_per_day']:.1f}x before) at 1 minute and "
+            f"{n5['scanned_per_day'] / 1e9:,.2f} G ({n5['scanned_per_day'] / k5['scanned_per_day']:.1f}x) at 5 minutes.",
+        ]
+    )
     _stand.report("timeliness", body, write=args.write)
     if args.write:
         _stand.save_json("timeliness", {"events": args.events, "results": results})

@@ -68,8 +68,9 @@ def build_posts(ctx: CardContext, hits: Sequence[Mapping[str, Any]]) -> list[Pos
     return posts
 
 
-def build_post(ctx: CardContext, hits: Sequence[Mapping[str, Any]], start: int, end: int, *,
-               compact: bool = False) -> dict[str, Any]:
+def build_post(
+    ctx: CardContext, hits: Sequence[Mapping[str, Any]], start: int, end: int, *, compact: bool = False
+) -> dict[str, Any]:
     """One message for hits[start:end] with the shortest values: the fallback when Teams rejects a card."""
     return message(card(ctx, hits[start:end], start, _VALUE_LIMITS[-1], compact=compact))
 
@@ -147,8 +148,12 @@ def operational_card(title: str, lines: Sequence[tuple[str, str]], style: str = 
             "version": CARD_VERSION,
             "msteams": {"width": "Full"},
             "body": [
-                {"type": "Container", "style": style, "bleed": True,
-                 "items": [_rich([_run(truncate(title, 200), weight="Bolder", size="Medium")])]},
+                {
+                    "type": "Container",
+                    "style": style,
+                    "bleed": True,
+                    "items": [_rich([_run(truncate(title, 200), weight="Bolder", size="Medium")])],
+                },
                 *(_rich(_labelled([(label, clean(value, 500))], 500)) for label, value in lines),
             ],
         }
@@ -179,7 +184,11 @@ def _mitre(rule: Rule) -> list[tuple[str, str]]:
 
 
 def _hit_lines(rule: Rule, hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict[str, Any]]:
-    lines = _email_lines(hit, limit, compact) if "NetworkMessageId" in hit or "Subject" in hit else _generic_lines(hit, limit)
+    lines = (
+        _email_lines(hit, limit, compact)
+        if "NetworkMessageId" in hit or "Subject" in hit
+        else _generic_lines(hit, limit)
+    )
     if rule.custom_details:
         details = [(clean(name, 40), clean(hit.get(column), limit)) for name, column in rule.custom_details.items()]
         lines.append(_rich([_run(_joined(details))]))
@@ -198,13 +207,37 @@ def _email_lines(hit: Mapping[str, Any], limit: int, compact: bool) -> list[dict
             *([_run(shown_time + _GAP, isSubtle=True)] if shown_time else []),
             _run(clean(hit.get("Subject"), limit) or "(no subject)", weight="Bolder"),
         ],
-        [_run(_joined([("From", _with_name(hit.get("SenderFromAddress"), hit.get("SenderDisplayName"), limit)),
-                       ("MAIL FROM", clean(hit.get("SenderMailFromAddress"), limit))]))],
-        [_run(_joined([("To", clean(hit.get("RecipientEmailAddress"), limit)),
-                       ("IP", clean(hit.get("SenderIPv4") or hit.get("SenderIPv6"), 45, defang_text=False))]))],
+        [
+            _run(
+                _joined(
+                    [
+                        ("From", _with_name(hit.get("SenderFromAddress"), hit.get("SenderDisplayName"), limit)),
+                        ("MAIL FROM", clean(hit.get("SenderMailFromAddress"), limit)),
+                    ]
+                )
+            )
+        ],
+        [
+            _run(
+                _joined(
+                    [
+                        ("To", clean(hit.get("RecipientEmailAddress"), limit)),
+                        ("IP", clean(hit.get("SenderIPv4") or hit.get("SenderIPv6"), 45, defang_text=False)),
+                    ]
+                )
+            )
+        ],
         [_run(_joined([(name, clean(auth.get(name), 20)) for name in ("SPF", "DKIM", "DMARC", "CompAuth")]))],
-        [_run(_joined([("Delivery", delivery),
-                       ("NetworkMessageId", clean(hit.get("NetworkMessageId"), 60, defang_text=False))]))],
+        [
+            _run(
+                _joined(
+                    [
+                        ("Delivery", delivery),
+                        ("NetworkMessageId", clean(hit.get("NetworkMessageId"), 60, defang_text=False)),
+                    ]
+                )
+            )
+        ],
     ]
     blocks = [_rich(line) for line in lines]
     link = defender_link(hit)

@@ -30,6 +30,7 @@ def file_format(path: str) -> str:
 
     return engine_format(path)
 
+
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Exports that add columns the table does not have: the az CLI adds TableName to every row.
 _EXPORT_NOISE = ("TableName",)
@@ -75,9 +76,7 @@ def load_files(engine: Engine, specs: Sequence[DataSpec], query: str | None = No
     loaded: list[Loaded] = []
     for spec in specs:
         if spec.table in seen:
-            raise DataError(
-                f"table {spec.table} is given twice ({seen[spec.table]}, {spec.path}): one file per table"
-            )
+            raise DataError(f"table {spec.table} is given twice ({seen[spec.table]}, {spec.path}): one file per table")
         seen[spec.table] = spec.path
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: no such file")
@@ -148,8 +147,7 @@ def _check_json_array(engine: Engine, path: Path) -> bool:
         return False
     if found:
         number, kind = found
-        raise DataError(f"{path}: element {number} of the JSON array is {kind.lower()}, not an object of "
-                        "column: value")
+        raise DataError(f"{path}: element {number} of the JSON array is {kind.lower()}, not an object of column: value")
     return True
 
 
@@ -180,8 +178,9 @@ def _check_json_records(path: Path) -> None:
             raise DataError(f"{path}: not valid JSON: {exc}") from None
         for index, record in enumerate(records if isinstance(records, list) else [records]):
             if not isinstance(record, dict):
-                raise DataError(f"{path}: element {index} of the JSON array is {_json_kind(record)}, not an object "
-                                "of column: value")
+                raise DataError(
+                    f"{path}: element {index} of the JSON array is {_json_kind(record)}, not an object of column: value"
+                )
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -191,7 +190,9 @@ def _check_json_records(path: Path) -> None:
         except ValueError as exc:
             raise DataError(f"{path}:{number}: not valid JSON: {exc.args[0] if exc.args else exc}") from None
         if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: a JSON line must be an object of column: value, not {_json_kind(record)}")
+            raise DataError(
+                f"{path}:{number}: a JSON line must be an object of column: value, not {_json_kind(record)}"
+            )
 
 
 def _read_text(path: Path) -> str:
@@ -203,7 +204,14 @@ def _read_text(path: Path) -> str:
 
 
 def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}
+    kinds = {
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }
     return kinds.get(type(value), type(value).__name__)
 
 

@@ -74,6 +74,7 @@ class _Terminated(BaseException):
 @contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
     """By default SIGTERM kills Python without unwinding, leaving Azurite (a Node subprocess) running."""
+
     def handler(signum: int, frame: object) -> None:
         raise _Terminated()
 
@@ -101,17 +102,19 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         rows = sample_rows(now)
         la.ingest("EmailEvents", rows)
         print(f"Serving {len(rows):,} sample EmailEvents rows from {SAMPLES.relative_to(ROOT)}", file=out)
-        settings = load_settings({
-            "KQLWATCH_WORKSPACE_ID": DEMO_WORKSPACE,
-            "KQLWATCH_WORKSPACE_RESOURCE_ID": DEMO_WORKSPACE_ARM,
-            "KQLWATCH_LOGS_ENDPOINT": la.endpoint,
-            "KQLWATCH_ACCESS_TOKEN": la.token,
-            "KQLWATCH_STATE_CONNECTION": azurite.connection_string,
-            "KQLWATCH_TEAMS_WEBHOOK_URL": hook.url("soc-channel"),
-            "KQLWATCH_RULES_DIR": str(ROOT / "rules"),
-            "KQLWATCH_DNS_SERVERS": dns_server.server,  # issue 16
-            **{k: v for k, v in os.environ.items() if k.startswith("KQLWATCH_PARAM_")},
-        })
+        settings = load_settings(
+            {
+                "KQLWATCH_WORKSPACE_ID": DEMO_WORKSPACE,
+                "KQLWATCH_WORKSPACE_RESOURCE_ID": DEMO_WORKSPACE_ARM,
+                "KQLWATCH_LOGS_ENDPOINT": la.endpoint,
+                "KQLWATCH_ACCESS_TOKEN": la.token,
+                "KQLWATCH_STATE_CONNECTION": azurite.connection_string,
+                "KQLWATCH_TEAMS_WEBHOOK_URL": hook.url("soc-channel"),
+                "KQLWATCH_RULES_DIR": str(ROOT / "rules"),
+                "KQLWATCH_DNS_SERVERS": dns_server.server,  # issue 16
+                **{k: v for k, v in os.environ.items() if k.startswith("KQLWATCH_PARAM_")},
+            }
+        )
         logs = LogsClient(settings.logs_endpoint, StaticTokenCredential(la.token))
         store = StateStore(connect(settings.state_connection, settings.state_table))
         teams = TeamsClient(min_interval=0.05)
@@ -130,8 +133,13 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         print(f"\n{len(cards)} card(s) posted; HTML preview (adaptivecards renderer): {page}", file=out)
 
         print("\n== Run 2 (five minutes later, same data) ==", file=out)
-        second = Detector(settings, logs=logs, store=store, teams=teams,
-                          clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5)).run(only_due=False)
+        second = Detector(
+            settings,
+            logs=logs,
+            store=store,
+            teams=teams,
+            clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5),
+        ).run(only_due=False)
         print_report(second, out)
         reposted = len(hook.cards()) - len(cards)
         print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
@@ -154,6 +162,3 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-

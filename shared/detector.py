@@ -174,8 +174,11 @@ def prepare_rules(
     today = today or datetime.now(timezone.utc).date()
     by_rule = excl.by_rule(exclusions)
     known_ids = {r.id for r in rules}
-    errors = [RuleError(e.source, f"exclusion '{e.name}' names rule {e.rule_id}, which is not loaded")
-              for e in exclusions if e.rule_id not in known_ids]
+    errors = [
+        RuleError(e.source, f"exclusion '{e.name}' names rule {e.rule_id}, which is not loaded")
+        for e in exclusions
+        if e.rule_id not in known_ids
+    ]
     used: set[str] = set()
     prepared: list[PreparedRule] = []
     for rule in rules:
@@ -380,12 +383,21 @@ class Detector:
         rule = prepared.rule
         choice = window_choice(rule)
         if choice.mode != ingestion.INGESTION:
-            window = next_window(now, period=rule.query_period, frequency=rule.query_frequency,
-                                 last_end=state.last_window_end, max_catchup=self.settings.max_catchup)
+            window = next_window(
+                now,
+                period=rule.query_period,
+                frequency=rule.query_frequency,
+                last_end=state.last_window_end,
+                max_catchup=self.settings.max_catchup,
+            )
             return RunPlan(choice, window, prepared.query)
         since = ingestion_window(
-            now, period=rule.query_period, last_end=state.last_window_end, last_sweep_end=state.last_sweep_end,
-            max_lateness=self.settings.max_lateness, max_catchup=self.settings.max_catchup,
+            now,
+            period=rule.query_period,
+            last_end=state.last_window_end,
+            last_sweep_end=state.last_sweep_end,
+            max_lateness=self.settings.max_lateness,
+            max_catchup=self.settings.max_catchup,
             sweep_every=self.settings.late_sweep,
         )
         query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
@@ -533,8 +545,16 @@ class Detector:
         return len(hits) - len(remaining), len(remaining), problems
 
     def _deliver_to(
-        self, rule: Rule, url: str, url_id: str, all_ids: set[str], todo: list[Hit], link: str | None,
-        lease_until: datetime, current: dict[str, Hit], problems: list[str],
+        self,
+        rule: Rule,
+        url: str,
+        url_id: str,
+        all_ids: set[str],
+        todo: list[Hit],
+        link: str | None,
+        lease_until: datetime,
+        current: dict[str, Hit],
+        problems: list[str],
         evidence: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
         """Post todo's cards to one webhook, recording each success at once. At most max_cards_per_run cards:
@@ -562,8 +582,12 @@ class Detector:
                 continue
             if result.rejected and count > 1:
                 half = count // 2
-                queue.extendleft([(first + half, count - half, build_post(ctx, rows, first + half, first + count), False),
-                                  (first, half, build_post(ctx, rows, first, first + half), False)])
+                queue.extendleft(
+                    [
+                        (first + half, count - half, build_post(ctx, rows, first + half, first + count), False),
+                        (first, half, build_post(ctx, rows, first, first + half), False),
+                    ]
+                )
                 continue
             if result.rejected and not compact:
                 queue.appendleft((first, 1, build_post(ctx, rows, first, first + 1, compact=True), True))
@@ -609,7 +633,7 @@ class Detector:
         key = hashlib.sha256(f"silence\x00{rule.id}\x00{since.isoformat()}\x00{repeat}".encode()).hexdigest()
         row = {
             "Expected": f"{_OPERATOR_WORDS.get(rule.trigger_operator, rule.trigger_operator)} "
-                        f"{rule.trigger_threshold} row(s)",
+            f"{rule.trigger_threshold} row(s)",
             "Found": "0 rows",
             "SilentSince": since,
             "WindowStart": window.start,
@@ -621,7 +645,12 @@ class Detector:
     # --- blind spots: a source table with no new rows (issue 13) ---
 
     def _watch_sources(
-        self, rule: Rule, plan: RunPlan, result: QueryResult | None, state: RuleState, now: datetime,
+        self,
+        rule: Rule,
+        plan: RunPlan,
+        result: QueryResult | None,
+        state: RuleState,
+        now: datetime,
         outcome: RuleOutcome,
     ) -> None:
         """One notice when a source table has had no new rows for longer than its threshold, one when rows
@@ -663,8 +692,12 @@ class Detector:
         if checked is not None and now - checked < TABLE_PROBE_EVERY:
             return True, last
         try:
-            result = self.logs.query(self.settings.workspace_id, ingestion.last_ingested_query(table),
-                                     now - TABLE_PROBE_SPAN - FAST_LATENESS, now)
+            result = self.logs.query(
+                self.settings.workspace_id,
+                ingestion.last_ingested_query(table),
+                now - TABLE_PROBE_SPAN - FAST_LATENESS,
+                now,
+            )
         except KqlwatchError as exc:
             outcome.warnings.append(f"could not probe {table} for new rows: {exc}")
             return False, None
@@ -699,8 +732,9 @@ class Detector:
 
     def _report_expired_exclusions(self, prepared: PreparedRule, now: datetime, outcome: RuleOutcome) -> None:
         for exclusion in prepared.expired:
-            message = (f"exclusion '{exclusion.name}' ({exclusion.source}) expired on {exclusion.expires}: "
-                       "no longer applied")
+            message = (
+                f"exclusion '{exclusion.name}' ({exclusion.source}) expired on {exclusion.expires}: no longer applied"
+            )
             outcome.warnings.append(message)
             notice = f"expired-{short_hash(repr(exclusion))}"
             if self.store.first_time(prepared.rule.id, notice, now):
@@ -717,8 +751,16 @@ class Detector:
         return delivered
 
 
-_OPERATOR_WORDS = {"gt": "more than", "GreaterThan": "more than", "lt": "fewer than", "LessThan": "fewer than",
-                   "eq": "exactly", "Equal": "exactly", "ne": "other than", "NotEqual": "other than"}
+_OPERATOR_WORDS = {
+    "gt": "more than",
+    "GreaterThan": "more than",
+    "lt": "fewer than",
+    "LessThan": "fewer than",
+    "eq": "exactly",
+    "Equal": "exactly",
+    "ne": "other than",
+    "NotEqual": "other than",
+}
 
 
 def _as_time(value: Any) -> datetime | None:

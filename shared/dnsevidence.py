@@ -45,8 +45,10 @@ ERROR = "error"  # any other DNS failure (refused, malformed reply, ...)
 SKIPPED = "skipped"  # the run's DNS budget was spent before this lookup
 _ANSWERED = (FOUND, NO_DATA, NXDOMAIN)
 
-TRANSIENT = ("records resolve now: the failure was transient \u2014 if the message also failed DKIM/CompAuth, "
-             "treat it as a spoofing attempt")
+TRANSIENT = (
+    "records resolve now: the failure was transient \u2014 if the message also failed DKIM/CompAuth, "
+    "treat it as a spoofing attempt"
+)
 FAILING = "records do not resolve now: this domain's DNS is failing \u2014 expect more of these"
 UNKNOWN = "not looked up: the run's DNS time budget was spent; the alert went out without it"
 
@@ -64,11 +66,18 @@ def parse_enrich(value: Any, query: str, where: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(i.strip().lower() for i in items))
     unknown = [n for n in names if n not in ENRICHMENTS]
     if unknown:
-        raise RuleError(where, f"kqlwatch.enrich: unknown {', '.join(map(repr, unknown))} "
-                               f"(known: {', '.join(ENRICHMENTS)})", key="kqlwatch")
+        raise RuleError(
+            where,
+            f"kqlwatch.enrich: unknown {', '.join(map(repr, unknown))} (known: {', '.join(ENRICHMENTS)})",
+            key="kqlwatch",
+        )
     if MAIL_AUTH_DNS in names and DOMAINS_PARAM not in _lets(query):
-        raise RuleError(where, f"kqlwatch.enrich: {MAIL_AUTH_DNS} looks up only the domains the rule accepts, "
-                               f"and the query has no top-level `let {DOMAINS_PARAM} = ...;`", key="kqlwatch")
+        raise RuleError(
+            where,
+            f"kqlwatch.enrich: {MAIL_AUTH_DNS} looks up only the domains the rule accepts, "
+            f"and the query has no top-level `let {DOMAINS_PARAM} = ...;`",
+            key="kqlwatch",
+        )
     return names
 
 
@@ -128,8 +137,16 @@ def domains_on(rows: Iterable[Mapping[str, Any]], accepted: frozenset[str]) -> l
 
 def row_domains(row: Mapping[str, Any]) -> tuple[str, ...]:
     """The row's MAIL FROM (envelope, SPF's) domain and its header From (DMARC's) domain, lower case."""
-    return tuple(dict.fromkeys(d for d in (_domain(row, "SenderMailFromDomain", "SenderMailFromAddress"),
-                                           _domain(row, "SenderFromDomain", "SenderFromAddress")) if d))
+    return tuple(
+        dict.fromkeys(
+            d
+            for d in (
+                _domain(row, "SenderMailFromDomain", "SenderMailFromAddress"),
+                _domain(row, "SenderFromDomain", "SenderFromAddress"),
+            )
+            if d
+        )
+    )
 
 
 def _domain(row: Mapping[str, Any], domain_column: str, address_column: str) -> str:
@@ -337,7 +354,9 @@ def _shown(record: str | None) -> str:
 # --- the card (plain TextRuns, never Markdown) ---
 
 
-def evidence_blocks(evidence: Sequence[tuple[str, Sequence[str]]], hits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def evidence_blocks(
+    evidence: Sequence[tuple[str, Sequence[str]]], hits: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """A Container under the hits with the evidence for the domains on this card; [] when there is none."""
     on_card = {d for h in hits for d in row_domains(h)}
     shown = [(d, lines) for d, lines in evidence if d in on_card]

@@ -6,9 +6,7 @@ import re
 from datetime import timedelta
 
 _SHORT = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_ISO = re.compile(
-    r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE
-)
+_ISO = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE)
 
 
 # Far beyond any sensible window or retention, far below what datetime arithmetic overflows at
@@ -27,8 +25,9 @@ def parse_duration(text: str, *, maximum: timedelta = MAX_DURATION) -> timedelta
         seconds = int(short.group(1)) * _SECONDS[short.group(2)]
     iso = None if short else _ISO.match(text.strip())
     if iso and text.strip().upper() not in ("P", "PT") and any(iso.groupdict().values()):
-        seconds = (int(iso["d"] or 0) * 86400 + int(iso["h"] or 0) * 3600 + int(iso["m"] or 0) * 60
-                   + float(iso["s"] or 0))
+        seconds = (
+            int(iso["d"] or 0) * 86400 + int(iso["h"] or 0) * 3600 + int(iso["m"] or 0) * 60 + float(iso["s"] or 0)
+        )
     if seconds is None:
         raise ValueError(f"{text!r} is not a duration (use 5m, 1h, 14d or ISO-8601 like PT1H)")
     if seconds > maximum.total_seconds():

@@ -173,8 +173,10 @@ class Engine:
         """(1-based record number, JSON type) of the first record of a JSON file that is not an object, if any.
         load_file reads a `null` record as a row of nulls, and a file of non-objects as no rows: callers check."""
         fmt = "array" if array else "newline_delimited"
-        sql = (f"SELECT n, t FROM (SELECT row_number() OVER () AS n, json_type(json) AS t "  # noqa: S608 - quoted
-               f"FROM read_json_objects({_sql_str(path)}, format='{fmt}')) WHERE t IS DISTINCT FROM 'OBJECT' LIMIT 1")
+        sql = (
+            f"SELECT n, t FROM (SELECT row_number() OVER () AS n, json_type(json) AS t "  # noqa: S608 - quoted
+            f"FROM read_json_objects({_sql_str(path)}, format='{fmt}')) WHERE t IS DISTINCT FROM 'OBJECT' LIMIT 1"
+        )
         try:
             found = self._con.execute(sql).fetchone()
         except Exception as exc:  # duckdb.Error: not JSON at all

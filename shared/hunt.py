@@ -50,25 +50,42 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.set_defaults(hunt_mode=name)
     parser.add_argument("rule", metavar="RULE", help="a rule file, or the id, name or file name of a rule in rules/")
     parser.add_argument(
-        "--data", action="append", default=[], metavar="TABLE=FILE",
+        "--data",
+        action="append",
+        default=[],
+        metavar="TABLE=FILE",
         help="a table's rows: JSON lines, a JSON array or CSV, as exported from Advanced Hunting / Log Analytics "
-             "(.gz read too); repeat for more tables. FILE alone takes the table from the file name",
+        "(.gz read too); repeat for more tables. FILE alone takes the table from the file name",
     )
     parser.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="set a rule parameter as KQLWATCH_PARAM_NAME=VALUE would (environment parameters are not read)",
     )
-    parser.add_argument("--now", metavar="DATETIME",
-                        help="evaluate now() and ago(), and exclusion expiry, at this UTC time (default: now)")
-    parser.add_argument("--no-exclusions", action="store_true",
-                        help="leave out the rule's exclusions (kqlwatch.exclusions and exclusions.yaml files)")
+    parser.add_argument(
+        "--now",
+        metavar="DATETIME",
+        help="evaluate now() and ago(), and exclusion expiry, at this UTC time (default: now)",
+    )
+    parser.add_argument(
+        "--no-exclusions",
+        action="store_true",
+        help="leave out the rule's exclusions (kqlwatch.exclusions and exclusions.yaml files)",
+    )
     if name == "preview":
         parser.add_argument("--out", type=Path, default=Path("cards.html"), help="the HTML page to write")
         return
     parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table", help="output format")
     parser.add_argument("--columns", metavar="A,B,...", help="print only these result columns, in this order")
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, metavar="N",
-                        help=f"table format: cut values longer than N characters (default {DEFAULT_WIDTH})")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=DEFAULT_WIDTH,
+        metavar="N",
+        help=f"table format: cut values longer than N characters (default {DEFAULT_WIDTH})",
+    )
     parser.add_argument("--explain", action="store_true", help="print the final query (no data needed)")
 
 
@@ -79,11 +96,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         rule = find_rule(args.rule)
         now = parse_now(args.now)
-        prepared = final_query(rule, parse_params(args.param), exclusions=not args.no_exclusions,
-                               today=now.date() if now else None)
+        prepared = final_query(
+            rule, parse_params(args.param), exclusions=not args.no_exclusions, today=now.date() if now else None
+        )
         for stale in prepared.expired:
-            print(f"note: exclusion {terminal_safe(stale.name)!r} expired on {stale.expires}: no longer applied",
-                  file=sys.stderr)
+            print(
+                f"note: exclusion {terminal_safe(stale.name)!r} expired on {stale.expires}: no longer applied",
+                file=sys.stderr,
+            )
         if getattr(args, "explain", False):
             sys.stdout.write(terminal_safe(explain(rule, prepared.query, now)))
             return EXIT_OK
@@ -117,8 +137,10 @@ def explain(rule: Rule, query: str, now: datetime | None) -> str:
         how = "rows ingested after the run's watermark (here: 5 minutes ago)"
     else:
         sent, how = offline, "the same query"
-    return (f"// offline (hunt, test): the rule with its parameters and exclusions\n{offline}\n"
-            f"// sent to the workspace by a run: {how}; window {choice.mode} ({choice.reason})\n{sent}")
+    return (
+        f"// offline (hunt, test): the rule with its parameters and exclusions\n{offline}\n"
+        f"// sent to the workspace by a run: {how}; window {choice.mode} ({choice.reason})\n{sent}"
+    )
 
 
 def rules_dir() -> Path:
@@ -140,7 +162,8 @@ def find_rule(spec: str) -> Rule:
     loaded = load_rules(directory)
     wanted = spec.strip().casefold()
     matches = [
-        r for r in loaded.rules
+        r
+        for r in loaded.rules
         if wanted in (r.id.casefold(), r.name.casefold(), Path(r.path).stem.casefold(), Path(r.path).name.casefold())
     ]
     if len(matches) == 1:
@@ -163,7 +186,11 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def final_query(
-    rule: Rule, params: Mapping[str, str], *, exclusions: bool = True, today: date | None = None,
+    rule: Rule,
+    params: Mapping[str, str],
+    *,
+    exclusions: bool = True,
+    today: date | None = None,
     extra_exclusions: Sequence[Exclusion] = (),
 ) -> PreparedRule:
     """The query the detector would send for this rule with these parameters: through `prepare_rules`, with the
@@ -340,8 +367,10 @@ def _preview(prepared: PreparedRule, args: argparse.Namespace, now: datetime | N
     print(f"{terminal_safe(summary)} -> {len(payloads)} card(s); nothing was sent. Preview: {args.out}")
     invalid = [i for i, verdict in enumerate(rendered.results, start=1) if not verdict.ok]
     if invalid:
-        print(f"kqlwatch preview: the renderer reports card(s) {', '.join(map(str, invalid))} invalid for Teams",
-              file=sys.stderr)
+        print(
+            f"kqlwatch preview: the renderer reports card(s) {', '.join(map(str, invalid))} invalid for Teams",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -427,8 +456,9 @@ def write_csv(result: EngineResult, columns: Sequence[int], out: TextIO, *, term
     buffer.write(_csv_record([_csv_safe(result.columns[i], terminal) for i in columns]))
     numeric = [result.types[i] in _NUMERIC for i in range(len(result.types))]
     for row in result.rows:
-        buffer.write(_csv_record([_csv_safe(as_text(row[i], result.types[i]), terminal, numeric=numeric[i])
-                                  for i in columns]))
+        buffer.write(
+            _csv_record([_csv_safe(as_text(row[i], result.types[i]), terminal, numeric=numeric[i]) for i in columns])
+        )
         if buffer.tell() > 1 << 16:
             out.write(buffer.getvalue())
             buffer.seek(0)
@@ -449,8 +479,9 @@ def format_table(result: EngineResult, columns: Sequence[int], width: int = DEFA
     from shared.sanitize import clean
 
     header = [clean(result.columns[i], width, defang_text=False) for i in columns]
-    cells = [[clean(as_text(row[i], result.types[i]), width, defang_text=False) for i in columns]
-             for row in result.rows]
+    cells = [
+        [clean(as_text(row[i], result.types[i]), width, defang_text=False) for i in columns] for row in result.rows
+    ]
     widths = [display_width(h) for h in header]
     for line in cells:
         widths = [max(w, display_width(c)) for w, c in zip(widths, line, strict=True)]

@@ -31,11 +31,35 @@ MODES = (INGESTION, TIMEGENERATED)
 
 # Operators and functions whose result depends on the whole period, not on each row: over "rows ingested since the
 # last run" they would count, collect or join a different set of rows than the rule's author meant.
-_AGGREGATING = frozenset({
-    "summarize", "count", "make-series", "top-nested", "top-hitters", "evaluate", "join", "lookup", "as",
-    "make_set", "make_list", "make_bag", "dcount", "countif", "dcountif", "arg_max", "arg_min", "toscalar",
-    "materialize", "row_number", "prev", "next", "serialize", "scan", "partition",
-})
+_AGGREGATING = frozenset(
+    {
+        "summarize",
+        "count",
+        "make-series",
+        "top-nested",
+        "top-hitters",
+        "evaluate",
+        "join",
+        "lookup",
+        "as",
+        "make_set",
+        "make_list",
+        "make_bag",
+        "dcount",
+        "countif",
+        "dcountif",
+        "arg_max",
+        "arg_min",
+        "toscalar",
+        "materialize",
+        "row_number",
+        "prev",
+        "next",
+        "serialize",
+        "scan",
+        "partition",
+    }
+)
 # Tables whose silence means a blind rule quickly (mail flows all day); others get a day.
 MAIL_TABLE_SILENCE = timedelta(hours=2)
 OTHER_TABLE_SILENCE = timedelta(hours=24)
@@ -67,12 +91,15 @@ def source_tables(query: str, known: Iterable[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def choose(query: str, known: Iterable[str], *, override: str = "", trigger_operator: str = "gt",
-           trigger_threshold: int = 0) -> WindowChoice:
+def choose(
+    query: str, known: Iterable[str], *, override: str = "", trigger_operator: str = "gt", trigger_threshold: int = 0
+) -> WindowChoice:
     """The rule's window mode: its `kqlwatch.window` if set, else ingestion unless that changes its meaning."""
     tables = source_tables(query, known)
     if override:
-        reason = "kqlwatch.window" if tables or override == TIMEGENERATED else "kqlwatch.window, but no source table found"
+        reason = (
+            "kqlwatch.window" if tables or override == TIMEGENERATED else "kqlwatch.window, but no source table found"
+        )
         mode = override if tables or override == TIMEGENERATED else TIMEGENERATED
         return WindowChoice(mode, reason, tables)
     words = {t.text.lower() for t in tokenize(query) if t.kind == "ident"}
@@ -86,15 +113,21 @@ def choose(query: str, known: Iterable[str], *, override: str = "", trigger_oper
     if aggregating:
         return WindowChoice(TIMEGENERATED, f"aggregates over the period ({', '.join(aggregating)})", tables)
     if (trigger_operator, trigger_threshold) not in (("gt", 0), ("GreaterThan", 0)):
-        return WindowChoice(TIMEGENERATED, f"threshold on the result count ({trigger_operator} {trigger_threshold})",
-                            tables)
+        return WindowChoice(
+            TIMEGENERATED, f"threshold on the result count ({trigger_operator} {trigger_threshold})", tables
+        )
     return WindowChoice(INGESTION, "row by row", tables)
 
 
 def for_rule(rule: Rule) -> WindowChoice:
     """The rule's window mode (used by every run; shown by `kqlwatch validate`, `status` and `hunt --explain`)."""
-    return choose(rule.query, _known_tables(), override=rule.window, trigger_operator=rule.trigger_operator,
-                  trigger_threshold=rule.trigger_threshold)
+    return choose(
+        rule.query,
+        _known_tables(),
+        override=rule.window,
+        trigger_operator=rule.trigger_operator,
+        trigger_threshold=rule.trigger_threshold,
+    )
 
 
 @functools.lru_cache(maxsize=1)

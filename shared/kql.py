@@ -67,9 +67,7 @@ class LetBinding:
     @property
     def is_array(self) -> bool:
         texts = [t.text.lower() for t in self.value_tokens[:3]]
-        return bool(texts) and (
-            texts[0] == "pack_array" or (texts[:1] == ["dynamic"] and texts[2:3] == ["["])
-        )
+        return bool(texts) and (texts[0] == "pack_array" or (texts[:1] == ["dynamic"] and texts[2:3] == ["["]))
 
 
 def top_level_lets(query: str) -> dict[str, LetBinding]:
@@ -96,9 +94,7 @@ def top_level_lets(query: str) -> dict[str, LetBinding]:
                 j += 1
             value = tuple(tokens[i + 3 : j])
             if value:
-                bindings[tokens[i + 1].text] = LetBinding(
-                    tokens[i + 1].text, value[0].start, value[-1].end, value
-                )
+                bindings[tokens[i + 1].text] = LetBinding(tokens[i + 1].text, value[0].start, value[-1].end, value)
             i = j + 1
             statement_start = True
             continue

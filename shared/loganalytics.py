@@ -128,8 +128,12 @@ class LogsClient:
         self._credential = credential
         self.server_timeout = server_timeout
         self.query_budget = query_budget
-        policy = _query_retry_policy(retry_total=retry_total, retry_backoff_factor=retry_backoff_factor,
-                                     retry_backoff_max=30, timeout=query_budget)
+        policy = _query_retry_policy(
+            retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor,
+            retry_backoff_max=30,
+            timeout=query_budget,
+        )
         self._client: LogsQueryClient = LogsQueryClient(
             credential,
             endpoint=endpoint,
@@ -222,8 +226,10 @@ def _http_error(exc: Any, workspace_id: str, credential: object) -> str:
     suffix = f" (correlationId {str(body['correlationId'])[:100]})" if body.get("correlationId") else ""
     who = identity_name(credential)
     if status == 401 and isinstance(credential, StaticTokenCredential):
-        return (f"HTTP 401 {code}: the token in KQLWATCH_ACCESS_TOKEN was rejected (expired, or for another "
-                f"audience): {_first_line(message)}{suffix}")
+        return (
+            f"HTTP 401 {code}: the token in KQLWATCH_ACCESS_TOKEN was rejected (expired, or for another "
+            f"audience): {_first_line(message)}{suffix}"
+        )
     if status in (401, 403):
         return (
             f"HTTP {status} {code}: {who} may not query workspace {workspace_id} "

@@ -18,8 +18,13 @@ FAILURES_BEFORE_NOTICE = 3
 def failing(rule: Rule, since: datetime, failures: int, reason: str) -> dict[str, Any]:
     return operational_card(
         f"kqlwatch: rule failing: {rule.name}",
-        [("Rule", f"{rule.name} ({rule.id})"), ("Failing since", format_time(since)),
-         ("Consecutive failures", str(failures)), ("Reason", reason), ("File", rule.path)],
+        [
+            ("Rule", f"{rule.name} ({rule.id})"),
+            ("Failing since", format_time(since)),
+            ("Consecutive failures", str(failures)),
+            ("Reason", reason),
+            ("File", rule.path),
+        ],
     )
 
 
@@ -33,9 +38,15 @@ def recovered(rule: Rule, since: datetime | None, now: datetime) -> dict[str, An
 def exclusion_expired(rule: Rule, exclusion: Exclusion) -> dict[str, Any]:
     return operational_card(
         f"kqlwatch: exclusion expired: {exclusion.name}",
-        [("Rule", f"{rule.name} ({rule.id})"), ("Exclusion", exclusion.name), ("Reason", exclusion.reason),
-         ("Owner", exclusion.owner), ("Expired", str(exclusion.expires)), ("Defined in", exclusion.source),
-         ("What now", "It no longer applies: the mail it hid alerts again. Review it, then renew or delete it.")],
+        [
+            ("Rule", f"{rule.name} ({rule.id})"),
+            ("Exclusion", exclusion.name),
+            ("Reason", exclusion.reason),
+            ("Owner", exclusion.owner),
+            ("Expired", str(exclusion.expires)),
+            ("Defined in", exclusion.source),
+            ("What now", "It no longer applies: the mail it hid alerts again. Review it, then renew or delete it."),
+        ],
         style="warning",
     )
 
@@ -43,15 +54,22 @@ def exclusion_expired(rule: Rule, exclusion: Exclusion) -> dict[str, Any]:
 def dropped(rule: Rule, count: int, keys: Sequence[str], max_age: str) -> dict[str, Any]:
     return operational_card(
         f"kqlwatch: {count} alert(s) could not be delivered: {rule.name}",
-        [("Rule", f"{rule.name} ({rule.id})"), ("Undelivered for over", max_age),
-         ("Hits (state table keys)", ", ".join(k[:12] for k in keys[:20])),
-         ("See them", f"kqlwatch status --rule {rule.id} --dropped")],
+        [
+            ("Rule", f"{rule.name} ({rule.id})"),
+            ("Undelivered for over", max_age),
+            ("Hits (state table keys)", ", ".join(k[:12] for k in keys[:20])),
+            ("See them", f"kqlwatch status --rule {rule.id} --dropped"),
+        ],
     )
 
 
 def overflow(rule: Rule, shown: int, more: int, query_link: str | None) -> dict[str, Any]:
-    lines = [("Rule", f"{rule.name} ({rule.id})"), ("Shown in cards", str(shown)), ("Not shown", str(more)),
-             ("See them all", "open the query in Log Analytics (button below), or run: kqlwatch hunt")]
+    lines = [
+        ("Rule", f"{rule.name} ({rule.id})"),
+        ("Shown in cards", str(shown)),
+        ("Not shown", str(more)),
+        ("See them all", "open the query in Log Analytics (button below), or run: kqlwatch hunt"),
+    ]
     card = operational_card(f"{rule.name}: {more} more hit(s) in this run", lines, style="warning")
     if query_link:
         card["attachments"][0]["content"]["actions"] = [open_url("Open query in Log Analytics", query_link)]
@@ -63,9 +81,13 @@ def blind(rule: Rule, table: str, since: datetime, threshold: timedelta) -> dict
     when = format_time(since)
     return operational_card(
         f"kqlwatch: rule {rule.name} cannot see: {table} has had no new rows since {when}",
-        [("Rule", f"{rule.name} ({rule.id})"), ("Table", table), ("Last new row", when),
-         ("Threshold", f"{threshold} (kqlwatch.silenceAfter)"),
-         ("What now", "Check the data connector feeding this table; until rows arrive, this rule cannot alert.")],
+        [
+            ("Rule", f"{rule.name} ({rule.id})"),
+            ("Table", table),
+            ("Last new row", when),
+            ("Threshold", f"{threshold} (kqlwatch.silenceAfter)"),
+            ("What now", "Check the data connector feeding this table; until rows arrive, this rule cannot alert."),
+        ],
         style="warning",
     )
 
@@ -74,7 +96,11 @@ def sighted(rule: Rule, table: str, since: datetime, now: datetime) -> dict[str,
     """Issue 13: rows reach the table again."""
     return operational_card(
         f"kqlwatch: rule {rule.name} can see again: {table} has new rows",
-        [("Rule", f"{rule.name} ({rule.id})"), ("Table", table), ("Had no new rows since", format_time(since)),
-         ("Latest row ingested at", format_time(now))],
+        [
+            ("Rule", f"{rule.name} ({rule.id})"),
+            ("Table", table),
+            ("Had no new rows since", format_time(since)),
+            ("Latest row ingested at", format_time(now)),
+        ],
         style="good",
     )

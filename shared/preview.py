@@ -59,13 +59,13 @@ def card_content(payload: Mapping[str, Any]) -> Mapping[str, Any]:
     raise KqlwatchError("the message has no Adaptive Card attachment")
 
 
-def render_cards(
-    cards: Sequence[Mapping[str, Any]], title: str, *, timeout: float = DEFAULT_TIMEOUT
-) -> RenderResult:
+def render_cards(cards: Sequence[Mapping[str, Any]], title: str, *, timeout: float = DEFAULT_TIMEOUT) -> RenderResult:
     """Validate and render these cards (card contents, not messages) in one Node process."""
     node = shutil.which("node")
     if node is None:
-        raise KqlwatchError(f"Node.js is not installed (no `node` on PATH): install Node 20+, then run `npm ci` in {ROOT}")
+        raise KqlwatchError(
+            f"Node.js is not installed (no `node` on PATH): install Node 20+, then run `npm ci` in {ROOT}"
+        )
     missing = [name for name in NODE_PACKAGES if not (ROOT / "node_modules" / name / "package.json").is_file()]
     if missing:
         raise KqlwatchError(f"{', '.join(missing)} not installed in {ROOT / 'node_modules'}: run `npm ci` in {ROOT}")

@@ -29,8 +29,16 @@ DEFAULT_SEVERITY = "Medium"
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
-_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter",
-                         "enrich"}  # enrich: issue 16 (shared.dnsevidence)
+_KNOWN_EXTENSION_KEYS = {
+    "dedupeKey",
+    "tests",
+    "exclusions",
+    "realert",
+    "route",
+    "window",
+    "silenceAfter",
+    "enrich",
+}  # enrich: issue 16 (shared.dnsevidence)
 WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.ingestion
 AGGREGATIONS = ("SingleAlert", "AlertPerResult")
 _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
@@ -100,9 +108,11 @@ def broken_links(directory: Path) -> list[str]:
             found.append(f"{path}: symbolic link loop: the rule file is not loaded")
             continue
         except OSError as exc:
-            found.append(f"{path}: symbolic link to {_link_target(path)}, which "
-                         + ("loops" if exc.errno == errno.ELOOP else "does not exist")
-                         + ": the rule file is not loaded")
+            found.append(
+                f"{path}: symbolic link to {_link_target(path)}, which "
+                + ("loops" if exc.errno == errno.ELOOP else "does not exist")
+                + ": the rule file is not loaded"
+            )
             continue
         if not path.is_file():
             found.append(f"{path}: symbolic link to {_link_target(path)}, which is not a file: not loaded")
@@ -200,8 +210,11 @@ def parse_rule(text: str, where: str) -> Rule:
         raise RuleError(where, "a rule file must be a YAML mapping (id, name, query, ...)")
     bad_key = next((k for k in doc if not isinstance(k, str)), None)
     if bad_key is not None:
-        raise RuleError(where, f"top-level key {bad_key!r} is a {type(bad_key).__name__}: keys must be text",
-                        key_line(text, str(bad_key).lower() if isinstance(bad_key, bool) else str(bad_key)))
+        raise RuleError(
+            where,
+            f"top-level key {bad_key!r} is a {type(bad_key).__name__}: keys must be text",
+            key_line(text, str(bad_key).lower() if isinstance(bad_key, bool) else str(bad_key)),
+        )
     try:
         return rule_from_dict(doc, where)
     except RuleError as exc:
@@ -282,7 +295,9 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         raise RuleError(where, f"{NAMESPACE}.realert needs 'key' (columns) and 'window' (a duration)", key=NAMESPACE)
     route = extension.get("route") or ""
     if not isinstance(route, str):
-        raise RuleError(where, f"{NAMESPACE}.route must be a name (letters, digits, _), not {type(route).__name__}", key=NAMESPACE)
+        raise RuleError(
+            where, f"{NAMESPACE}.route must be a name (letters, digits, _), not {type(route).__name__}", key=NAMESPACE
+        )
     if route and not _ROUTE.match(route):
         raise RuleError(where, f"{NAMESPACE}.route {route!r} must be a name (letters, digits, _)", key=NAMESPACE)
     window = extension.get("window") or ""
@@ -292,11 +307,19 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
     grouping = doc.get("eventGroupingSettings") or {}
     aggregation = grouping.get("aggregationKind", "SingleAlert") if isinstance(grouping, dict) else None
     if aggregation not in AGGREGATIONS:
-        raise RuleError(where, f"eventGroupingSettings.aggregationKind must be one of {', '.join(AGGREGATIONS)}", key="eventGroupingSettings")
+        raise RuleError(
+            where,
+            f"eventGroupingSettings.aggregationKind must be one of {', '.join(AGGREGATIONS)}",
+            key="eventGroupingSettings",
+        )
     override = doc.get("alertDetailsOverride") or {}
     details = doc.get("customDetails") or {}
     if not isinstance(override, dict) or not isinstance(details, dict):
-        raise RuleError(where, "alertDetailsOverride and customDetails must be mappings", key="customDetails" if isinstance(override, dict) else "alertDetailsOverride")
+        raise RuleError(
+            where,
+            "alertDetailsOverride and customDetails must be mappings",
+            key="customDetails" if isinstance(override, dict) else "alertDetailsOverride",
+        )
     if len(details) > 20:
         raise RuleError(where, "customDetails allows at most 20 entries", key="customDetails")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
@@ -354,6 +377,8 @@ def _duration(doc: Mapping[str, Any], key: str, default: timedelta, where: str) 
 def repr_key(key: Any) -> str:
     """A mapping key as the user wrote it: YAML allows numbers, booleans and null as keys."""
     return key if isinstance(key, str) else f"{key!r} ({type(key).__name__})"
+
+
 def _silence_after(extension: Mapping[str, Any], where: str) -> timedelta | None:
     if extension.get("silenceAfter") is None:
         return None

@@ -59,9 +59,11 @@ class Outcome:
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
-        "paths", nargs="*", metavar="PATH",
+        "paths",
+        nargs="*",
+        metavar="PATH",
         help="rule files or folders (default: rules/); FILE::NAME runs one case. "
-             "exclusions.yaml / *.exclusions.yaml are skipped",
+        "exclusions.yaml / *.exclusions.yaml are skipped",
     )
     parser.add_argument("-k", dest="select", metavar="TEXT", help="only cases whose name contains TEXT")
 
@@ -85,7 +87,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 # --- collecting ------------------------------------------------------------------------------------------
-
 
 
 def collect(paths: Sequence[str]) -> list[tuple[Path, str | None]]:
@@ -307,8 +308,7 @@ def run_case(rule: Rule, case: Case) -> Outcome:
 
     try:
         extra = load_exclusion_file(case.exclusions) if case.exclusions else []
-        prepared = final_query(rule, case.params, today=case.now.date() if case.now else None,
-                               extra_exclusions=extra)
+        prepared = final_query(rule, case.params, today=case.now.date() if case.now else None, extra_exclusions=extra)
     except UsageError as exc:
         raise CaseError(str(exc).replace("--param ", "params.")) from None
     except KqlwatchError as exc:  # the rule's query or its exclusion files
@@ -351,8 +351,9 @@ def check_rows(rule: Rule, result: EngineResult, expected: Sequence[Mapping[str,
     named = list(dict.fromkeys(str(c) for row in expected for c in row))
     absent = [c for c in named if c not in result.columns]
     if absent:
-        return Outcome(False, [f"column(s) {', '.join(absent)} not in the result "
-                                f"(columns: {', '.join(result.columns)})"])
+        return Outcome(
+            False, [f"column(s) {', '.join(absent)} not in the result (columns: {', '.join(result.columns)})"]
+        )
     columns = _key_columns(rule, result, named)
     problems: list[str] = []
     claimed: dict[int, int] = {}
@@ -361,8 +362,10 @@ def check_rows(rule: Rule, result: EngineResult, expected: Sequence[Mapping[str,
         if len(matches) == 1:
             other = claimed.get(matches[0])
             if other is not None:
-                problems.append(f"- {_show_expected(want)}   expected row {number} matches the same result row "
-                                f"as expected row {other}")
+                problems.append(
+                    f"- {_show_expected(want)}   expected row {number} matches the same result row "
+                    f"as expected row {other}"
+                )
             claimed.setdefault(matches[0], number)
             continue
         if not matches:
@@ -371,8 +374,10 @@ def check_rows(rule: Rule, result: EngineResult, expected: Sequence[Mapping[str,
             if near:
                 problems.append(f"    closest result row differs in {near}")
         else:
-            problems.append(f"- {_show_expected(want)}   expected row {number}: matches {len(matches)} result rows "
-                            "(name more columns to tell them apart)")
+            problems.append(
+                f"- {_show_expected(want)}   expected row {number}: matches {len(matches)} result rows "
+                "(name more columns to tell them apart)"
+            )
             problems.extend(f"    {_show(result, result.rows[i], columns)}" for i in matches[:_SHOWN_ROWS])
     extra = [i for i in range(len(result.rows)) if i not in claimed]
     if extra and not partial:
@@ -513,4 +518,3 @@ def _show(result: EngineResult, row: tuple[Any, ...], columns: Sequence[str]) ->
 
 def _show_expected(want: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{c}: {_value(v)}" for c, v in want.items()) + "}"
-

@@ -216,8 +216,9 @@ def _state_connection(env: Mapping[str, str]) -> str:
     if endpoint:
         _url(env, STATE_CONNECTION, endpoint, what="its TableEndpoint")
     elif fields.get("defaultendpointsprotocol", "https").lower() != "https":
-        raise ConfigError(STATE_CONNECTION, "uses DefaultEndpointsProtocol=http with no loopback TableEndpoint: "
-                                            "use https")
+        raise ConfigError(
+            STATE_CONNECTION, "uses DefaultEndpointsProtocol=http with no loopback TableEndpoint: use https"
+        )
     return value
 
 
@@ -282,11 +283,18 @@ def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False,
 
 
 _CRON_FIELDS = (  # NCRONTAB: {second} {minute} {hour} {day} {month} {day-of-week}
-    ("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("day-of-week", 0, 6),
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 6),
 )
 _CRON_NAMES = {
-    4: {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
-                                         "dec"))},
+    4: {
+        m: i + 1
+        for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
+    },
     5: {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
 }
 _CRON_ITEM = re.compile(r"^(?P<range>\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/(?P<step>[0-9]+))?$", re.ASCII)
@@ -347,8 +355,11 @@ def _refuse_retired_connector(name: str, url: str) -> None:
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
     if host.endswith(".webhook.office.com") or (host == "outlook.office.com" and parts.path.startswith("/webhook")):
-        raise ConfigError(name, f"is a retired Office 365 connector URL ({redact_url(url)}): create a Teams "
-                                "Workflows webhook (\"When a Teams webhook request is received\") and use its URL")
+        raise ConfigError(
+            name,
+            f"is a retired Office 365 connector URL ({redact_url(url)}): create a Teams "
+            'Workflows webhook ("When a Teams webhook request is received") and use its URL',
+        )
 
 
 def read_routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:

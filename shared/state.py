@@ -38,9 +38,25 @@ MAX_ROW_UNITS = 30_000  # the Row property, with room to spare
 MINIMAL_ROW_UNITS = 2_000  # a hit Table Storage refused anyway is stored with only this much of its row
 MAX_TEXT_UNITS = 4_000  # errors and other free text we store
 # What the card shows of an email hit: kept first when a row must be clipped.
-CARD_COLUMNS = ("NetworkMessageId", "RecipientEmailAddress", "Subject", "SenderFromAddress", "SenderDisplayName",
-                "SenderMailFromAddress", "SenderIPv4", "SenderIPv6", "AuthenticationDetails", "DeliveryAction",
-                "DeliveryLocation", "TimeGenerated", "Timestamp", "SPF", "DKIM", "DMARC", "CompAuth")
+CARD_COLUMNS = (
+    "NetworkMessageId",
+    "RecipientEmailAddress",
+    "Subject",
+    "SenderFromAddress",
+    "SenderDisplayName",
+    "SenderMailFromAddress",
+    "SenderIPv4",
+    "SenderIPv6",
+    "AuthenticationDetails",
+    "DeliveryAction",
+    "DeliveryLocation",
+    "TimeGenerated",
+    "Timestamp",
+    "SPF",
+    "DKIM",
+    "DMARC",
+    "CompAuth",
+)
 _MAX_TICKS = 10**19
 PENDING, DELIVERED, DROPPED, SUPPRESSED = "pending", "delivered", "dropped", "suppressed"
 
@@ -110,8 +126,12 @@ def connect(connection: str, table_name: str, *, retry_total: int = 3, credentia
     from shared import redact
 
     redact.install()  # azure-core's transport and pipeline logs print request URLs
-    options: dict[str, Any] = {"retry_total": retry_total, "retry_backoff_factor": 0.5, "connection_timeout": 10,
-                               "read_timeout": 30}
+    options: dict[str, Any] = {
+        "retry_total": retry_total,
+        "retry_backoff_factor": 0.5,
+        "connection_timeout": 10,
+        "read_timeout": 30,
+    }
     if connection.startswith(("https://", "http://")):
         if credential is None:
             from azure.identity import DefaultAzureCredential
@@ -175,11 +195,13 @@ class StateStore:
         """Every rule's pending hits, as the end of the lease each is held under (None: free to deliver)."""
         out: dict[str, list[datetime | None]] = {}
         with _state_errors("read pending hits"):
-            for e in self._table.query_entities("Status eq @pending", parameters={"pending": PENDING},
-                                                select=["PartitionKey", "LeaseUntil"]):
+            for e in self._table.query_entities(
+                "Status eq @pending", parameters={"pending": PENDING}, select=["PartitionKey", "LeaseUntil"]
+            ):
                 lease = _utc(e.get("LeaseUntil"))
                 out.setdefault(e["PartitionKey"], []).append(
-                    lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None)
+                    lease if lease and lease > datetime(1971, 1, 1, tzinfo=timezone.utc) else None
+                )
         return out
 
     def rule_states(self) -> dict[str, RuleState]:
@@ -245,8 +267,10 @@ class StateStore:
         updated: list[Hit] = []
         for chunk in _chunks(hits, BATCH):
             patches = [_hit_patch(rule_id, hit, changes) for hit in chunk]
-            options = [{"mode": UpdateMode.MERGE, "etag": h.etag, "match_condition": MatchConditions.IfNotModified}
-                       for h in chunk]
+            options = [
+                {"mode": UpdateMode.MERGE, "etag": h.etag, "match_condition": MatchConditions.IfNotModified}
+                for h in chunk
+            ]
             with _state_errors(f"update hits of rule {rule_id}"):
                 try:
                     results = self._table.submit_transaction(
@@ -282,8 +306,10 @@ class StateStore:
     def mark_entities(self, rule_id: str, entity_keys: Iterable[str], when: datetime) -> None:
         from azure.data.tables import UpdateMode
 
-        entities = [{"PartitionKey": rule_id, "RowKey": ENTITY_PREFIX + k, "Kind": "entity", "LastAlerted": when}
-                    for k in sorted(set(entity_keys))]
+        entities = [
+            {"PartitionKey": rule_id, "RowKey": ENTITY_PREFIX + k, "Kind": "entity", "LastAlerted": when}
+            for k in sorted(set(entity_keys))
+        ]
         for start in range(0, len(entities), BATCH):
             with _state_errors(f"record entities of rule {rule_id}"):
                 self._table.submit_transaction(
@@ -319,8 +345,13 @@ class StateStore:
     def save_table_seen(self, table: str, last_ingested: datetime | None, checked_at: datetime) -> None:
         from azure.data.tables import UpdateMode
 
-        entity = {"PartitionKey": TABLES_PARTITION, "RowKey": table, "Kind": "table",
-                  "LastIngested": last_ingested, "CheckedAt": checked_at}
+        entity = {
+            "PartitionKey": TABLES_PARTITION,
+            "RowKey": table,
+            "Kind": "table",
+            "LastIngested": last_ingested,
+            "CheckedAt": checked_at,
+        }
         with _state_errors(f"record the watch of table {table}"):
             self._table.upsert_entity(_drop_none(entity), mode=UpdateMode.REPLACE)
 
@@ -334,12 +365,18 @@ class StateStore:
             "PartitionKey eq @pk and ((RowKey lt @tilde and Status ne @pending and FirstSeen lt @hits ) "
             "or (Kind eq @run and Started lt @runs ) or (Kind eq @entity and LastAlerted lt @hits ) )"
         )
-        params = {"pk": rule_id, "tilde": "~", "pending": PENDING, "hits": hits_before, "runs": runs_before,
-                  "run": "run", "entity": "entity"}
+        params = {
+            "pk": rule_id,
+            "tilde": "~",
+            "pending": PENDING,
+            "hits": hits_before,
+            "runs": runs_before,
+            "run": "run",
+            "entity": "entity",
+        }
         deleted = 0
         with _state_errors(f"purge old state of rule {rule_id}"):
-            doomed = [e["RowKey"] for e in self._table.query_entities(query, parameters=params,
-                                                                       select=["RowKey"])]
+            doomed = [e["RowKey"] for e in self._table.query_entities(query, parameters=params, select=["RowKey"])]
             for start in range(0, len(doomed), BATCH):
                 self._table.submit_transaction(
                     [("delete", {"PartitionKey": rule_id, "RowKey": key}) for key in doomed[start : start + BATCH]]
@@ -417,15 +454,17 @@ def _chunks(items: Sequence[Hit], size: int) -> Iterator[Sequence[Hit]]:
         yield items[start : start + size]
 
 
-def encode_row(row: Mapping[str, Any], types: Mapping[str, str], *, budget: int | None = None,
-               columns: Sequence[str] | None = None) -> tuple[str, bool]:
+def encode_row(
+    row: Mapping[str, Any], types: Mapping[str, str], *, budget: int | None = None, columns: Sequence[str] | None = None
+) -> tuple[str, bool]:
     """Row -> JSON that fits one property, and whether values had to be clipped to get there (the card's
     query link shows the full row). Size is counted as Table Storage counts it, in UTF-16 code units, so
     16,500 emoji (33,000 units) are clipped, not refused; lone surrogates become U+FFFD. The columns the
     card shows go first, so clipping hundreds of columns never drops the subject or the message id."""
     budget = MAX_ROW_UNITS if budget is None else budget
-    plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()
-             if columns is None or k in columns}
+    plain = {
+        k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items() if columns is None or k in columns
+    }
     kinds = {k: t for k, t in types.items() if k in plain and t == "datetime"}
     for limit in (None, 4000, 500, 100, 20):
         values = plain if limit is None else {k: _clip_value(v, _limit_for(k, limit)) for k, v in plain.items()}
@@ -486,20 +525,22 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> di
         row_json, clipped = encode_row(hit.row, types, budget=MINIMAL_ROW_UNITS, columns=CARD_COLUMNS)
     else:
         row_json, clipped = encode_row(hit.row, types)
-    return _drop_none({
-        "PartitionKey": rule_id,
-        "RowKey": hit.key,
-        "Kind": "hit",
-        "Status": status,
-        "FirstSeen": hit.first_seen,
-        "Row": row_json,
-        "Truncated": hit.truncated or clipped,
-        "DeliveredTo": ",".join(sorted(hit.delivered_to)),
-        "Attempts": hit.attempts,
-        "LeaseOwner": hit.lease_owner,
-        "LeaseUntil": hit.lease_until,
-        "StoreNote": minimal or None,
-    })
+    return _drop_none(
+        {
+            "PartitionKey": rule_id,
+            "RowKey": hit.key,
+            "Kind": "hit",
+            "Status": status,
+            "FirstSeen": hit.first_seen,
+            "Row": row_json,
+            "Truncated": hit.truncated or clipped,
+            "DeliveredTo": ",".join(sorted(hit.delivered_to)),
+            "Attempts": hit.attempts,
+            "LeaseOwner": hit.lease_owner,
+            "LeaseUntil": hit.lease_until,
+            "StoreNote": minimal or None,
+        }
+    )
 
 
 def _error_code(exc: Any) -> str:
@@ -608,8 +649,16 @@ def _blind_from(text: Any) -> dict[str, datetime]:
 def _utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
-    plain = datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
-                     value.microsecond, tzinfo=value.tzinfo or timezone.utc)
+    plain = datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=value.tzinfo or timezone.utc,
+    )
     return plain.astimezone(timezone.utc)
 
 

@@ -43,13 +43,26 @@ def main(args: argparse.Namespace) -> int:
         if args.rule:
             rule_id = args.rule.lower()
             if args.dropped:
-                rows = [[h.first_seen, h.key[:12], h.attempts, _summary(h.row)]
-                        for h in store.hits(rule_id) if h.status == DROPPED]
+                rows = [
+                    [h.first_seen, h.key[:12], h.attempts, _summary(h.row)]
+                    for h in store.hits(rule_id)
+                    if h.status == DROPPED
+                ]
                 print_table(["first seen", "hit", "attempts", "row"], rows)
             else:
-                runs = [[r.get("Started"), r.get("Rows"), r.get("NewHits"), r.get("Delivered"), r.get("Deferred"),
-                         r.get("Dropped"), r.get("DurationMs"), _errors(r.get("Errors"))]
-                        for r in store.runs(rule_id, limit=args.runs)]
+                runs = [
+                    [
+                        r.get("Started"),
+                        r.get("Rows"),
+                        r.get("NewHits"),
+                        r.get("Delivered"),
+                        r.get("Deferred"),
+                        r.get("Dropped"),
+                        r.get("DurationMs"),
+                        _errors(r.get("Errors")),
+                    ]
+                    for r in store.runs(rule_id, limit=args.runs)
+                ]
                 print(f"{names.get(rule_id, rule_id)} ({rule_id})")
                 print_table(["started", "rows", "new", "delivered", "deferred", "dropped", "ms", "errors"], runs)
             return 0
@@ -58,34 +71,81 @@ def main(args: argparse.Namespace) -> int:
         now = datetime.now(timezone.utc)
         rows = []
         for rule_id in sorted(set(names) | set(states) | set(pending), key=lambda i: names.get(i, i)):
-            rows.append(_rule_row(names.get(rule_id, "(no rule file)"), rule_id, states.get(rule_id),
-                                  pending.get(rule_id, []), windows.get(rule_id), now))
-        print_table(["rule", "id", "last run", "last success", "health", "hits", "delivered", "pending", "leased",
-                     "window", "cannot see",
-                     "last error"], rows)
+            rows.append(
+                _rule_row(
+                    names.get(rule_id, "(no rule file)"),
+                    rule_id,
+                    states.get(rule_id),
+                    pending.get(rule_id, []),
+                    windows.get(rule_id),
+                    now,
+                )
+            )
+        print_table(
+            [
+                "rule",
+                "id",
+                "last run",
+                "last success",
+                "health",
+                "hits",
+                "delivered",
+                "pending",
+                "leased",
+                "window",
+                "cannot see",
+                "last error",
+            ],
+            rows,
+        )
         return 1 if any(s.consecutive_failures for s in states.values()) else 0
     finally:
         store.close()
 
 
-def _rule_row(name: str, rule_id: str, state: RuleState | None, leases: list[datetime | None],
-              window: str | None, now: datetime) -> list[Any]:
+def _rule_row(
+    name: str, rule_id: str, state: RuleState | None, leases: list[datetime | None], window: str | None, now: datetime
+) -> list[Any]:
     """One rule's line. Pending and leased hits come from the hits themselves, not the run record: a run
     killed mid-delivery recorded no run, and its hits wait under its lease until the time shown."""
     held = [lease for lease in leases if lease is not None and lease > now]
     leased = f"{len(held)} until {_text(max(held))}" if held else "0"
     if state is None:
         health = "run never finished" if leases else "-"
-        return [name, rule_id, "never", "-", health, len(leases), 0, len(leases), leased, window or "-", "-",
-                "not run yet"]
+        return [
+            name,
+            rule_id,
+            "never",
+            "-",
+            health,
+            len(leases),
+            0,
+            len(leases),
+            leased,
+            window or "-",
+            "-",
+            "not run yet",
+        ]
     health = f"FAILING ({state.consecutive_failures})" if state.consecutive_failures else "ok"
-    return [name, rule_id, _ago(state.last_run, now), _ago(state.last_success, now), health, state.hits_total,
-            state.delivered_total, len(leases), leased, window or state.window_mode or "-", _blind(state.blind),
-            state.last_error or ""]
+    return [
+        name,
+        rule_id,
+        _ago(state.last_run, now),
+        _ago(state.last_success, now),
+        health,
+        state.hits_total,
+        state.delivered_total,
+        len(leases),
+        leased,
+        window or state.window_mode or "-",
+        _blind(state.blind),
+        state.last_error or "",
+    ]
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO | None = None,
-                width: int = 48) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], stream: TextIO | None = None, width: int = 48
+) -> None:
     """Aligned columns; every value cleaned (no control characters from data reach the terminal)."""
     out = stream or sys.stdout
     cells = [[clean(redact_text(_text(v)), width, defang_text=False) for v in row] for row in rows]

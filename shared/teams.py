@@ -48,8 +48,15 @@ class PostResult:
 class _CappedRetry(Retry):
     """urllib3 Retry that gives up (rather than sleeps) when told to wait longer than MAX_RETRY_AFTER."""
 
-    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
-                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> _CappedRetry:
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> _CappedRetry:
         if response is not None:
             retry_after = self.get_retry_after(response)
             if retry_after is not None and retry_after > MAX_RETRY_AFTER:
@@ -59,8 +66,15 @@ class _CappedRetry(Retry):
 
 
 class TeamsClient:
-    def __init__(self, *, retries: int = 3, backoff: float = 1.0, min_interval: float = MIN_INTERVAL,
-                 timeout: tuple[float, float] = TIMEOUT, verify: str | bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        retries: int = 3,
+        backoff: float = 1.0,
+        min_interval: float = MIN_INTERVAL,
+        timeout: tuple[float, float] = TIMEOUT,
+        verify: str | bool = True,
+    ) -> None:
         retry = _CappedRetry(
             total=retries,
             connect=retries,
@@ -88,9 +102,7 @@ class TeamsClient:
     def post(self, url: str, payload: Mapping[str, Any]) -> PostResult:
         self._space(url)
         try:
-            response = self._session.post(
-                url, data=encode(payload), headers=HEADERS, timeout=self._timeout
-            )
+            response = self._session.post(url, data=encode(payload), headers=HEADERS, timeout=self._timeout)
         except requests.RequestException as exc:
             return PostResult(False, None, f"{redact_url(url)}: {_describe(exc)}")
         status = response.status_code

@@ -282,7 +282,6 @@ def rule_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Finding]]:
     return unique, problems
 
 
-
 def _broken_link(message: str) -> Finding:
     where, _, reason = message.partition(": ")
     return Finding(where, 1, 1, WARNING, reason, "file")
@@ -370,7 +369,9 @@ def _check_file(path: Path) -> _Checked:
         return c
     loader = None
     try:
-        check_shape(c.text, yaml.SafeLoader)  # before building anything: an alias bomb or deep nesting is refused here, fast
+        check_shape(
+            c.text, yaml.SafeLoader
+        )  # before building anything: an alias bomb or deep nesting is refused here, fast
         loader = yaml.SafeLoader(c.text)
         root = loader.get_single_node()
         doc = loader.construct_document(root) if root is not None else None
@@ -606,8 +607,12 @@ def _check_techniques(c: _Checked, tactics: set[str]) -> None:
 def _check_connectors(c: _Checked) -> None:
     import yaml
 
-    node = c.shaped("requiredDataConnectors", yaml.SequenceNode,
-                    "'requiredDataConnectors' must be a list of {connectorId, dataTypes}", "type")
+    node = c.shaped(
+        "requiredDataConnectors",
+        yaml.SequenceNode,
+        "'requiredDataConnectors' must be a list of {connectorId, dataTypes}",
+        "type",
+    )
     if node is None:
         return
     for item in node.value:
@@ -677,8 +682,9 @@ def _check_entities(c: _Checked) -> None:
 def _check_custom_details(c: _Checked) -> None:
     import yaml
 
-    node = c.shaped("customDetails", yaml.MappingNode, "'customDetails' must be a mapping of name: column",
-                    "custom-details")
+    node = c.shaped(
+        "customDetails", yaml.MappingNode, "'customDetails' must be a mapping of name: column", "custom-details"
+    )
     if node is None:
         return
     if len(node.value) > 20:

@@ -98,8 +98,9 @@ def rules_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def env(azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path,
-        dns_standin: DnsStandIn) -> dict[str, str]:
+def env(
+    azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path, dns_standin: DnsStandIn
+) -> dict[str, str]:
     """Settings for one test: its own state table, the stand-ins, the seed rule."""
     return {
         "KQLWATCH_WORKSPACE_ID": WORKSPACE,
@@ -123,8 +124,13 @@ def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
 
     def make(settings: Settings | None = None, **overrides: str) -> Detector:
         settings = settings or load_settings({**env, **overrides})
-        logs = LogsClient(settings.logs_endpoint, StaticTokenCredential(settings.access_token or ""),
-                          retry_total=1, retry_backoff_factor=0.01, read_timeout=5)
+        logs = LogsClient(
+            settings.logs_endpoint,
+            StaticTokenCredential(settings.access_token or ""),
+            retry_total=1,
+            retry_backoff_factor=0.01,
+            read_timeout=5,
+        )
         store = StateStore(connect(settings.state_connection, settings.state_table, retry_total=1))
         teams = TeamsClient(retries=1, backoff=0.01, min_interval=0.0, timeout=(2.0, 2.0))
         opened.extend([logs, store, teams])

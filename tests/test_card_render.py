@@ -49,17 +49,28 @@ DATE_SUBJECT = "Payment due {{DATE(2017-02-14T06:08:39Z, SHORT)}} {{TIME(2017-02
 
 HOSTILE_EMAILS: list[dict[str, Any]] = [
     email(),
-    email(Subject="[Verify your account](https://evil.example/login) now", SenderDisplayName="[IT](http://evil.example)"),
+    email(
+        Subject="[Verify your account](https://evil.example/login) now", SenderDisplayName="[IT](http://evil.example)"
+    ),
     email(Subject=HTML_SUBJECT, SenderDisplayName="<b>Admin</b>"),
     email(Subject=DATE_SUBJECT),
     email(Subject="Invoice_\u202egnp.exe and \u2066isolate\u2069 \u200f"),
     email(Subject="a\x00b\x1b[31mred\x07\r\nnext\tline\u2028sep\ufeffbom\x9b"),
     email(Subject="A" * 100_000 + " https://evil.example/tail", SenderDisplayName="B" * 50_000),
-    email(Subject="see www.evil.example or evil.example/x, mailto:x@evil.example javascript:alert(1)",
-          RecipientEmailAddress="bob@contoso.com\"><img src=x>"),
-    email(Subject=12345, SenderFromAddress={"nested": ["https://evil.example"]}, RecipientEmailAddress=None,
-          NetworkMessageId=42, TimeGenerated="not a time <i>", DeliveryAction=[1, 2], SenderIPv4=3.5,
-          AuthenticationDetails="not json {"),
+    email(
+        Subject="see www.evil.example or evil.example/x, mailto:x@evil.example javascript:alert(1)",
+        RecipientEmailAddress='bob@contoso.com"><img src=x>',
+    ),
+    email(
+        Subject=12345,
+        SenderFromAddress={"nested": ["https://evil.example"]},
+        RecipientEmailAddress=None,
+        NetworkMessageId=42,
+        TimeGenerated="not a time <i>",
+        DeliveryAction=[1, 2],
+        SenderIPv4=3.5,
+        AuthenticationDetails="not json {",
+    ),
     email(Subject=None, AuthenticationDetails={"SPF": "temperror", "DMARC": "**bold**"}, SPF="fail"),
     {"Subject": "only a subject"},
     {"NetworkMessageId": "abc", "RecipientEmailAddress": "x@contoso.com"},
@@ -88,8 +99,9 @@ def hostile_posts() -> tuple[list[Post], set[str]]:
     posts = build_posts(CardContext(rule, total=len(HOSTILE_EMAILS), query_link=link), HOSTILE_EMAILS)
     posts += build_posts(CardContext(rule, total=len(GENERIC_ROWS)), GENERIC_ROWS)
     for severity in ("High", "Low", "Informational"):
-        styled = dataclasses.replace(rule, severity=severity, name=f"<b>{severity}</b> [rule](https://evil.example)",
-                                     tactics=(), techniques=())
+        styled = dataclasses.replace(
+            rule, severity=severity, name=f"<b>{severity}</b> [rule](https://evil.example)", tactics=(), techniques=()
+        )
         posts += build_posts(CardContext(styled, total=1), HOSTILE_EMAILS[:1])
     # 60 hits of 100 KB: the builder must shorten and split them into cards under Teams' size limit
     big = [email(Subject="S" * 100_000 + str(i), NetworkMessageId=f"id-{i}") for i in range(60)]
@@ -100,8 +112,10 @@ def hostile_posts() -> tuple[list[Post], set[str]]:
 
 def operational_payloads() -> list[dict[str, Any]]:
     return [
-        operational_card("Rule <b>failing</b> [x](https://evil.example)",
-                         [("Error", HTML_SUBJECT), ("Since", DATE_SUBJECT), ("Detail", "\u202e\x1b[2J")]),
+        operational_card(
+            "Rule <b>failing</b> [x](https://evil.example)",
+            [("Error", HTML_SUBJECT), ("Since", DATE_SUBJECT), ("Detail", "\u202e\x1b[2J")],
+        ),
         operational_card("Recovered", [("Rule", "seed")], style="good"),
     ]
 
@@ -171,18 +185,25 @@ def test_only_links_we_build(built: Built) -> None:
     assert seen == set()  # no <a> at all: links are Action.OpenUrl buttons, never inline selectAction links
     # Card actions render as <button> (Teams opens the URL on click): check their URLs in the cards themselves.
     actions = [a for p in built.payloads for a in card_content(p).get("actions", [])]
-    assert actions and all(a["url"] in built.links and urlsplit(a["url"]).hostname == "portal.azure.com" for a in actions)
+    assert actions and all(
+        a["url"] in built.links and urlsplit(a["url"]).hostname == "portal.azure.com" for a in actions
+    )
     assert sum(r.html.count(">Open query in Log Analytics<") for r in built.rendered.results) == len(actions)
-    in_body = [a for p in built.payloads for b in card_content(p)["body"] if b.get("type") == "ActionSet"
-               for a in b["actions"]]
-    assert in_body and all(a["url"] in built.links and urlsplit(a["url"]).hostname == "security.microsoft.com"
-                           for a in in_body)
+    in_body = [
+        a for p in built.payloads for b in card_content(p)["body"] if b.get("type") == "ActionSet" for a in b["actions"]
+    ]
+    assert in_body and all(
+        a["url"] in built.links and urlsplit(a["url"]).hostname == "security.microsoft.com" for a in in_body
+    )
     assert sum(r.html.count(">Open in Defender<") for r in built.rendered.results) == len(in_body)
 
 
 def test_hostile_values_are_shown_as_text(built: Built) -> None:
-    html_card = next(i for i, p in enumerate(built.posts)
-                     if any(r.get("Subject") == HTML_SUBJECT for r in HOSTILE_EMAILS[p.first:p.first + p.count]))
+    html_card = next(
+        i
+        for i, p in enumerate(built.posts)
+        if any(r.get("Subject") == HTML_SUBJECT for r in HOSTILE_EMAILS[p.first : p.first + p.count])
+    )
     text = "".join(parse_html(built.rendered.results[html_card].html).text)
     assert "<img src=x onerror=alert(1)>" in text  # visible, escaped in the HTML
     assert "Quarterly numbers" in text
@@ -193,7 +214,7 @@ def test_hostile_values_are_shown_as_text(built: Built) -> None:
 
 
 def test_operational_card_values_are_cleaned(built: Built) -> None:
-    for result in built.rendered.results[len(built.posts):]:
+    for result in built.rendered.results[len(built.posts) :]:
         text = "".join(parse_html(result.html).text)
         assert not BIDI_OR_CONTROL.search(text), "bidi/control characters shown"
         assert "Feb 14, 2017" not in text, "the renderer evaluated {{DATE()}}"
@@ -203,41 +224,78 @@ def test_the_validator_can_fail() -> None:
     good_run = {"type": "TextRun", "text": "ok"}
     broken: list[dict[str, Any]] = [
         {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "NoSuchElement"}]},
-        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextRun"}]}]},
-        {"type": "AdaptiveCard", "version": "1.4",
-         "body": [{"type": "RichTextBlock", "inlines": [{**good_run, "weight": "Heaviest"}]}]},
+        {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextRun"}]}],
+        },
+        {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [{"type": "RichTextBlock", "inlines": [{**good_run, "weight": "Heaviest"}]}],
+        },
         {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "Container", "style": "purple", "items": []}]},
         {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "x"}]},
         {"type": "AdaptiveCard", "body": [{"type": "TextBlock", "text": "x"}]},
         {"type": "Card", "version": "1.4", "body": []},
         {"type": "AdaptiveCard", "version": "1.4", "actions": [{"type": "Action.Nope", "title": "x"}]},
         {"type": "AdaptiveCard", "version": "1.4", "actions": [{"type": "Action.OpenUrl", "title": "no url"}]},
-        {"type": "AdaptiveCard", "version": "1.4",
-         "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextBlock", "text": "not an inline"}]}]},
+        {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextBlock", "text": "not an inline"}]}],
+        },
         {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": 5}]},
-        {"type": "AdaptiveCard", "version": "1.4",
-         "actions": [{"type": "Action.OpenUrl", "title": "x", "url": "javascript:alert(1)"}]},
+        {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "actions": [{"type": "Action.OpenUrl", "title": "x", "url": "javascript:alert(1)"}],
+        },
         {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "x" * 30_000}]},
     ]
     # Controls: valid cards showing that the HTML checks above are meaningful with this renderer. Markdown in
     # a TextBlock becomes a link, and {{DATE()}} in a TextRun is evaluated; a TextRun's selectAction is a link.
     controls: list[dict[str, Any]] = [
-        {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "[x](https://evil.example/)"}]},
-        {"type": "AdaptiveCard", "version": "1.4",
-         "body": [{"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": "{{DATE(2017-02-14T06:08:39Z, LONG)}}"},
-                                                       {**good_run, "selectAction": {"type": "Action.OpenUrl",
-                                                                                     "url": "https://example.com/"}}]}]},
+        {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [{"type": "TextBlock", "text": "[x](https://evil.example/)"}],
+        },
+        {
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [
+                {
+                    "type": "RichTextBlock",
+                    "inlines": [
+                        {"type": "TextRun", "text": "{{DATE(2017-02-14T06:08:39Z, LONG)}}"},
+                        {**good_run, "selectAction": {"type": "Action.OpenUrl", "url": "https://example.com/"}},
+                    ],
+                }
+            ],
+        },
     ]
     rendered = render_cards(broken + controls, "broken")
     for card, result in zip(broken, rendered.results[: len(broken)], strict=True):
         assert not result.ok and result.errors, f"accepted: {card}"
-    expected = ["UnknownElementType", 'TextRun needs a string "text"', 'Invalid value "Heaviest" for property "weight"',
-                'Invalid value "purple" for property "style"', "UnsupportedCardVersion", "version is missing",
-                'root type is "Card"', "UnknownActionType", 'Property "url" must be set', "only TextRun",
-                'TextBlock needs a string "text"', "javascript", "Teams drops messages"]
+    expected = [
+        "UnknownElementType",
+        'TextRun needs a string "text"',
+        'Invalid value "Heaviest" for property "weight"',
+        'Invalid value "purple" for property "style"',
+        "UnsupportedCardVersion",
+        "version is missing",
+        'root type is "Card"',
+        "UnknownActionType",
+        'Property "url" must be set',
+        "only TextRun",
+        'TextBlock needs a string "text"',
+        "javascript",
+        "Teams drops messages",
+    ]
     for fragment, result in zip(expected, rendered.results[: len(broken)], strict=True):
         assert any(fragment in error for error in result.errors), (fragment, result.errors)
-    link, date = rendered.results[len(broken):]
+    link, date = rendered.results[len(broken) :]
     assert link.ok and date.ok
     assert parse_html(link.html).hrefs == ["https://evil.example/"]
     assert "{{DATE(" not in date.html and "February 14, 2017" in date.html

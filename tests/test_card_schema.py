@@ -79,15 +79,23 @@ def every_kind_of_card() -> dict[str, dict[str, Any]]:
     add("digest", build_posts(CardContext(rule, total=len(HOSTILE_EMAILS), query_link=link), HOSTILE_EMAILS))
     add("generic", build_posts(CardContext(rule, total=len(GENERIC_ROWS)), GENERIC_ROWS))
     per_result = dataclasses.replace(rule, aggregation="AlertPerResult", title_format="{{Subject}} to {{Recipient}}")
-    add("per-result", build_posts(CardContext(per_result, total=3, query_link=link, single_cards=2),
-                                  HOSTILE_EMAILS[:3]))
+    add(
+        "per-result", build_posts(CardContext(per_result, total=3, query_link=link, single_cards=2), HOSTILE_EMAILS[:3])
+    )
     pieces = "".join(HOSTILE_PIECES)
     add("hostile", build_posts(CardContext(rule, total=1), [email(Subject=pieces, SenderDisplayName=pieces)]))
     big = [email(Subject="é" * 100_000 + str(i), NetworkMessageId=f"id-{i}") for i in range(30)]
     add("big", build_posts(CardContext(rule, total=len(big), query_link=link), big))
     cards["compact"] = build_post(CardContext(rule, total=1), HOSTILE_EMAILS, 0, 1, compact=True)
-    exclusion = Exclusion(rule.id, "Partner relay <b>", "[why](https://evil.example)", "soc@contoso.com",
-                          (Condition("SenderIPv4", "equals", ("203.0.113.9",)),), date(2026, 1, 1), "rules/x.yaml")
+    exclusion = Exclusion(
+        rule.id,
+        "Partner relay <b>",
+        "[why](https://evil.example)",
+        "soc@contoso.com",
+        (Condition("SenderIPv4", "equals", ("203.0.113.9",)),),
+        date(2026, 1, 1),
+        "rules/x.yaml",
+    )
     cards["notice: failing"] = notices.failing(rule, WHEN, 3, "HTTP 400 BadArgumentError: " + pieces)
     cards["notice: recovered"] = notices.recovered(rule, WHEN, WHEN)
     cards["notice: recovered (no since)"] = notices.recovered(rule, None, WHEN)
@@ -98,21 +106,34 @@ def every_kind_of_card() -> dict[str, dict[str, Any]]:
     cards["notice: blind"] = notices.blind(rule, "EmailEvents", WHEN, timedelta(hours=2))
     cards["notice: sighted"] = notices.sighted(rule, "EmailEvents", WHEN, WHEN)
     # A rule that fires on silence posts its one hit through the digest like any other (issue 13).
-    silence = {"Expected": "fewer than 1 row(s)", "Found": "0 rows", "SilentSince": WHEN, "WindowStart": WHEN,
-               "WindowEnd": WHEN}
+    silence = {
+        "Expected": "fewer than 1 row(s)",
+        "Found": "0 rows",
+        "SilentSince": WHEN,
+        "WindowStart": WHEN,
+        "WindowEnd": WHEN,
+    }
     add("silence", build_posts(CardContext(rule, total=1, query_link=link), [silence]))
     # Issue 16: DNS evidence under the hits, hostile record text, more domains than a card shows, big digests.
-    evidence = tuple((domain, ("DMARC: p=reject (" + pieces[:150] + ")", "SPF: " + pieces,
-                               "Meaning: records do not resolve now")) for domain in
-                     ("contoso.com", "fabrikam.fr", *(f"d{i}.example" for i in range(6))))
+    evidence = tuple(
+        (domain, ("DMARC: p=reject (" + pieces[:150] + ")", "SPF: " + pieces, "Meaning: records do not resolve now"))
+        for domain in ("contoso.com", "fabrikam.fr", *(f"d{i}.example" for i in range(6)))
+    )
     on_domains = [email(SenderMailFromDomain=d, NetworkMessageId=f"e-{i}") for i, (d, _) in enumerate(evidence)]
-    add("evidence", build_posts(CardContext(rule, total=len(on_domains), query_link=link, evidence=evidence),
-                                on_domains))
-    add("evidence big", build_posts(CardContext(rule, total=len(big), query_link=link,
-                                                evidence=evidence[:1]),
-                                    [{**b, "SenderMailFromDomain": "contoso.com"} for b in big]))
-    cards["evidence compact"] = build_post(CardContext(rule, total=1, evidence=evidence), on_domains, 0, 1,
-                                           compact=True)
+    add(
+        "evidence",
+        build_posts(CardContext(rule, total=len(on_domains), query_link=link, evidence=evidence), on_domains),
+    )
+    add(
+        "evidence big",
+        build_posts(
+            CardContext(rule, total=len(big), query_link=link, evidence=evidence[:1]),
+            [{**b, "SenderMailFromDomain": "contoso.com"} for b in big],
+        ),
+    )
+    cards["evidence compact"] = build_post(
+        CardContext(rule, total=1, evidence=evidence), on_domains, 0, 1, compact=True
+    )
     return cards
 
 
@@ -136,9 +157,13 @@ def test_links_are_buttons_not_inline_select_actions() -> None:
         assert "selectAction" not in text, name
     digest = CARDS["digest[0]"]["attachments"][0]["content"]
     sets = [b for b in digest["body"] if b.get("type") == "ActionSet"]
-    assert sets and all(a["type"] == "Action.OpenUrl" and a["title"] == "Open in Defender"
-                        and a["url"].startswith("https://security.microsoft.com/emailentity?")
-                        for s in sets for a in s["actions"])
+    assert sets and all(
+        a["type"] == "Action.OpenUrl"
+        and a["title"] == "Open in Defender"
+        and a["url"].startswith("https://security.microsoft.com/emailentity?")
+        for s in sets
+        for a in s["actions"]
+    )
     [action] = digest["actions"]
     assert action["type"] == "Action.OpenUrl" and action["title"] == "Open query in Log Analytics"
     assert action["url"].startswith("https://portal.azure.com/#blade/Microsoft_Azure_Monitoring_Logs/")
@@ -170,8 +195,9 @@ def test_the_schema_check_can_fail() -> None:
 
 def test_non_ascii_digests_fit_however_teams_counts() -> None:
     """25 hits with non-ASCII subjects: under the budget as UTF-8 bytes *and* as \\u-escaped JSON."""
-    rows = [email(Subject="é" * 120 + str(i), SenderDisplayName="名前" * 30, NetworkMessageId=f"n-{i}")
-            for i in range(25)]
+    rows = [
+        email(Subject="é" * 120 + str(i), SenderDisplayName="名前" * 30, NetworkMessageId=f"n-{i}") for i in range(25)
+    ]
     posts = build_posts(CardContext(seed_rule(), total=25), rows)
     assert sum(p.count for p in posts) == 25
     for post in posts:

@@ -63,10 +63,26 @@ def test_card_shows_what_the_soc_needs() -> None:
     card = attachment["content"]
     assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
     text = _texts(card)
-    for expected in ("Message from an Accepted Domain with DMARC TempError", "Medium", "InitialAccess", "T1566",
-                     "1 new hit", "2026-11-27 11:59:00 UTC", "Invoice 1", "ceo@contoso[.]com", "bounce@contoso[.]com",
-                     "user1@contoso[.]com", "203.0.113.9", "SPF: ", "temperror", "DKIM: ", "CompAuth: ", "fail",
-                     "Delivered / Inbox/folder", "00000000-0000-0000-0000-000000000001"):
+    for expected in (
+        "Message from an Accepted Domain with DMARC TempError",
+        "Medium",
+        "InitialAccess",
+        "T1566",
+        "1 new hit",
+        "2026-11-27 11:59:00 UTC",
+        "Invoice 1",
+        "ceo@contoso[.]com",
+        "bounce@contoso[.]com",
+        "user1@contoso[.]com",
+        "203.0.113.9",
+        "SPF: ",
+        "temperror",
+        "DKIM: ",
+        "CompAuth: ",
+        "fail",
+        "Delivered / Inbox/folder",
+        "00000000-0000-0000-0000-000000000001",
+    ):
         assert expected in text, expected
     urls = [n["url"] for n in _walk(card) if "url" in n]
     assert any(u.startswith("https://security.microsoft.com/emailentity?") and "000000000001" in u for u in urls)
@@ -84,8 +100,10 @@ def test_digest_cards_hold_at_most_25_hits_and_every_hit_appears() -> None:
 
 
 def test_huge_values_still_fit_under_the_teams_limit() -> None:
-    rows = [_row(i, Subject="S" * 100_000, SenderDisplayName="D" * 50_000, SenderFromAddress="a" * 5000 + "@x.com")
-            for i in range(MAX_HITS_PER_CARD)]
+    rows = [
+        _row(i, Subject="S" * 100_000, SenderDisplayName="D" * 50_000, SenderFromAddress="a" * 5000 + "@x.com")
+        for i in range(MAX_HITS_PER_CARD)
+    ]
     posts = build_posts(CardContext(RULE, total=len(rows)), rows)
     assert sum(p.count for p in posts) == MAX_HITS_PER_CARD
     assert all(payload_size(p.payload) <= MAX_CARD_BYTES for p in posts)
@@ -97,18 +115,34 @@ def test_generic_rows_from_other_rules_are_shown_column_by_column() -> None:
     assert "AccountUpn: " in text and "x@y[.]com" in text and "Count: " in text and '{"k":[1]}' in text
 
 
-HOSTILE_PIECES = ["[click](https://evil.example/pay)", "<img src=x onerror=alert(1)>", "{{DATE(2020-01-01T00:00:00Z)}}",
-                  "\u202egnp.exe", "**bold**", "\x00\x07\x1b", "javascript:alert(1)", "![i](http://evil/i.png)",
-                  "www.evil.example", "evil.example", "\n- item\n", "&lt;b&gt;", "\u200f", "<at>everyone</at>"]
+HOSTILE_PIECES = [
+    "[click](https://evil.example/pay)",
+    "<img src=x onerror=alert(1)>",
+    "{{DATE(2020-01-01T00:00:00Z)}}",
+    "\u202egnp.exe",
+    "**bold**",
+    "\x00\x07\x1b",
+    "javascript:alert(1)",
+    "![i](http://evil/i.png)",
+    "www.evil.example",
+    "evil.example",
+    "\n- item\n",
+    "&lt;b&gt;",
+    "\u200f",
+    "<at>everyone</at>",
+]
 
 
 @settings(max_examples=200, deadline=None)
-@given(subject=st.lists(st.sampled_from(HOSTILE_PIECES) | st.text(max_size=20), max_size=8).map("".join),
-       name=st.lists(st.sampled_from(HOSTILE_PIECES), max_size=4).map("".join),
-       other=st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.dictionaries(st.text(), st.text())))
+@given(
+    subject=st.lists(st.sampled_from(HOSTILE_PIECES) | st.text(max_size=20), max_size=8).map("".join),
+    name=st.lists(st.sampled_from(HOSTILE_PIECES), max_size=4).map("".join),
+    other=st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.dictionaries(st.text(), st.text())),
+)
 def test_attacker_text_never_becomes_markup_or_links(subject: str, name: str, other: Any) -> None:
-    posts = build_posts(CardContext(RULE, total=1),
-                        [_row(1, Subject=subject, SenderDisplayName=name, DeliveryLocation=other)])
+    posts = build_posts(
+        CardContext(RULE, total=1), [_row(1, Subject=subject, SenderDisplayName=name, DeliveryLocation=other)]
+    )
     for post in posts:
         card = post.payload["attachments"][0]["content"]
         assert payload_size(post.payload) <= MAX_CARD_BYTES
@@ -123,8 +157,9 @@ def test_attacker_text_never_becomes_markup_or_links(subject: str, name: str, ot
         assert "{{" not in text and "\u202e" not in text and "\x00" not in text and "javascript:" not in text
 
 
-def test_hostile_subject_posted_through_the_detector_is_inert(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                              make_detector: MakeDetector, clock: Clock) -> None:
+def test_hostile_subject_posted_through_the_detector_is_inert(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     subject = "Urgent [Reset your password](https://evil.example/login) {{DATE(2020-01-01T00:00:00Z)}}"
     la.ingest("EmailEvents", [email(clock, Subject=subject)], at=clock.now - timedelta(minutes=10))
     make_detector().run(only_due=False)

@@ -30,8 +30,13 @@ def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     return env
 
 
-def test_run_once_delivers_and_exits_0(cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                       clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_once_delivers_and_exits_0(
+    cli_env: dict[str, str],
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    clock: Clock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
     la.clock = lambda: clock.now  # the CLI uses the real clock; keep the stand-in on the same one
@@ -41,15 +46,17 @@ def test_run_once_delivers_and_exits_0(cli_env: dict[str, str], la: LogAnalytics
     assert "ok       Message from an Accepted Domain with DMARC TempError: 1 rows, 1 new, 1 delivered" in out
 
 
-def test_deferred_delivery_is_not_an_error(cli_env: dict[str, str], la: LogAnalyticsStandIn,
-                                           hook: WebhookReceiver, clock: Clock) -> None:
+def test_deferred_delivery_is_not_an_error(
+    cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver, clock: Clock
+) -> None:
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
     hook.always("soc", Response(503))
     assert main(["run", "--once"]) == 0
 
 
-def test_a_failed_rule_exits_1(cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_rule_exits_1(
+    cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
     la.respond(Response.of_json(400, {"error": {"code": "BadArgumentError", "message": "Syntax error near |"}}))
     assert main(["run", "--once"]) == 1
     assert "FAILED" in capsys.readouterr().out
@@ -74,8 +81,12 @@ def test_a_failed_rule_exits_1(cli_env: dict[str, str], la: LogAnalyticsStandIn,
     ],
 )
 def test_bad_configuration_exits_2_naming_the_setting(
-    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    change: dict[str, str | None], setting: str, reason: str,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, str | None],
+    setting: str,
+    reason: str,
 ) -> None:
     for key, value in change.items():
         if value is None:
@@ -90,16 +101,28 @@ def test_bad_configuration_exits_2_naming_the_setting(
 
 def test_command_line_prints_no_traceback_and_no_secret(cli_env: dict[str, str], tmp_path: Path) -> None:
     env = {**os.environ, **cli_env, "KQLWATCH_TEAMS_WEBHOOK_URL": "http://hooks.example.com/x?sig=SECRET-abc"}
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "run", "--once"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "run", "--once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "KQLWATCH_TEAMS_WEBHOOK_URL must be an https:// URL" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout and "SECRET" not in proc.stderr + proc.stdout
 
 
-def test_webhook_secret_never_reaches_logs_or_errors(env: dict[str, str], la: LogAnalyticsStandIn,
-                                                      hook: WebhookReceiver, clock: Clock, make_detector: MakeDetector,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_webhook_secret_never_reaches_logs_or_errors(
+    env: dict[str, str],
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    clock: Clock,
+    make_detector: MakeDetector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
     urls = f"{hook.url('soc')},https://127.0.0.1:1/workflows/gone/paths/invoke?sig=SECRET-gone"
@@ -113,8 +136,13 @@ def test_webhook_secret_never_reaches_logs_or_errors(env: dict[str, str], la: Lo
     assert load_settings({**env, "KQLWATCH_TEAMS_WEBHOOK_URL": urls}).webhook_urls[1].endswith("SECRET-gone")
 
 
-def test_timer_function_runs_the_due_rules(cli_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                           clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timer_function_runs_the_due_rules(
+    cli_env: dict[str, str],
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import azure.functions as func
     from azure.functions.timer import TimerRequest
 
@@ -137,7 +165,9 @@ def test_timer_function_runs_the_due_rules(cli_env: dict[str, str], la: LogAnaly
 
 def test_function_app_import_stays_light() -> None:
     """Cold start: importing function_app must not pull in the Azure SDKs or our heavy modules."""
-    code = ("import sys, function_app; heavy = [m for m in ('azure.monitor.query', 'azure.data.tables', "
-            "'azure.identity', 'shared.detector', 'requests', 'yaml') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, function_app; heavy = [m for m in ('azure.monitor.query', 'azure.data.tables', "
+        "'azure.identity', 'shared.detector', 'requests', 'yaml') if m in sys.modules]; print(heavy)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"

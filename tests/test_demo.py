@@ -32,8 +32,11 @@ def test_demo_alerts_every_hit_once_and_renders_a_preview(tmp_path: Path) -> Non
     text = out.getvalue()
     expected = _seed_hits_offline()
     assert expected > 20
-    assert re.search(rf"ok +Message from an Accepted Domain with DMARC TempError: \d+ rows, {expected} new, "
-                     rf"{expected} delivered, 0 deferred", text)
+    assert re.search(
+        rf"ok +Message from an Accepted Domain with DMARC TempError: \d+ rows, {expected} new, "
+        rf"{expected} delivered, 0 deferred",
+        text,
+    )
     assert "0 card(s) posted by run 2" in text
     assert "hxxps[:]//evil[.]example" in text  # hostile sample subjects and names shown defanged
     page = (tmp_path / "cards.html").read_text()

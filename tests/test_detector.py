@@ -13,10 +13,13 @@ from shared.standins.teams import WebhookReceiver
 from tests.conftest import MakeDetector, delivered_ids, email
 
 
-def test_each_hit_is_alerted_once_across_consecutive_runs(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                          make_detector: MakeDetector, clock: Clock) -> None:
-    hits = [email(clock), email(clock, SenderMailFromDomain="fabrikam.fr",
-                                AuthenticationDetails='{"SPF":"temperror","DMARC":"none"}')]
+def test_each_hit_is_alerted_once_across_consecutive_runs(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    hits = [
+        email(clock),
+        email(clock, SenderMailFromDomain="fabrikam.fr", AuthenticationDetails='{"SPF":"temperror","DMARC":"none"}'),
+    ]
     misses = [
         email(clock, EmailDirection="Outbound"),
         email(clock, SenderMailFromDomain="c0ntoso.com"),
@@ -35,8 +38,9 @@ def test_each_hit_is_alerted_once_across_consecutive_runs(la: LogAnalyticsStandI
     assert len(hook.received()) == 1  # nothing re-posted
 
 
-def test_verdict_change_rows_of_one_message_alert_once(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                       make_detector: MakeDetector, clock: Clock) -> None:
+def test_verdict_change_rows_of_one_message_alert_once(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     row = email(clock)
     later = {**row, "TimeGenerated": clock.now - timedelta(minutes=5), "DeliveryLocation": "Quarantine"}
     la.ingest("EmailEvents", [row, later], at=clock.now - timedelta(minutes=1))
@@ -88,8 +92,9 @@ def test_one_webhook_down_others_delivered_and_retry_only_reposts_where_it_faile
     assert delivered_ids(hook, "oncall") == [row["NetworkMessageId"]]
 
 
-def test_two_concurrent_runs_alert_each_hit_once(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                 make_detector: MakeDetector, clock: Clock) -> None:
+def test_two_concurrent_runs_alert_each_hit_once(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     rows = [email(clock) for _ in range(40)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detectors = [make_detector(), make_detector()]
@@ -108,8 +113,9 @@ def test_two_concurrent_runs_alert_each_hit_once(la: LogAnalyticsStandIn, hook: 
     assert sorted(ids) == sorted(r["NetworkMessageId"] for r in rows)
 
 
-def test_row_ingested_late_is_alerted_by_the_next_run(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                      make_detector: MakeDetector, clock: Clock) -> None:
+def test_row_ingested_late_is_alerted_by_the_next_run(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     make_detector().run(only_due=False)
     # An event from 20 minutes ago that only now reaches the workspace (after the first run's window closed).
     late = email(clock, TimeGenerated=clock.now - timedelta(minutes=20))
@@ -134,16 +140,18 @@ def test_after_downtime_the_next_run_reaches_back_to_the_last_window(
     assert la.requests[-1].timespan is not None
 
 
-def test_catch_up_is_capped(la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector,
-                            clock: Clock) -> None:
+def test_catch_up_is_capped(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     make_detector().run(only_due=False)
     clock.advance(timedelta(days=3))
     outcome = make_detector(KQLWATCH_MAX_CATCHUP="6h").run(only_due=False).outcomes[0]
     assert outcome.ingested_since == clock.now - timedelta(hours=6)  # the seed rule reads by ingestion time
 
 
-def test_only_due_rules_run_on_the_timer(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                         make_detector: MakeDetector, clock: Clock) -> None:
+def test_only_due_rules_run_on_the_timer(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     assert make_detector().run(only_due=True).outcomes[0].ran
     clock.advance(timedelta(minutes=2))
     assert not make_detector().run(only_due=True).outcomes[0].ran
@@ -168,19 +176,20 @@ def test_partial_result_that_cannot_be_split_is_used_and_reported(
     la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
 ) -> None:
     same_time = clock.now - timedelta(minutes=15)  # no smaller window separates these rows
-    la.ingest("EmailEvents", [email(clock, TimeGenerated=same_time) for _ in range(5)],
-              at=clock.now - timedelta(minutes=10))
+    la.ingest(
+        "EmailEvents", [email(clock, TimeGenerated=same_time) for _ in range(5)], at=clock.now - timedelta(minutes=10)
+    )
     la.row_cap = 3
     outcome = make_detector().run(only_due=False).outcomes[0]
     assert outcome.delivered == 3
     assert any("partial result" in w and "exceeded the internal record count limit 3" in w for w in outcome.warnings)
 
 
-def test_a_failing_query_fails_that_rule_only(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                              make_detector: MakeDetector, clock: Clock, rules_dir: Path) -> None:
+def test_a_failing_query_fails_that_rule_only(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     (rules_dir / "broken-kql.yaml").write_text(
-        "id: 0b5e9c6e-1111-4a4a-9a9a-000000000001\nname: Broken query\n"
-        "query: |\n  EmailEvents | where | project\n"
+        "id: 0b5e9c6e-1111-4a4a-9a9a-000000000001\nname: Broken query\nquery: |\n  EmailEvents | where | project\n"
     )
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
@@ -192,8 +201,9 @@ def test_a_failing_query_fails_that_rule_only(la: LogAnalyticsStandIn, hook: Web
     assert delivered_ids(hook) == [row["NetworkMessageId"]]
 
 
-def test_a_bad_rule_file_is_reported_and_the_others_run(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                        make_detector: MakeDetector, clock: Clock, rules_dir: Path) -> None:
+def test_a_bad_rule_file_is_reported_and_the_others_run(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     (rules_dir / "bad.yaml").write_text("id: [unclosed\nname: x\n")
     (rules_dir / "no-query.yaml").write_text("id: 0b5e9c6e-1111-4a4a-9a9a-000000000002\nname: No query\n")
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))

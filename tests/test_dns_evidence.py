@@ -57,8 +57,11 @@ def test_records_present_resolve_now_and_say_the_failure_was_transient(dns_stand
 
 def test_missing_records_nxdomain(dns_standin: DnsStandIn) -> None:
     no_dmarc = lookups(dns_standin).evidence("nodmarc.example")
-    assert no_dmarc.lines() == ("DMARC: no record (_dmarc name does not exist)", "SPF: record found (v=spf1 -all)",
-                                "Meaning: " + de.TRANSIENT)
+    assert no_dmarc.lines() == (
+        "DMARC: no record (_dmarc name does not exist)",
+        "SPF: record found (v=spf1 -all)",
+        "Meaning: " + de.TRANSIENT,
+    )
     gone = lookups(dns_standin).evidence("nx.example")
     assert gone.spf.status == de.NXDOMAIN
     assert gone.lines()[1] == "SPF: NXDOMAIN (the domain does not exist in DNS)"
@@ -69,8 +72,11 @@ def test_servfail_says_the_domains_dns_is_failing(dns_standin: DnsStandIn) -> No
     started = time.monotonic()
     evidence = lookups(dns_standin).evidence("fabrikam.fr")
     assert time.monotonic() - started < 1.5  # SERVFAIL is an answer: no waiting for a timeout
-    assert evidence.lines() == ("DMARC: SERVFAIL (the domain's name servers failed)",
-                                "SPF: SERVFAIL (the domain's name servers failed)", "Meaning: " + de.FAILING)
+    assert evidence.lines() == (
+        "DMARC: SERVFAIL (the domain's name servers failed)",
+        "SPF: SERVFAIL (the domain's name servers failed)",
+        "Meaning: " + de.FAILING,
+    )
 
 
 def test_timeout_is_bounded_per_lookup_and_per_run(dns_standin: DnsStandIn) -> None:
@@ -88,17 +94,24 @@ def test_timeout_is_bounded_per_lookup_and_per_run(dns_standin: DnsStandIn) -> N
     assert time.monotonic() - started < 5.6  # the whole run's DNS stays within its 5 s budget
     assert (slow2.dmarc.status, slow2.spf.status) == (de.TIMEOUT, de.SKIPPED)
     assert (contoso.dmarc.status, contoso.spf.status) == (de.SKIPPED, de.SKIPPED)
-    assert contoso.lines() == ("DMARC: not looked up (the run's DNS time budget was spent)",
-                               "SPF: not looked up (the run's DNS time budget was spent)", "Meaning: " + de.UNKNOWN)
+    assert contoso.lines() == (
+        "DMARC: not looked up (the run's DNS time budget was spent)",
+        "SPF: not looked up (the run's DNS time budget was spent)",
+        "Meaning: " + de.UNKNOWN,
+    )
     assert "contoso.com" not in {q.name for q in dns_standin.queries()}
 
 
 def test_several_strings_in_one_record_are_joined_and_the_spf_record_is_picked(dns_standin: DnsStandIn) -> None:
     evidence = lookups(dns_standin).evidence("split.example")
-    assert sorted(evidence.spf.records) == ["other=record",
-                                            "v=spf1 ip4:192.0.2.0/24 include:spf.protection.outlook.com ~all"]
-    assert evidence.lines()[:2] == ("DMARC: p=quarantine (v=DMARC1; p=quarantine; pct=100)",
-                                    "SPF: record found (v=spf1 ip4:192.0.2.0/24 include:spf.protection.outlook.com ~all)")
+    assert sorted(evidence.spf.records) == [
+        "other=record",
+        "v=spf1 ip4:192.0.2.0/24 include:spf.protection.outlook.com ~all",
+    ]
+    assert evidence.lines()[:2] == (
+        "DMARC: p=quarantine (v=DMARC1; p=quarantine; pct=100)",
+        "SPF: record found (v=spf1 ip4:192.0.2.0/24 include:spf.protection.outlook.com ~all)",
+    )
 
 
 def test_oversized_txt_is_truncated_over_udp_and_read_over_tcp(dns_standin: DnsStandIn) -> None:
@@ -119,8 +132,9 @@ def test_markup_in_txt_is_plain_inert_text_on_the_card(dns_standin: DnsStandIn) 
     assert "https://" not in text and "evil.example" not in text  # defanged: nothing is auto-linked
     assert "hxxps[:]//evil[.]example/x" in text
     assert "{{Subject}}" not in text  # templates broken
-    kinds = {b["type"] for block in blocks for b in block["items"]} | {i["type"] for block in blocks
-                                                                      for b in block["items"] for i in b["inlines"]}
+    kinds = {b["type"] for block in blocks for b in block["items"]} | {
+        i["type"] for block in blocks for b in block["items"] for i in b["inlines"]
+    }
     assert kinds == {"RichTextBlock", "TextRun"}  # no TextBlock/FactSet: nothing Teams reads as Markdown
 
 
@@ -135,13 +149,22 @@ def test_lookups_are_cached_for_the_run(dns_standin: DnsStandIn) -> None:
 
 def test_only_the_rules_accepted_domains_are_looked_up_never_a_name_from_the_row(dns_standin: DnsStandIn) -> None:
     query = parse_rule(SEED_RULE.read_text(), str(SEED_RULE)).query
-    rows = [{"SenderMailFromDomain": "evil.example"}, {"SenderMailFromDomain": "c0ntoso.com"},
-            {"SenderMailFromDomain": "_dmarc.contoso.com"}, {"SenderMailFromDomain": "FABRIKAM.FR."},
-            {"SenderMailFromAddress": "x@Contoso.com"}, {"SenderMailFromDomain": "contoso.com"}]
+    rows = [
+        {"SenderMailFromDomain": "evil.example"},
+        {"SenderMailFromDomain": "c0ntoso.com"},
+        {"SenderMailFromDomain": "_dmarc.contoso.com"},
+        {"SenderMailFromDomain": "FABRIKAM.FR."},
+        {"SenderMailFromAddress": "x@Contoso.com"},
+        {"SenderMailFromDomain": "contoso.com"},
+    ]
     evidence = de.evidence_for(query, rows, lookups(dns_standin))
     assert [e.domain for e in evidence] == ["fabrikam.fr", "contoso.com"]
-    assert {q.name for q in dns_standin.queries()} == {"fabrikam.fr", "_dmarc.fabrikam.fr", "contoso.com",
-                                                       "_dmarc.contoso.com"}
+    assert {q.name for q in dns_standin.queries()} == {
+        "fabrikam.fr",
+        "_dmarc.fabrikam.fr",
+        "contoso.com",
+        "_dmarc.contoso.com",
+    }
 
 
 def test_the_header_from_domain_counts_when_it_is_accepted(dns_standin: DnsStandIn) -> None:
@@ -156,24 +179,32 @@ def test_the_header_from_domain_counts_when_it_is_accepted(dns_standin: DnsStand
 
 
 def test_accepted_domains_follow_the_parameter(dns_standin: DnsStandIn) -> None:
-    query = apply_params(parse_rule(SEED_RULE.read_text(), str(SEED_RULE)).query, {"SenderDomains": "Split.Example, contoso.com"})
+    query = apply_params(
+        parse_rule(SEED_RULE.read_text(), str(SEED_RULE)).query, {"SenderDomains": "Split.Example, contoso.com"}
+    )
     assert de.accepted_domains(query) == {"split.example", "contoso.com"}
-    evidence = de.evidence_for(query, [{"SenderMailFromDomain": "split.example"},
-                                       {"SenderMailFromDomain": "fabrikam.fr"}], lookups(dns_standin))
+    evidence = de.evidence_for(
+        query,
+        [{"SenderMailFromDomain": "split.example"}, {"SenderMailFromDomain": "fabrikam.fr"}],
+        lookups(dns_standin),
+    )
     assert [e.domain for e in evidence] == ["split.example"]
 
 
 # --- pure interpretation ---
 
 
-@pytest.mark.parametrize(("records", "policy"), [
-    (["v=DMARC1; p=reject"], "reject"),
-    (["v=DMARC1;p=Quarantine;pct=50"], "quarantine"),
-    (["some=thing", "v=DMARC1; p=none; rua=mailto:x@y"], "none"),
-    (["v=DMARC1; rua=mailto:x@y"], "(no p= tag)"),
-    (["v=spf1 -all"], None),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    ("records", "policy"),
+    [
+        (["v=DMARC1; p=reject"], "reject"),
+        (["v=DMARC1;p=Quarantine;pct=50"], "quarantine"),
+        (["some=thing", "v=DMARC1; p=none; rua=mailto:x@y"], "none"),
+        (["v=DMARC1; rua=mailto:x@y"], "(no p= tag)"),
+        (["v=spf1 -all"], None),
+        ([], None),
+    ],
+)
 def test_dmarc_policy(records: list[str], policy: str | None) -> None:
     assert de.dmarc_policy(records) == policy
 
@@ -186,8 +217,7 @@ def test_spf_record_needs_v_spf1_as_its_own_term() -> None:
 # --- settings and rule validation ---
 
 
-@pytest.mark.parametrize("raw", ["dns.example:53", "127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:x", " , ",
-                                 "[::1]:"])
+@pytest.mark.parametrize("raw", ["dns.example:53", "127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:x", " , ", "[::1]:"])
 def test_bad_dns_servers_setting_is_named(env: dict[str, str], raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({**env, DNS_SERVERS: raw})
@@ -196,22 +226,32 @@ def test_bad_dns_servers_setting_is_named(env: dict[str, str], raw: str) -> None
 
 def test_dns_servers_setting_forms(env: dict[str, str]) -> None:
     assert load_settings({**env, DNS_SERVERS: "127.0.0.1:5353, [::1]:53,10.0.0.2"}).dns_servers == (
-        ("127.0.0.1", 5353), ("::1", 53), ("10.0.0.2", 53))
+        ("127.0.0.1", 5353),
+        ("::1", 53),
+        ("10.0.0.2", 53),
+    )
     assert load_settings({**env, DNS_SERVERS: ""}).dns_servers == ()  # unset: the platform resolver
 
 
 def _rule(extension: str, query: str = "let SenderDomains = pack_array('contoso.com');\nEmailEvents") -> str:
     body = "\n".join("  " + line for line in query.splitlines())
-    return (f"id: 6f1c1a62-2f0f-4e55-9a39-5f7a3c8d0a11\nname: x\nseverity: Low\nquery: |\n{body}\n"
-            f"kqlwatch:\n{extension}\n")
+    return (
+        f"id: 6f1c1a62-2f0f-4e55-9a39-5f7a3c8d0a11\nname: x\nseverity: Low\nquery: |\n{body}\nkqlwatch:\n{extension}\n"
+    )
 
 
-@pytest.mark.parametrize(("extension", "query", "reason"), [
-    ("  enrich: [mail-auth-dsn]", None, "unknown 'mail-auth-dsn' (known: mail-auth-dns)"),
-    ("  enrich: {mail-auth-dns: true}", None, "must be a list of names"),
-    ("  enrich: [mail-auth-dns]", "EmailEvents | where SenderMailFromDomain == 'contoso.com'",
-     "no top-level `let SenderDomains"),
-])
+@pytest.mark.parametrize(
+    ("extension", "query", "reason"),
+    [
+        ("  enrich: [mail-auth-dsn]", None, "unknown 'mail-auth-dsn' (known: mail-auth-dns)"),
+        ("  enrich: {mail-auth-dns: true}", None, "must be a list of names"),
+        (
+            "  enrich: [mail-auth-dns]",
+            "EmailEvents | where SenderMailFromDomain == 'contoso.com'",
+            "no top-level `let SenderDomains",
+        ),
+    ],
+)
 def test_bad_enrich_is_a_rule_error_naming_the_file(extension: str, query: str | None, reason: str) -> None:
     with pytest.raises(RuleError) as info:
         parse_rule(_rule(extension, *(q for q in [query] if q)), "rules/x.yaml")
@@ -226,8 +266,9 @@ def test_enrich_is_read() -> None:
 # --- end to end: Log Analytics stand-in -> LogsQueryClient -> Azurite -> DNS stand-in -> Teams receiver ---
 
 
-def test_seed_rule_cards_carry_the_dns_evidence_end_to_end(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                          make_detector: MakeDetector, clock: Clock) -> None:
+def test_seed_rule_cards_carry_the_dns_evidence_end_to_end(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     hits = [email(clock), email(clock, SenderMailFromDomain="fabrikam.fr", SenderMailFromAddress="x@fabrikam.fr")]
     la.ingest("EmailEvents", hits, at=clock.now - timedelta(minutes=10))
     report = make_detector().run(only_due=False)
@@ -235,7 +276,7 @@ def test_seed_rule_cards_carry_the_dns_evidence_end_to_end(la: LogAnalyticsStand
     [card] = hook.cards()
     texts = card_texts(card)
     at = texts.index("DNS now (looked up by kqlwatch when alerting)")
-    assert texts[at + 1:at + 9] == [
+    assert texts[at + 1 : at + 9] == [
         "contoso[.]com",
         "DMARC: p=reject (v=DMARC1; p=reject; rua=mailto[:]dmarc@contoso[.]com)",
         "SPF: record found (v=spf1 include:spf[.]protection[.]outlook[.]com -all)",
@@ -247,8 +288,9 @@ def test_seed_rule_cards_carry_the_dns_evidence_end_to_end(la: LogAnalyticsStand
     ]
 
 
-def test_dns_timeout_does_not_stop_delivery(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                            make_detector: MakeDetector, clock: Clock, dns_standin: DnsStandIn) -> None:
+def test_dns_timeout_does_not_stop_delivery(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, dns_standin: DnsStandIn
+) -> None:
     for name in ("contoso.com", "_dmarc.contoso.com", "fabrikam.fr", "_dmarc.fabrikam.fr"):
         dns_standin.set(name, TIMEOUT)
     hits = [email(clock), email(clock, SenderMailFromDomain="fabrikam.fr")]
@@ -264,8 +306,14 @@ def test_dns_timeout_does_not_stop_delivery(la: LogAnalyticsStandIn, hook: Webho
     assert "SPF: not looked up (the run's DNS time budget was spent)" in texts  # fabrikam.fr: said so
 
 
-def test_rules_without_enrich_never_ask_dns(la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path,
-                                           make_detector: MakeDetector, clock: Clock, dns_standin: DnsStandIn) -> None:
+def test_rules_without_enrich_never_ask_dns(
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    rules_dir: Path,
+    make_detector: MakeDetector,
+    clock: Clock,
+    dns_standin: DnsStandIn,
+) -> None:
     seed = rules_dir / SEED_RULE.name
     seed.write_text(seed.read_text().replace("  enrich: [mail-auth-dns]\n", ""))
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
@@ -292,4 +340,3 @@ def test_evidence_cards_stay_valid_and_small() -> None:
 def test_a_missing_domain_on_the_card_shows_no_evidence_block() -> None:
     assert de.evidence_blocks((("contoso.com", ("x",)),), [{"SenderMailFromDomain": "fabrikam.fr"}]) == []
     assert de.evidence_blocks((), [{"SenderMailFromDomain": "contoso.com"}]) == []
-

@@ -43,9 +43,9 @@ def _second_rule(rules_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
-def test_transient_workspace_errors_are_retried_by_the_sdk(status: int, la: LogAnalyticsStandIn,
-                                                           hook: WebhookReceiver, make_detector: MakeDetector,
-                                                           clock: Clock) -> None:
+def test_transient_workspace_errors_are_retried_by_the_sdk(
+    status: int, la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
     la.respond(Response.of_json(status, {"error": {"code": "Busy", "message": "try later"}}, **{"Retry-After": "1"}))
@@ -54,9 +54,9 @@ def test_transient_workspace_errors_are_retried_by_the_sdk(status: int, la: LogA
     assert len(la.requests) == 2
 
 
-def test_a_query_that_hangs_past_the_timeout_fails_that_rule_only(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                                 make_detector: MakeDetector, clock: Clock,
-                                                                 rules_dir: Path) -> None:
+def test_a_query_that_hangs_past_the_timeout_fails_that_rule_only(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     _second_rule(rules_dir)
     other = email(clock, Subject="other")
     la.ingest("EmailEvents", [other], at=clock.now - timedelta(minutes=10))
@@ -81,13 +81,28 @@ class _IdentityToken:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_auth_errors_name_the_identity_and_the_workspace(status: int, la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                         make_detector: MakeDetector,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auth_errors_name_the_identity_and_the_workspace(
+    status: int,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("AZURE_CLIENT_ID", "7d4c1e9a-0000-4000-8000-00000000abcd")
-    la.respond(*[Response.of_json(status, {"error": {"code": "InsufficientAccessError",
-                                                     "message": "The provided credentials have insufficient access"}})]
-               * 2)
+    la.respond(
+        *[
+            Response.of_json(
+                status,
+                {
+                    "error": {
+                        "code": "InsufficientAccessError",
+                        "message": "The provided credentials have insufficient access",
+                    }
+                },
+            )
+        ]
+        * 2
+    )
     detector = make_detector()
     detector.logs = LogsClient(la.endpoint, _IdentityToken(la.token), retry_total=0)  # not KQLWATCH_ACCESS_TOKEN
     outcome = detector.run(only_due=False).outcomes[0]
@@ -98,8 +113,9 @@ def test_auth_errors_name_the_identity_and_the_workspace(status: int, la: LogAna
     assert f"workspace {WORKSPACE}" in error and "Log Analytics Reader" in error
 
 
-def test_invalid_token_from_the_service_is_explained(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                     make_detector: MakeDetector) -> None:
+def test_invalid_token_from_the_service_is_explained(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector
+) -> None:
     outcome = make_detector(KQLWATCH_ACCESS_TOKEN="expired-token").run(only_due=False).outcomes[0]
     assert not outcome.ok and "HTTP 401 AuthorizationRequiredError" in outcome.errors[0]
     assert "the token in KQLWATCH_ACCESS_TOKEN was rejected" in outcome.errors[0]
@@ -128,12 +144,12 @@ class FlakyTable:
         return getattr(self._real, name)
 
 
-def test_table_storage_unreachable_at_start_fails_the_run_clearly(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_storage_unreachable_at_start_fails_the_run_clearly(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    dead = env["KQLWATCH_STATE_CONNECTION"].replace(env["KQLWATCH_STATE_CONNECTION"].split(":")[-1].split("/")[0],
-                                                    "1")
+    dead = env["KQLWATCH_STATE_CONNECTION"].replace(env["KQLWATCH_STATE_CONNECTION"].split(":")[-1].split("/")[0], "1")
     monkeypatch.setenv("KQLWATCH_STATE_CONNECTION", dead)
     from shared import runner
 
@@ -144,8 +160,9 @@ def test_table_storage_unreachable_at_start_fails_the_run_clearly(env: dict[str,
     runner._clients.cache_clear()
 
 
-def test_table_storage_failing_mid_run_loses_nothing(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                     make_detector: MakeDetector, clock: Clock) -> None:
+def test_table_storage_failing_mid_run_loses_nothing(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     rows = [email(clock) for _ in range(150)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detector = make_detector()
@@ -183,8 +200,9 @@ def test_more_than_100_hits_are_recorded_in_batches(make_detector: MakeDetector,
 # --- Teams ----------------------------------------------------------------------------------------------
 
 
-def test_teams_429_with_short_retry_after_is_retried_in_the_run(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                                make_detector: MakeDetector, clock: Clock) -> None:
+def test_teams_429_with_short_retry_after_is_retried_in_the_run(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
     hook.respond("soc", Response(429, headers={"Retry-After": "1"}))
@@ -193,8 +211,9 @@ def test_teams_429_with_short_retry_after_is_retried_in_the_run(la: LogAnalytics
     assert delivered_ids(hook) == [row["NetworkMessageId"]]
 
 
-def test_a_webhook_that_times_out_is_retried_next_run(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                      make_detector: MakeDetector, clock: Clock) -> None:
+def test_a_webhook_that_times_out_is_retried_next_run(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
     hook.respond("soc", Response(503, delay=4))  # answers after the 2 s read timeout, and not with success
@@ -205,9 +224,9 @@ def test_a_webhook_that_times_out_is_retried_next_run(la: LogAnalyticsStandIn, h
     assert delivered_ids(hook) == [row["NetworkMessageId"]]
 
 
-def test_a_timeout_after_teams_accepted_means_one_duplicate_at_most(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                                    make_detector: MakeDetector,
-                                                                    clock: Clock) -> None:
+def test_a_timeout_after_teams_accepted_means_one_duplicate_at_most(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
     hook.respond("soc", Response(202, delay=4))  # Teams took it, the answer came too late
@@ -219,9 +238,9 @@ def test_a_timeout_after_teams_accepted_means_one_duplicate_at_most(la: LogAnaly
 
 
 @pytest.mark.parametrize("status", [400, 413])
-def test_a_rejected_card_is_split_and_every_hit_still_delivered(status: int, la: LogAnalyticsStandIn,
-                                                                hook: WebhookReceiver, make_detector: MakeDetector,
-                                                                clock: Clock) -> None:
+def test_a_rejected_card_is_split_and_every_hit_still_delivered(
+    status: int, la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     rows = [email(clock) for _ in range(20)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     hook.respond("soc", Response(status, b"message too large"))
@@ -229,11 +248,14 @@ def test_a_rejected_card_is_split_and_every_hit_still_delivered(status: int, la:
     assert outcome.delivered == 20
     assert sorted(delivered_ids(hook)) == sorted(r["NetworkMessageId"] for r in rows)
     assert [c["body"][0]["items"][2]["inlines"][0]["text"] for c in hook.cards()] == [
-        "20 new hits · showing 1-10", "20 new hits · showing 11-20"]
+        "20 new hits · showing 1-10",
+        "20 new hits · showing 11-20",
+    ]
 
 
-def test_a_card_rejected_at_every_size_never_loops(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                   make_detector: MakeDetector, clock: Clock) -> None:
+def test_a_card_rejected_at_every_size_never_loops(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     la.ingest("EmailEvents", [email(clock), email(clock)], at=clock.now - timedelta(minutes=10))
     hook.always("soc", Response(400, b"bad card"))
     outcome = make_detector().run(only_due=False).outcomes[0]
@@ -241,12 +263,16 @@ def test_a_card_rejected_at_every_size_never_loops(la: LogAnalyticsStandIn, hook
     assert any("HTTP 400" in w for w in outcome.warnings)
 
 
-@pytest.mark.parametrize("url", ["https://127.0.0.1:1/workflows/x/paths/invoke?sig=SECRET-1",
-                                 "https://kqlwatch-no-such-host.invalid/workflows/x?sig=SECRET-2"])
-def test_unreachable_or_unresolvable_webhook_defers_without_leaking_it(url: str, la: LogAnalyticsStandIn,
-                                                                       hook: WebhookReceiver,
-                                                                       make_detector: MakeDetector,
-                                                                       clock: Clock) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:1/workflows/x/paths/invoke?sig=SECRET-1",
+        "https://kqlwatch-no-such-host.invalid/workflows/x?sig=SECRET-2",
+    ],
+)
+def test_unreachable_or_unresolvable_webhook_defers_without_leaking_it(
+    url: str, la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
     outcome = make_detector(KQLWATCH_TEAMS_WEBHOOK_URL=url).run(only_due=False).outcomes[0]
     assert outcome.ok and outcome.deferred == 1
@@ -272,8 +298,9 @@ class KillingPoster:
 
 
 @pytest.mark.parametrize("before_post", [True, False])
-def test_killed_around_a_post(before_post: bool, la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                              make_detector: MakeDetector, clock: Clock) -> None:
+def test_killed_around_a_post(
+    before_post: bool, la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     rows = [email(clock) for _ in range(3)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detector = make_detector()
@@ -293,10 +320,9 @@ def test_killed_around_a_post(before_post: bool, la: LogAnalyticsStandIn, hook: 
     assert sorted(delivered_ids(hook)) == sorted(expected)
 
 
-def test_a_run_longer_than_its_lease_stops_posting_and_leaves_the_rest(la: LogAnalyticsStandIn,
-                                                                        hook: WebhookReceiver,
-                                                                        make_detector: MakeDetector,
-                                                                        clock: Clock) -> None:
+def test_a_run_longer_than_its_lease_stops_posting_and_leaves_the_rest(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     rows = [email(clock, RecipientEmailAddress=f"u{i}@contoso.com") for i in range(80)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detector = make_detector()
@@ -319,13 +345,20 @@ def test_a_run_longer_than_its_lease_stops_posting_and_leaves_the_rest(la: LogAn
 # --- scale ----------------------------------------------------------------------------------------------
 
 
-def test_20000_hits_bounded_digest_cards_and_all_recorded(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                          make_detector: MakeDetector, clock: Clock) -> None:
-    rows = [email(clock, RecipientEmailAddress=f"user{i}@contoso.com", NetworkMessageId=f"m-{i:05d}",
-                  Subject=f"Invoice {i}") for i in range(20_000)]
+def test_20000_hits_bounded_digest_cards_and_all_recorded(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    rows = [
+        email(
+            clock, RecipientEmailAddress=f"user{i}@contoso.com", NetworkMessageId=f"m-{i:05d}", Subject=f"Invoice {i}"
+        )
+        for i in range(20_000)
+    ]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
-    detector = make_detector(KQLWATCH_WORKSPACE_RESOURCE_ID="/subscriptions/0/resourceGroups/rg/providers/"
-                             "Microsoft.OperationalInsights/workspaces/soc")
+    detector = make_detector(
+        KQLWATCH_WORKSPACE_RESOURCE_ID="/subscriptions/0/resourceGroups/rg/providers/"
+        "Microsoft.OperationalInsights/workspaces/soc"
+    )
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     outcome = detector.run(only_due=False).outcomes[0]
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
@@ -366,10 +399,16 @@ def test_failing_rule_posts_one_notice_an_hour_and_one_when_it_recovers(
     assert titles[-1].startswith("kqlwatch: rule recovered") and len(titles) == 3
 
 
-def test_status_shows_each_rules_heartbeat(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                           make_detector: MakeDetector, clock: Clock, env: dict[str, str],
-                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                           rules_dir: Path) -> None:
+def test_status_shows_each_rules_heartbeat(
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    rules_dir: Path,
+) -> None:
     _second_rule(rules_dir)
     la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10))
     clock.now = clock.now.replace()  # status reads the real clock; keep the detector on it
@@ -385,8 +424,9 @@ def test_status_shows_each_rules_heartbeat(la: LogAnalyticsStandIn, hook: Webhoo
     assert "rows  new  delivered" in capsys.readouterr().out
 
 
-def test_purge_removes_old_settled_state_and_never_pending(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                           make_detector: MakeDetector, clock: Clock) -> None:
+def test_purge_removes_old_settled_state_and_never_pending(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     delivered, pending = email(clock), email(clock)
     la.ingest("EmailEvents", [delivered], at=clock.now - timedelta(minutes=10))
     make_detector().run(only_due=False)
@@ -403,14 +443,17 @@ def test_purge_removes_old_settled_state_and_never_pending(la: LogAnalyticsStand
 
 
 def test_state_errors_carry_no_connection_secrets(make_detector: MakeDetector) -> None:
-    store = StateStore(connect("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
-                               "c2VjcmV0LWtleS12YWx1ZQ==;TableEndpoint=http://127.0.0.1:1/devstoreaccount1;", "t1",
-                               retry_total=0))
+    store = StateStore(
+        connect(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+            "c2VjcmV0LWtleS12YWx1ZQ==;TableEndpoint=http://127.0.0.1:1/devstoreaccount1;",
+            "t1",
+            retry_total=0,
+        )
+    )
     with pytest.raises(StateError) as caught:
         store.ensure_table()
     assert "c2VjcmV0" not in str(caught.value) and "Table Storage: cannot create table" in str(caught.value)
-
-
 
 
 def test_the_state_table_is_created_once_per_process(make_detector: MakeDetector) -> None:

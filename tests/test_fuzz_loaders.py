@@ -31,9 +31,13 @@ SEED: dict[str, Any] = yaml.safe_load(SEED_RULE.read_text(encoding="utf-8"))
 SEED["kqlwatch"].pop("tests")  # the fuzzed file's own cases would run the engine each example: fuzzed below
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-    st.dates(), st.datetimes(timezones=st.just(timezone.utc)),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.dates(),
+    st.datetimes(timezones=st.just(timezone.utc)),
     st.sampled_from(["5m", "99999999999d", "PT1H", "-1h", "0m", "2026-13-45", "gt", "", "\x00", "\ud800"[:0]]),
 )
 keys = st.one_of(st.text(max_size=12), st.integers(), st.booleans(), st.none(), st.sampled_from(list(SEED)))
@@ -43,9 +47,17 @@ values = st.recursive(
     max_leaves=12,
 )
 # Paths into the seed rule to overwrite: its fields, its kqlwatch section, and keys it does not have.
-TARGETS: list[tuple[Any, ...]] = [(k,) for k in SEED] + [("kqlwatch", k) for k in ("dedupeKey", "tests", "exclusions", "realert", "route")]
-TARGETS += [("entityMappings", 0, "fieldMappings"), ("alertDetailsOverride",), ("customDetails",),
-            ("eventGroupingSettings", "aggregationKind"), ("suppressionDuration",), ("kqlwatch", 1)]
+TARGETS: list[tuple[Any, ...]] = [(k,) for k in SEED] + [
+    ("kqlwatch", k) for k in ("dedupeKey", "tests", "exclusions", "realert", "route")
+]
+TARGETS += [
+    ("entityMappings", 0, "fieldMappings"),
+    ("alertDetailsOverride",),
+    ("customDetails",),
+    ("eventGroupingSettings", "aggregationKind"),
+    ("suppressionDuration",),
+    ("kqlwatch", 1),
+]
 
 
 def mutate(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -91,8 +103,9 @@ rule_files = st.one_of(
     st.binary(max_size=300),
 )
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def _command(capsys: pytest.CaptureFixture[str], argv: list[str], path: Path) -> None:
@@ -147,10 +160,22 @@ def test_random_exclusion_files_give_located_errors_only(content: bytes) -> None
 
 row_values = st.one_of(
     scalars.map(lambda v: v.isoformat() if isinstance(v, (date, datetime)) else v),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
-column_names = st.sampled_from(["TimeGenerated", "NetworkMessageId", "Subject", "AttachmentCount",
-                                "AuthenticationDetails", "IsFirstContact", "To", "weird col", ""])
+column_names = st.sampled_from(
+    [
+        "TimeGenerated",
+        "NetworkMessageId",
+        "Subject",
+        "AttachmentCount",
+        "AuthenticationDetails",
+        "IsFirstContact",
+        "To",
+        "weird col",
+        "",
+    ]
+)
 records = st.one_of(st.dictionaries(column_names, row_values, max_size=5), row_values)
 
 

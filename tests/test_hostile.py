@@ -52,8 +52,9 @@ def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, s
 # --- point 1: attacker-controlled values in Table Storage and in cards -------------------------------------
 
 
-def test_an_attacker_subject_of_16500_emoji_never_blocks_the_rule(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                                   make_detector: MakeDetector, clock: Clock) -> None:
+def test_an_attacker_subject_of_16500_emoji_never_blocks_the_rule(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     attacker = email(clock, Subject=ATTACKER_SUBJECT)
     others = [email(clock) for _ in range(3)]
     la.ingest("EmailEvents", [others[0], attacker, *others[1:]], at=clock.now - timedelta(minutes=10))
@@ -73,8 +74,9 @@ def test_an_attacker_subject_of_16500_emoji_never_blocks_the_rule(la: LogAnalyti
     assert again.ok and again.new_hits == 0 and sorted(delivered_ids(hook)) == expected  # nothing twice
 
 
-def test_a_lone_surrogate_subject_is_stored_and_alerted(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                         make_detector: MakeDetector, clock: Clock) -> None:
+def test_a_lone_surrogate_subject_is_stored_and_alerted(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     """The API's JSON can carry a `\\ud800` escape: json gives a lone surrogate, which UTF-8 cannot encode.
     (The stand-in's engine cannot hold one, so the answer is the service's wire format, written here.)"""
     row = email(clock, Subject="Invoice \ud800 due", SenderDisplayName="\udfffCEO")
@@ -92,8 +94,11 @@ def test_a_row_of_thousands_of_columns_keeps_the_cards_columns() -> None:
     from shared.state import decode_row, encode_row
 
     row: dict[str, Any] = {f"Extra{i:04d}": EMOJI * 300 for i in range(3000)}
-    row.update(NetworkMessageId="5f0c0c1e-aaaa-4bbb-8ccc-000000000001", Subject=EMOJI * 50 + " pay now",
-               RecipientEmailAddress="alice@contoso.com")
+    row.update(
+        NetworkMessageId="5f0c0c1e-aaaa-4bbb-8ccc-000000000001",
+        Subject=EMOJI * 50 + " pay now",
+        RecipientEmailAddress="alice@contoso.com",
+    )
     text, clipped = encode_row(row, {})
     back = decode_row(text)
     assert clipped and len(text.encode("utf-16-le")) // 2 <= 30_000  # UTF-16 units, as Table Storage counts
@@ -107,8 +112,14 @@ def _answer(rows: list[dict[str, Any]]) -> Response:
     columns = list(rows[0])
     kinds = {c: "datetime" if isinstance(rows[0][c], datetime) else "string" for c in columns}
     wire = [[r[c].strftime("%Y-%m-%dT%H:%M:%SZ") if kinds[c] == "datetime" else r[c] for c in columns] for r in rows]
-    return Response.of_json(200, {"tables": [{"name": "PrimaryResult", "rows": wire,
-                                              "columns": [{"name": c, "type": kinds[c]} for c in columns]}]})
+    return Response.of_json(
+        200,
+        {
+            "tables": [
+                {"name": "PrimaryResult", "rows": wire, "columns": [{"name": c, "type": kinds[c]} for c in columns]}
+            ]
+        },
+    )
 
 
 def test_lone_surrogates_never_crash_card_building() -> None:
@@ -118,7 +129,10 @@ def test_lone_surrogates_never_crash_card_building() -> None:
 
 
 def test_a_hit_table_storage_still_refuses_is_stored_minimally_and_the_others_delivered(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Whatever our bounds miss (here: the row budget raised past the real limit), a 400 for one hit is
@@ -143,8 +157,24 @@ def test_a_hit_table_storage_still_refuses_is_stored_minimally_and_the_others_de
     assert again.ok and again.new_hits == 0 and len(delivered_ids(hook)) == 4
 
 
-_NASTY = st.sampled_from([EMOJI, "\U0001d518", "\U00010348", "\ud800", "\udfff", "\ud83d", "a", "é", "\u202e",
-                          "\n", "\x00", "<", "[x](https://evil.example)", "{{DATE()}}"])
+_NASTY = st.sampled_from(
+    [
+        EMOJI,
+        "\U0001d518",
+        "\U00010348",
+        "\ud800",
+        "\udfff",
+        "\ud83d",
+        "a",
+        "é",
+        "\u202e",
+        "\n",
+        "\x00",
+        "<",
+        "[x](https://evil.example)",
+        "{{DATE()}}",
+    ]
+)
 _PIECES = st.lists(_NASTY, max_size=60).map("".join)  # pieces of several characters too: links, templates
 _VALUES = st.one_of(
     _PIECES,
@@ -165,10 +195,14 @@ def store(azurite: Azurite) -> Iterator[StateStore]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(subject=_VALUES, name=_VALUES, extra=st.dictionaries(st.text("abcXYZ_", min_size=1, max_size=8), _VALUES,
-                                                             max_size=6))
-def test_any_attacker_values_are_stored_in_full_form_and_build_a_card(store: StateStore, subject: Any, name: Any,
-                                                                      extra: dict[str, Any]) -> None:
+@given(
+    subject=_VALUES,
+    name=_VALUES,
+    extra=st.dictionaries(st.text("abcXYZ_", min_size=1, max_size=8), _VALUES, max_size=6),
+)
+def test_any_attacker_values_are_stored_in_full_form_and_build_a_card(
+    store: StateStore, subject: Any, name: Any, extra: dict[str, Any]
+) -> None:
     """Through Azurite: every value fits (no 400, so no minimal form), the card's columns survive, and the
     card built from what was stored, as from the original, encodes and stays under Teams' limit."""
     row = {**extra, **email(Clock()), "Subject": subject, "SenderDisplayName": name}
@@ -191,16 +225,23 @@ def test_any_attacker_values_are_stored_in_full_form_and_build_a_card(store: Sta
 @pytest.mark.parametrize(
     ("change", "setting", "reason"),
     [
-        ({"KQLWATCH_TEAMS_WEBHOOK_URL": "https://[::1/workflows/x?sig=SECRET-v6"}, "KQLWATCH_TEAMS_WEBHOOK_URL",
-         "not a valid URL"),
+        (
+            {"KQLWATCH_TEAMS_WEBHOOK_URL": "https://[::1/workflows/x?sig=SECRET-v6"},
+            "KQLWATCH_TEAMS_WEBHOOK_URL",
+            "not a valid URL",
+        ),
         ({"KQLWATCH_LOGS_ENDPOINT": "https://[::1"}, "KQLWATCH_LOGS_ENDPOINT", "not a valid URL"),
-        ({"KQLWATCH_LOGS_ENDPOINT": "https://127.0.0.1:99999"}, "KQLWATCH_LOGS_ENDPOINT",
-         "not a valid URL"),
+        ({"KQLWATCH_LOGS_ENDPOINT": "https://127.0.0.1:99999"}, "KQLWATCH_LOGS_ENDPOINT", "not a valid URL"),
         ({"KQLWATCH_STATE_CONNECTION": "http://acct.table.core.windows.net"}, "KQLWATCH_STATE_CONNECTION", "https"),
         # 0.0.0.0 is not loopback by name, yet code that wrongly connects to it stays on this machine.
-        ({"KQLWATCH_STATE_CONNECTION": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=SECRET==;"
-                                       "TableEndpoint=http://0.0.0.0:1/a;"}, "KQLWATCH_STATE_CONNECTION",
-         "TableEndpoint must be an https://"),
+        (
+            {
+                "KQLWATCH_STATE_CONNECTION": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=SECRET==;"
+                "TableEndpoint=http://0.0.0.0:1/a;"
+            },
+            "KQLWATCH_STATE_CONNECTION",
+            "TableEndpoint must be an https://",
+        ),
         ({"KQLWATCH_MAX_CARDS_PER_RUN": "\u00b2"}, "KQLWATCH_MAX_CARDS_PER_RUN", "whole number"),
         ({"KQLWATCH_MAX_CARDS_PER_RUN": "\u0662\u0660"}, "KQLWATCH_MAX_CARDS_PER_RUN", "whole number"),
         ({"KQLWATCH_MAX_CATCHUP": "99999999d"}, "KQLWATCH_MAX_CATCHUP", "longer than the most allowed, 30d"),
@@ -218,8 +259,13 @@ def test_any_attacker_values_are_stored_in_full_form_and_build_a_card(store: Sta
     ],
 )
 def test_settings_that_escaped_validation_exit_2_before_any_rule_runs(
-    cli_env: dict[str, str], la: LogAnalyticsStandIn, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], change: dict[str, str], setting: str, reason: str,
+    cli_env: dict[str, str],
+    la: LogAnalyticsStandIn,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, str],
+    setting: str,
+    reason: str,
 ) -> None:
     for key, value in change.items():
         monkeypatch.setenv(key, value)
@@ -249,8 +295,9 @@ def test_durations_are_bounded_and_never_overflow(text: str) -> None:
 # --- point 5: no URL path in logs, errors or status ---------------------------------------------------------
 
 
-def test_retry_logs_of_real_retries_never_show_the_path_or_query(hook: WebhookReceiver,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_retry_logs_of_real_retries_never_show_the_path_or_query(
+    hook: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
     """Retired connector URLs carry their secret in the path; urllib3 logs the path when it retries."""
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="urllib3")
@@ -270,13 +317,15 @@ def test_retry_logs_of_real_retries_never_show_the_path_or_query(hook: WebhookRe
     assert "SECRET" not in text and "webhookb2" not in text and "/workflows/" not in text
 
 
-def test_azure_sdk_request_logs_show_only_scheme_and_host(la: LogAnalyticsStandIn, make_detector: MakeDetector,
-                                                           clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+def test_azure_sdk_request_logs_show_only_scheme_and_host(
+    la: LogAnalyticsStandIn, make_detector: MakeDetector, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="azure")
     la.respond(Response.of_json(500, {"error": {"code": "Busy", "message": "try later"}}))
     detector = make_detector()
-    detector.logs.query(detector.settings.workspace_id, "EmailEvents | take 1", clock.now - timedelta(hours=1),
-                        clock.now)
+    detector.logs.query(
+        detector.settings.workspace_id, "EmailEvents | take 1", clock.now - timedelta(hours=1), clock.now
+    )
     requests_logged = [r.getMessage() for r in caplog.records if "Request URL" in r.getMessage()]
     assert len(requests_logged) == 2  # the first try and the SDK's retry
     assert "/v1/workspaces/" not in caplog.text and "https://127.0.0.1/…#" in caplog.text
@@ -285,16 +334,19 @@ def test_azure_sdk_request_logs_show_only_scheme_and_host(la: LogAnalyticsStandI
 def test_redaction_keeps_only_scheme_and_host() -> None:
     from shared.redact import redact_text
 
-    text = ("posting to https://tenant.webhook.office.com/webhookb2/SECRET-1/IncomingWebhook/SECRET-2 failed; "
-            "endpoint https://api.loganalytics.io; https://user:SECRET-3@h.example/p")
+    text = (
+        "posting to https://tenant.webhook.office.com/webhookb2/SECRET-1/IncomingWebhook/SECRET-2 failed; "
+        "endpoint https://api.loganalytics.io; https://user:SECRET-3@h.example/p"
+    )
     shown = redact_text(text)
     assert "SECRET" not in shown and "webhookb2" not in shown
     assert "https://tenant.webhook.office.com/…#" in shown and "endpoint https://api.loganalytics.io;" in shown
 
 
 def test_status_output_redacts_urls(capsys: pytest.CaptureFixture[str]) -> None:
-    print_table(["rule", "last error"], [["r", "delivery failed: https://h.example/webhookb2/SECRET-x: HTTP 500"]],
-                width=200)
+    print_table(
+        ["rule", "last error"], [["r", "delivery failed: https://h.example/webhookb2/SECRET-x: HTTP 500"]], width=200
+    )
     out = capsys.readouterr().out
     assert "SECRET" not in out and "https://h.example/…#" in out
 
@@ -303,8 +355,14 @@ def test_status_output_redacts_urls(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_after_a_killed_run_the_next_run_and_status_show_the_held_hits(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     rows = [email(clock) for _ in range(5)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
@@ -346,8 +404,9 @@ def _status_line(out: str) -> str:
     return next(line for line in out.splitlines() if line.startswith("Message from an Accepted Domain"))
 
 
-def test_status_needs_only_the_state_connection(azurite: Azurite, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_status_needs_only_the_state_connection(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     for key in list(os.environ):
         if key.startswith("KQLWATCH_"):
             monkeypatch.delenv(key)

@@ -68,8 +68,13 @@ def break_yaml(path: Path) -> None:
 
 
 def test_a_broken_rule_file_with_its_parameter_set_is_named_and_the_good_rules_run(
-    cli_env: dict[str, str], rules_dir: Path, la: LogAnalyticsStandIn, hook: WebhookReceiver, clock: Clock,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    cli_env: dict[str, str],
+    rules_dir: Path,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     seed = rules_dir / SEED_RULE.name
     break_yaml(seed)
@@ -91,7 +96,10 @@ def test_a_broken_rule_file_with_its_parameter_set_is_named_and_the_good_rules_r
 
 
 def test_a_parameter_no_file_binds_stays_a_configuration_error(
-    cli_env: dict[str, str], rules_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    cli_env: dict[str, str],
+    rules_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     break_yaml(rules_dir / SEED_RULE.name)
     monkeypatch.setenv("KQLWATCH_PARAM_SenderDomain", "contoso.com")  # a typo: no file binds it, loaded or not
@@ -113,8 +121,11 @@ HOSTILE_EDITS = {
     "list for a title": ("version: 1.0.0", "version: 1.0.0\nalertDetailsOverride: {alertDisplayNameFormat: [1]}"),
     "mapping in customDetails": ("version: 1.0.0", "version: 1.0.0\ncustomDetails: {Sender: {a: 1}}"),
     "mapping for kqlwatch.route": ("kqlwatch:\n", "kqlwatch:\n  route: {a: 1}\n"),
-    "alias bomb": ("version: 1.0.0", "version: 1.0.0\nx0: &a0 [x, x, x, x, x, x, x, x, x]\n"
-                   + "\n".join(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8))),
+    "alias bomb": (
+        "version: 1.0.0",
+        "version: 1.0.0\nx0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+        + "\n".join(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8)),
+    ),
 }
 
 
@@ -148,9 +159,12 @@ def test_hostile_values_in_an_exclusions_file_are_located(
     rules.mkdir()
     shutil.copy(SEED_RULE, rules / SEED_RULE.name)
     tuning = rules / "exclusions.yaml"
-    tuning.write_text("exclusions:\n  - rule: a256f4ea-deec-4fcd-bdf3-63987638eed9\n    name: n\n    reason: r\n"
-                      "    owner: o\n    column: SenderIPv4\n    operator: equals\n    values: [1.2.3.4]\n"
-                      f"    {extra}\n", encoding="utf-8")
+    tuning.write_text(
+        "exclusions:\n  - rule: a256f4ea-deec-4fcd-bdf3-63987638eed9\n    name: n\n    reason: r\n"
+        "    owner: o\n    column: SenderIPv4\n    operator: equals\n    values: [1.2.3.4]\n"
+        f"    {extra}\n",
+        encoding="utf-8",
+    )
     monkeypatch.setenv("KQLWATCH_RULES_DIR", str(rules))
     _, errors = load_exclusion_files(rules)  # what `run` loads
     assert [e.path for e in errors] == [str(tuning)]
@@ -184,7 +198,7 @@ def sample_lines(count: int) -> list[str]:
     return SAMPLES.read_text(encoding="utf-8").splitlines()[:count]
 
 
-@pytest.mark.parametrize("junk", ['[1, 2]', '"a string"', "42", "null", "{not json"])
+@pytest.mark.parametrize("junk", ["[1, 2]", '"a string"', "42", "null", "{not json"])
 def test_a_jsonl_line_that_is_not_an_object_is_named_with_its_line(
     junk: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -200,8 +214,10 @@ def test_hunt_warns_when_the_data_lacks_the_columns_the_query_reads(
 ) -> None:
     data = tmp_path / "EmailEvents.jsonl"
     rows = [json.loads(line) for line in sample_lines(50)]
-    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "AuthenticationDetails"}) + "\n"
-                            for r in rows), encoding="utf-8")
+    data.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "AuthenticationDetails"}) + "\n" for r in rows),
+        encoding="utf-8",
+    )
     code, _, err = run_cli(capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={data}")
     assert code == 0
     assert f"warning: {data} has no column(s) AuthenticationDetails that the query reads" in err
@@ -217,7 +233,10 @@ def test_hunt_warns_when_the_data_is_given_for_a_table_the_query_does_not_read(
 
 
 def test_dangling_and_looping_rule_symlinks_are_named_by_the_detector_and_the_workbench(
-    cli_env: dict[str, str], rules_dir: Path, la: LogAnalyticsStandIn, clock: Clock,
+    cli_env: dict[str, str],
+    rules_dir: Path,
+    la: LogAnalyticsStandIn,
+    clock: Clock,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dangling, loop = rules_dir / "moved.yaml", rules_dir / "loop.yaml"
@@ -243,8 +262,12 @@ def test_dangling_and_looping_rule_symlinks_are_named_by_the_detector_and_the_wo
 def test_hunt_into_a_pipe_closed_early_prints_no_traceback(tmp_path: Path) -> None:
     everything = tmp_path / "all.yaml"  # every sample row: far more than a pipe buffer holds
     everything.write_text(rule_with_query("EmailEvents"), encoding="utf-8")
-    proc = subprocess.Popen([str(KQLWATCH), "hunt", str(everything), "--data", str(SAMPLES), "--format", "jsonl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [str(KQLWATCH), "hunt", str(everything), "--data", str(SAMPLES), "--format", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.readline()  # `| head -1`
     proc.stdout.close()
@@ -269,14 +292,24 @@ def test_preview_out_to_a_folder_or_unwritable_path_is_a_clear_error(
 
 def test_hunt_csv_neutralises_formulas_in_attacker_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     row = json.loads(sample_lines(1)[0])
-    subjects = ['=HYPERLINK("https://evil.example","Open")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
-                "\t=1+1", "\r=1+1", "plain subject"]
+    subjects = [
+        '=HYPERLINK("https://evil.example","Open")',
+        "+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(A1)",
+        "\t=1+1",
+        "\r=1+1",
+        "plain subject",
+    ]
     data = tmp_path / "EmailEvents.jsonl"
-    data.write_text("".join(json.dumps({**row, "NetworkMessageId": f"m{i}", "Subject": s}) + "\n"
-                            for i, s in enumerate(subjects)), encoding="utf-8")
+    data.write_text(
+        "".join(json.dumps({**row, "NetworkMessageId": f"m{i}", "Subject": s}) + "\n" for i, s in enumerate(subjects)),
+        encoding="utf-8",
+    )
     rule = tmp_path / "subjects.yaml"
-    rule.write_text(rule_with_query("EmailEvents | project Subject, AttachmentCount = AttachmentCount - 5"),
-                    encoding="utf-8")
+    rule.write_text(
+        rule_with_query("EmailEvents | project Subject, AttachmentCount = AttachmentCount - 5"), encoding="utf-8"
+    )
     code, out, _ = run_cli(capsys, "hunt", str(rule), "--data", str(data), "--format", "csv")
     assert code == 0
     cells = list(csv.reader(io.StringIO(out)))[1:]
@@ -327,8 +360,13 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_to_demo_stops_the_stand_ins_it_started(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KQLWATCH_")}
-    proc = subprocess.Popen([str(KQLWATCH), "demo", "--out", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [str(KQLWATCH), "demo", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     azurite: list[int] = []
     try:

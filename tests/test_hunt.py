@@ -74,8 +74,10 @@ def _iso(value: Any) -> str:
 
 def rule_file(tmp_path: Path, query: str, name: str = "r.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(yaml.safe_dump({"id": "11111111-2222-4333-8444-555555555555", "name": "test rule",
-                                    "query": query}), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump({"id": "11111111-2222-4333-8444-555555555555", "name": "test rule", "query": query}),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -87,8 +89,12 @@ def jsonl_rows(text: str) -> list[dict[str, Any]]:
 def small(tmp_path: Path, clock: Clock) -> tuple[Path, list[dict[str, Any]]]:
     rows = [
         email(clock, NetworkMessageId="hit-dmarc", RecipientEmailAddress="finance@contoso.com"),
-        email(clock, NetworkMessageId="hit-spf", AuthenticationDetails='{"SPF":"TempError","DMARC":"none"}',
-              SenderMailFromDomain="Fabrikam.fr"),
+        email(
+            clock,
+            NetworkMessageId="hit-spf",
+            AuthenticationDetails='{"SPF":"TempError","DMARC":"none"}',
+            SenderMailFromDomain="Fabrikam.fr",
+        ),
         email(clock, NetworkMessageId="miss-outbound", EmailDirection="Outbound"),
         email(clock, NetworkMessageId="miss-lookalike", SenderMailFromDomain="contoso.com.evil.io"),
     ]
@@ -100,8 +106,15 @@ def small(tmp_path: Path, clock: Clock) -> tuple[Path, list[dict[str, Any]]]:
 
 def test_hunt_prints_the_rule_rows_as_a_table(capsys: pytest.CaptureFixture[str], small: tuple[Path, Any]) -> None:
     path, _ = small
-    code, out, err = run(capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={path}",
-                         "--columns", "NetworkMessageId,SenderMailFromDomain,SPF,DMARC")
+    code, out, err = run(
+        capsys,
+        "hunt",
+        str(SEED_RULE),
+        "--data",
+        f"EmailEvents={path}",
+        "--columns",
+        "NetworkMessageId,SenderMailFromDomain,SPF,DMARC",
+    )
     assert code == 0
     lines = out.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["NetworkMessageId", "SenderMailFromDomain", "SPF", "DMARC"]
@@ -110,8 +123,9 @@ def test_hunt_prints_the_rule_rows_as_a_table(capsys: pytest.CaptureFixture[str]
     assert body == [["hit-dmarc", "contoso.com", "pass", "temperror"], ["hit-spf", "Fabrikam.fr", "TempError", "none"]]
     starts = {line.find("contoso.com") for line in lines if "hit-dmarc" in line} | {lines[0].index("SenderMail")}
     assert len(starts) == 1, "columns are aligned"
-    assert re.search(r"^2 rows \(trigger gt 0: met\) · load [\d.]+ s \(EmailEvents 4 rows\) · query [\d.]+ s", err,
-                     re.M)
+    assert re.search(
+        r"^2 rows \(trigger gt 0: met\) · load [\d.]+ s \(EmailEvents 4 rows\) · query [\d.]+ s", err, re.M
+    )
 
 
 def test_hunt_jsonl_and_csv_outputs(capsys: pytest.CaptureFixture[str], small: tuple[Path, Any]) -> None:
@@ -133,8 +147,9 @@ def test_hunt_jsonl_and_csv_outputs(capsys: pytest.CaptureFixture[str], small: t
     assert table[0]["TimeGenerated"] == got[0]["TimeGenerated"]
 
 
-def test_hunt_output_cannot_drive_the_terminal(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                               clock: Clock) -> None:
+def test_hunt_output_cannot_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, clock: Clock
+) -> None:
     hostile = "Pay \x1b[31mnow\x1b[0m\x07 \u202efdp.exe\r\nBcc: x" + "A" * 20_000
     path = write_jsonl(tmp_path / "e.jsonl", [email(clock, Subject=hostile, SenderDisplayName="\x1b]0;pwned\x07")])
     for fmt in ("table", "jsonl", "csv"):
@@ -150,19 +165,28 @@ def test_hunt_output_cannot_drive_the_terminal(capsys: pytest.CaptureFixture[str
     result = EngineResult(["Subject"], ["string"], [(hostile,)])
     on_terminal = io.StringIO()
     write_csv_output(result, [0], on_terminal, terminal=True)
-    assert on_terminal.getvalue().splitlines()[1].startswith("Pay \ufffd[31mnow\ufffd[0m\ufffd [U+202E]fdp.exe\\r\\nBcc")
+    assert (
+        on_terminal.getvalue().splitlines()[1].startswith("Pay \ufffd[31mnow\ufffd[0m\ufffd [U+202E]fdp.exe\\r\\nBcc")
+    )
 
 
 def test_explain_prints_the_final_query_with_parameters(capsys: pytest.CaptureFixture[str]) -> None:
     params = {"SenderDomains": 'evil.example,x");EmailEvents | take 1 //', "TriggerResults": "temperror,permerror"}
-    code, out, _ = run(capsys, "hunt", str(SEED_RULE), "--explain",
-                       *(arg for name, value in params.items() for arg in ("--param", f"{name}={value}")))
+    code, out, _ = run(
+        capsys,
+        "hunt",
+        str(SEED_RULE),
+        "--explain",
+        *(arg for name, value in params.items() for arg in ("--param", f"{name}={value}")),
+    )
     assert code == 0
     assert 'let SenderDomains = pack_array("evil.example", "x\\");EmailEvents | take 1 //");' in out
     assert 'let TriggerResults = pack_array("temperror", "permerror");' in out
     prepared = prepare_rules([load_rule(SEED_RULE)], params)[0][0]
     offline, sent = out.split("\n\n// sent to the workspace by a run: ")
-    assert offline == "// offline (hunt, test): the rule with its parameters and exclusions\n" + prepared.query.rstrip("\n")
+    assert offline == "// offline (hunt, test): the rule with its parameters and exclusions\n" + prepared.query.rstrip(
+        "\n"
+    )
     # and exactly what the detector sends: each source table filtered by ingestion time first (issue 13)
     watermark = re.search(r"ingestion_time\(\) > datetime\(([^)]+)\)", sent)
     assert watermark is not None
@@ -202,8 +226,9 @@ def test_unknown_rule_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         ("EmailEvents | parse Subject with Ticket ':' Rest", "parse"),
     ],
 )
-def test_an_unsupported_construct_fails_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                  small: tuple[Path, Any], query: str, construct: str) -> None:
+def test_an_unsupported_construct_fails_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, small: tuple[Path, Any], query: str, construct: str
+) -> None:
     code, out, err = run(capsys, "hunt", str(rule_file(tmp_path, query)), "--data", f"EmailEvents={small[0]}")
     assert code == 1
     assert "does not support" in err and construct in err
@@ -213,27 +238,58 @@ def test_an_unsupported_construct_fails_naming_it(capsys: pytest.CaptureFixture[
 # --- hunt: input ---------------------------------------------------------------------------------------------
 
 
-def test_jsonl_csv_and_json_array_inputs_give_the_same_answer(capsys: pytest.CaptureFixture[str],
-                                                             tmp_path: Path) -> None:
+def test_jsonl_csv_and_json_array_inputs_give_the_same_answer(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     rows = [json.loads(line) for line in SAMPLES.read_text(encoding="utf-8").splitlines()]
     for row in rows:
         for column in ("TimeGenerated", "Timestamp"):
             row[column] = datetime.fromisoformat(row[column].replace("Z", "+00:00"))
     # The Logs blade's CSV: US-style times (milliseconds). Advanced Hunting's: 7 fraction digits, no TimeGenerated.
-    blade = write_csv(tmp_path / "blade.csv", rows,
-                      times=lambda t: t.strftime("%m/%d/%Y, %I:%M:%S.") + f"{t.microsecond // 1000:03d} "
-                      + t.strftime("%p"))
-    hunting = write_csv(tmp_path / "hunting.csv", [{k: v for k, v in r.items() if k != "TimeGenerated"} for r in rows],
-                        times=lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%f0Z"))
+    blade = write_csv(
+        tmp_path / "blade.csv",
+        rows,
+        times=lambda t: t.strftime("%m/%d/%Y, %I:%M:%S.") + f"{t.microsecond // 1000:03d} " + t.strftime("%p"),
+    )
+    hunting = write_csv(
+        tmp_path / "hunting.csv",
+        [{k: v for k, v in r.items() if k != "TimeGenerated"} for r in rows],
+        times=lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%f0Z"),
+    )
     # az monitor log-analytics query -o json: one array, every value text, TableName added.
     az = tmp_path / "az.json"
-    az.write_text(json.dumps([{**{k: json.dumps(v) if isinstance(v, (dict, list)) else
-                                  _iso(v) if isinstance(v, datetime) else str(v) for k, v in r.items()},
-                               "TableName": "PrimaryResult"} for r in rows]), encoding="utf-8")
+    az.write_text(
+        json.dumps(
+            [
+                {
+                    **{
+                        k: json.dumps(v)
+                        if isinstance(v, (dict, list))
+                        else _iso(v)
+                        if isinstance(v, datetime)
+                        else str(v)
+                        for k, v in r.items()
+                    },
+                    "TableName": "PrimaryResult",
+                }
+                for r in rows
+            ]
+        ),
+        encoding="utf-8",
+    )
     answers = {}
     for source in (SAMPLES, blade, hunting, az):
-        code, out, err = run(capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={source}", "--format", "jsonl",
-                             "--columns", "NetworkMessageId,RecipientEmailAddress,TimeGenerated,SPF,DMARC,To")
+        code, out, err = run(
+            capsys,
+            "hunt",
+            str(SEED_RULE),
+            "--data",
+            f"EmailEvents={source}",
+            "--format",
+            "jsonl",
+            "--columns",
+            "NetworkMessageId,RecipientEmailAddress,TimeGenerated,SPF,DMARC,To",
+        )
         assert code == 0, err
         answers[source.name] = jsonl_rows(out)
         if source == hunting:
@@ -257,12 +313,16 @@ def test_datetimes_are_typed_in_jsonl_and_csv(capsys: pytest.CaptureFixture[str]
     }
     rows = [{"NetworkMessageId": name, "TimeGenerated": value} for name, value in times.items()]
     rows.append({"NetworkMessageId": "empty", "TimeGenerated": ""})
-    rule = rule_file(tmp_path, "EmailEvents | where TimeGenerated > datetime(2026-11-20) "
-                               "| project NetworkMessageId, TimeGenerated, Hour = datetime_part('hour', TimeGenerated)")
+    rule = rule_file(
+        tmp_path,
+        "EmailEvents | where TimeGenerated > datetime(2026-11-20) "
+        "| project NetworkMessageId, TimeGenerated, Hour = datetime_part('hour', TimeGenerated)",
+    )
     jsonl = write_jsonl(tmp_path / "t.jsonl", rows)
     with (tmp_path / "t.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([["NetworkMessageId", "TimeGenerated"], *([r["NetworkMessageId"], r["TimeGenerated"]]
-                                                                            for r in rows)])
+        csv.writer(handle).writerows(
+            [["NetworkMessageId", "TimeGenerated"], *([r["NetworkMessageId"], r["TimeGenerated"]] for r in rows)]
+        )
     for path in (jsonl, tmp_path / "t.csv"):
         code, out, err = run(capsys, "hunt", str(rule), "--data", f"EmailEvents={path}", "--format", "jsonl")
         assert code == 0, err
@@ -279,8 +339,9 @@ def test_datetimes_are_typed_in_jsonl_and_csv(capsys: pytest.CaptureFixture[str]
         }
 
 
-def test_a_value_that_does_not_fit_its_column_fails_naming_it(capsys: pytest.CaptureFixture[str],
-                                                              tmp_path: Path) -> None:
+def test_a_value_that_does_not_fit_its_column_fails_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = write_jsonl(tmp_path / "EmailEvents.jsonl", [{"TimeGenerated": "last tuesday", "NetworkMessageId": "x"}])
     code, _, err = run(capsys, "hunt", str(SEED_RULE), "--data", str(path))
     assert code == 1
@@ -288,11 +349,16 @@ def test_a_value_that_does_not_fit_its_column_fails_naming_it(capsys: pytest.Cap
 
 
 def test_a_table_without_a_schema_is_inferred(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    rows = [{"When": "2026-11-20T10:00:00Z", "Count": 3, "Flag": True, "Bag": {"a": [1]}, "Name": "x"},
-            {"When": "2026-11-20T11:00:00Z", "Count": 5, "Flag": False, "Bag": {"a": [2]}}]
+    rows = [
+        {"When": "2026-11-20T10:00:00Z", "Count": 3, "Flag": True, "Bag": {"a": [1]}, "Name": "x"},
+        {"When": "2026-11-20T11:00:00Z", "Count": 5, "Flag": False, "Bag": {"a": [2]}},
+    ]
     path = write_jsonl(tmp_path / "Custom_CL.jsonl", rows)
-    rule = rule_file(tmp_path, "Custom_CL | where When > datetime(2026-11-20T10:30:00Z) and Count > 4 "
-                               "| extend A = tostring(Bag.a[0]) | project Name, Count, Flag, A, When")
+    rule = rule_file(
+        tmp_path,
+        "Custom_CL | where When > datetime(2026-11-20T10:30:00Z) and Count > 4 "
+        "| extend A = tostring(Bag.a[0]) | project Name, Count, Flag, A, When",
+    )
     code, out, err = run(capsys, "hunt", str(rule), "--data", str(path), "--format", "jsonl")
     assert code == 0, err
     assert jsonl_rows(out) == [{"Name": "", "Count": 5, "Flag": False, "A": "2", "When": "2026-11-20T11:00:00.000000Z"}]
@@ -301,13 +367,17 @@ def test_a_table_without_a_schema_is_inferred(capsys: pytest.CaptureFixture[str]
 
 def test_engine_loaders_keep_the_schema_and_report_what_they_did(tmp_path: Path) -> None:
     path = tmp_path / "e.csv"
-    path.write_text("NetworkMessageId,Extra,IsFirstContact,AttachmentCount,Cc\nm1,7,True,2,\"[\"\"a@b.c\"\"]\"\n"
-                    "m2,,False,None,\n", encoding="utf-8")
+    path.write_text(
+        'NetworkMessageId,Extra,IsFirstContact,AttachmentCount,Cc\nm1,7,True,2,"[""a@b.c""]"\nm2,,False,None,\n',
+        encoding="utf-8",
+    )
     with Engine() as engine:
         loaded = engine.load_csv("EmailEvents", str(path), SCHEMA, extra_columns=True)
         assert loaded.rows == 2 and loaded.inferred == ("Extra",) and "Subject" in loaded.missing
-        result = engine.query("EmailEvents | project NetworkMessageId, Extra, IsFirstContact, AttachmentCount, "
-                              "Cc, Subject, n = array_length(Cc)")
+        result = engine.query(
+            "EmailEvents | project NetworkMessageId, Extra, IsFirstContact, AttachmentCount, "
+            "Cc, Subject, n = array_length(Cc)"
+        )
         assert result.types == ["string", "long", "bool", "int", "dynamic", "string", "long"]
         assert result.rows == [("m1", 7, True, 2, '["a@b.c"]', "", 1), ("m2", None, False, None, None, "", None)]
         # Only the schema's columns unless asked; columns differing only in case cannot both exist in DuckDB.
@@ -323,8 +393,14 @@ def test_engine_loaders_keep_the_schema_and_report_what_they_did(tmp_path: Path)
 
 @pytest.mark.parametrize("tuned", [False, True], ids=["as shipped", "with the example exclusions"])
 def test_hunt_agrees_with_the_detector_on_the_sample_day(
-    capsys: pytest.CaptureFixture[str], la: LogAnalyticsStandIn, hook: WebhookReceiver,
-    make_detector: MakeDetector, clock: Clock, rules_dir: Path, tmp_path: Path, tuned: bool,
+    capsys: pytest.CaptureFixture[str],
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    rules_dir: Path,
+    tmp_path: Path,
+    tuned: bool,
 ) -> None:
     if tuned:  # the detector reads exclusion files in its rules folder; hunt those beside the rule file
         shutil.copy(EXAMPLE_EXCLUSIONS, rules_dir / "exclusions.yaml")
@@ -337,10 +413,20 @@ def test_hunt_agrees_with_the_detector_on_the_sample_day(
     alerted = {(h.row["NetworkMessageId"], h.row["RecipientEmailAddress"]) for h in detector.store.hits(rule_id)}
     assert {m for m, _ in alerted} == set(delivered_ids(hook)), "every stored hit was posted"
 
-    path = write_jsonl(tmp_path / "EmailEvents.jsonl", [{k: v for k, v in r.items() if k != "_IngestedAt"}
-                                                        for r in rows])
-    code, out, err = run(capsys, "hunt", str(rules_dir / SEED_RULE.name), "--data", f"EmailEvents={path}",
-                         "--format", "jsonl", "--columns", "NetworkMessageId,RecipientEmailAddress")
+    path = write_jsonl(
+        tmp_path / "EmailEvents.jsonl", [{k: v for k, v in r.items() if k != "_IngestedAt"} for r in rows]
+    )
+    code, out, err = run(
+        capsys,
+        "hunt",
+        str(rules_dir / SEED_RULE.name),
+        "--data",
+        f"EmailEvents={path}",
+        "--format",
+        "jsonl",
+        "--columns",
+        "NetworkMessageId,RecipientEmailAddress",
+    )
     assert code == 0, err
     hunted = {(r["NetworkMessageId"], r["RecipientEmailAddress"]) for r in jsonl_rows(out)}
     assert hunted == alerted
@@ -381,8 +467,9 @@ def test_preview_writes_the_cards_the_rule_would_post(capsys: pytest.CaptureFixt
     assert shown == {m for (m,) in hits}
 
 
-def test_preview_fails_when_the_renderer_rejects_a_card(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                        small: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preview_fails_when_the_renderer_rejects_a_card(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, small: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shared.preview
     from shared.preview import CardRender, RenderResult
 
@@ -390,14 +477,16 @@ def test_preview_fails_when_the_renderer_rejects_a_card(capsys: pytest.CaptureFi
         return RenderResult([CardRender(False, ["Unknown element type"], [], "") for _ in cards], "<html></html>")
 
     monkeypatch.setattr(shared.preview, "render_cards", reject)
-    code, out, err = run(capsys, "preview", str(SEED_RULE), "--data", f"EmailEvents={small[0]}",
-                         "--out", str(tmp_path / "c.html"))
+    code, out, err = run(
+        capsys, "preview", str(SEED_RULE), "--data", f"EmailEvents={small[0]}", "--out", str(tmp_path / "c.html")
+    )
     assert code == 1
     assert "INVALID: Unknown element type" in out and "invalid for Teams" in err
 
 
-def test_preview_with_no_hits_writes_an_empty_page(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                   clock: Clock) -> None:
+def test_preview_with_no_hits_writes_an_empty_page(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, clock: Clock
+) -> None:
     path = write_jsonl(tmp_path / "EmailEvents.jsonl", [email(clock, EmailDirection="Outbound")])
     code, out, _ = run(capsys, "preview", str(SEED_RULE), "--data", str(path), "--out", str(tmp_path / "c.html"))
     assert code == 0

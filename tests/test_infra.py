@@ -309,9 +309,7 @@ def check_site_hardening(t: Template) -> Problems:
     for key, want in {"ftpsState": "Disabled", "minTlsVersion": "1.2", "scmMinTlsVersion": "1.2"}.items():
         if config.get(key) != want:
             problems.append(f"siteConfig.{key} is {config.get(key)!r}, must be {want!r}")
-    policies = {
-        r.config.get("name"): r for r in t.resources("Microsoft.Web/sites/basicPublishingCredentialsPolicies")
-    }
+    policies = {r.config.get("name"): r for r in t.resources("Microsoft.Web/sites/basicPublishingCredentialsPolicies")}
     for name in ("ftp", "scm"):
         policy = policies.get(name)
         if policy is None or policy.properties.get("allow") is not False or policy.condition is not None:
@@ -323,9 +321,7 @@ def check_flex_consumption(t: Template) -> Problems:
     problems = []
     plan = t.one("Microsoft.Web/serverfarms")
     sku = plan.config.get("sku") or {}
-    if (sku.get("name"), sku.get("tier")) != ("FC1", "FlexConsumption") or plan.properties.get(
-        "reserved"
-    ) is not True:
+    if (sku.get("name"), sku.get("tier")) != ("FC1", "FlexConsumption") or plan.properties.get("reserved") is not True:
         problems.append(f"plan must be FC1/FlexConsumption with reserved: true, got {sku} {plan.properties}")
     site = t.one("Microsoft.Web/sites")
     if site.config.get("kind") != "functionapp,linux":
@@ -367,9 +363,7 @@ def check_identity_only(t: Template) -> Problems:
         "AzureWebJobsStorage__credential": "managedidentity",
         "AzureWebJobsStorage__clientId": "identity.properties.clientId",
         "AZURE_CLIENT_ID": "identity.properties.clientId",
-        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": (
-            "ClientId=${identity.properties.clientId};Authorization=AAD"
-        ),
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": ("ClientId=${identity.properties.clientId};Authorization=AAD"),
     }
     for name, want in expected.items():
         if settings.get(name) != want:
@@ -437,9 +431,7 @@ def check_no_secret_outputs(t: Template) -> Problems:
         leaked = words & secure
         if leaked:
             problems.append(f"{t.name}: output {name} exposes secure parameter(s) {sorted(leaked)}")
-        if re.search(
-            r"(?i)connectionstring|instrumentationkey|listkeys|listsecrets|secret|password|webhook", text
-        ):
+        if re.search(r"(?i)connectionstring|instrumentationkey|listkeys|listsecrets|secret|password|webhook", text):
             problems.append(f"{t.name}: output {name} = {text} looks secret")
         if any(d.get("type") == "secure" for d in body.get("decorators") or []):
             problems.append(f"{t.name}: output {name} is @secure(); outputs must not carry secrets at all")
@@ -515,20 +507,14 @@ def check_roles(res_t: Template, reader_t: Template, main_t: Template) -> Proble
     for ra in assignments:
         is_app = ra.principal in ("identity.properties.principalId", "principalId")
         if is_app and (ra.condition is not None or ra.principal_type != "ServicePrincipal"):
-            problems.append(
-                f"{ra.where}:{ra.symbol} must be unconditional with principalType ServicePrincipal"
-            )
+            problems.append(f"{ra.where}:{ra.symbol} must be unconditional with principalType ServicePrincipal")
         if not is_app:
             if (ra.role_id, ra.scope_type) not in DEPLOYER_ROLES:
-                problems.append(
-                    f"{ra.where}:{ra.symbol} grants {ra.role_id} on {ra.scope_type} to {ra.principal}"
-                )
+                problems.append(f"{ra.where}:{ra.symbol} grants {ra.role_id} on {ra.scope_type} to {ra.principal}")
             # The condition, and the variable it names if any (grantDeployer = grantDeployerAccess && ...).
             condition_text = f"{ra.condition} {render(res_t.variables.get(ra.condition or ''))}"
             if ra.condition is None or "grantDeployerAccess" not in condition_text:
-                problems.append(
-                    f"{ra.where}:{ra.symbol} (for {ra.principal}) must depend on grantDeployerAccess"
-                )
+                problems.append(f"{ra.where}:{ra.symbol} (for {ra.principal}) must depend on grantDeployerAccess")
     # The workspace role lives in a module deployed at the workspace's own resource group and subscription.
     # Its one allowed condition: assignWorkspaceReader (default true), for an owner who grants it by hand.
     path, condition, config = res_t.module("sentinelAccess")
@@ -539,9 +525,7 @@ def check_roles(res_t: Template, reader_t: Template, main_t: Template) -> Proble
         condition != "assignWorkspaceReader"
         or (res_t.params.get("assignWorkspaceReader") or {}).get("default") is not True
     ):
-        problems.append(
-            "the workspace role must be on unless assignWorkspaceReader (default true) says otherwise"
-        )
+        problems.append("the workspace role must be on unless assignWorkspaceReader (default true) says otherwise")
     if render(config.get("scope")) != workspace_scope:
         problems.append(f"workspace module scope is {render(config.get('scope'))}")
     if render(res_t.variables.get("sentinelWorkspaceParts")) != "split(sentinelWorkspaceResourceId, /)":
@@ -591,9 +575,7 @@ def check_settings(t: Template, settings_module: ModuleType) -> Problems:
     local_only = {settings_module.ACCESS_TOKEN, settings_module.DNS_SERVERS}  # DNS_SERVERS: issue 16, stand-ins only
     wanted = set(settings_module.SETTING_NAMES) - local_only
     problems += [f"app setting {n} (read by shared/settings.py) is not set" for n in sorted(wanted - present)]
-    problems += [
-        f"required setting {n} is not set" for n in sorted(set(settings_module.REQUIRED_IN_AZURE) - present)
-    ]
+    problems += [f"required setting {n} is not set" for n in sorted(set(settings_module.REQUIRED_IN_AZURE) - present)]
     problems += [f"{n} is local-only and must never be set in Azure" for n in sorted(local_only & present)]
     prefix = settings_module.PARAM_PREFIX
     params = {n[len(prefix) :] for n in present if n.startswith(prefix)}
@@ -650,8 +632,7 @@ def run_checkov(directory: Path) -> dict[str, Any]:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
         pytest.fail(
-            f"checkov did not print JSON (exit {proc.returncode}):\n"
-            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            f"checkov did not print JSON (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         )
     reports = report if isinstance(report, list) else [report]
     bicep = [r for r in reports if r.get("check_type") == "bicep"]
@@ -723,9 +704,7 @@ def test_webhook_url_lives_in_key_vault_and_reaches_the_app_as_a_reference(res: 
     assert check_key_vault(res) == []
 
 
-def test_role_assignments_are_exactly_the_least_privilege_set(
-    res: Template, reader: Template, main: Template
-) -> None:
+def test_role_assignments_are_exactly_the_least_privilege_set(res: Template, reader: Template, main: Template) -> None:
     assert check_roles(res, reader, main) == []
 
 
@@ -741,17 +720,11 @@ def test_nothing_secret_in_outputs(name: str) -> None:
 def test_state_settings_and_outputs_point_at_the_same_table(res: Template, main: Template) -> None:
     settings_ = app_settings(res)
     assert settings_["KQLWATCH_STATE_CONNECTION"] == "tableServiceUri"
-    assert (
-        res.variables["tableServiceUri"]
-        == "https://${storageAccountName}.table.${environment().suffixes.storage}"
-    )
+    assert res.variables["tableServiceUri"] == "https://${storageAccountName}.table.${environment().suffixes.storage}"
     assert render(res.outputs["stateTableEndpoint"]["value"]) == "tableServiceUri"
     assert settings_["KQLWATCH_STATE_TABLE"] == "stateTable.name"
     assert render(res.outputs["stateTableName"]["value"]) == "stateTable.name"
-    assert (
-        render(res.one("Microsoft.Storage/storageAccounts/tableServices/tables").config["name"])
-        == "stateTableName"
-    )
+    assert render(res.one("Microsoft.Storage/storageAccounts/tableServices/tables").config["name"]) == "stateTableName"
     assert res.variables["storageAccountName"].startswith("st${")
     assert render(res.one(STORAGE).config["name"]) == "storageAccountName"
 
@@ -807,9 +780,7 @@ def test_azd_parameters_file_maps_every_required_parameter(main: Template) -> No
     assert values["location"]["value"] == "${AZURE_LOCATION}"
     assert values["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
     for name, body in values.items():
-        assert re.fullmatch(r"\$\{[A-Z0-9_]+(=[^}]*)?\}", body["value"]), (
-            f"{name} must come from the azd environment"
-        )
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+(=[^}]*)?\}", body["value"]), f"{name} must come from the azd environment"
 
 
 def test_azure_yaml_deploys_this_folder_to_the_tagged_function_app(res: Template) -> None:
@@ -838,16 +809,10 @@ def test_resource_api_versions_are_stable_and_current() -> None:
     for path in bicep_files():
         t = load(path)
         for r in t.resources():
-            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", r.api_version), (
-                f"{t.name}:{r.symbol} uses {r.api_version}"
-            )
-            assert r.api_version >= "2020-02-02", (
-                f"{t.name}:{r.symbol} uses an old API version {r.api_version}"
-            )
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", r.api_version), f"{t.name}:{r.symbol} uses {r.api_version}"
+            assert r.api_version >= "2020-02-02", f"{t.name}:{r.symbol} uses an old API version {r.api_version}"
         for name, module in t.modules.items():
-            assert module["type"] == "local", (
-                f"{t.name}: module {name} is not local (registry modules are unchecked)"
-            )
+            assert module["type"] == "local", f"{t.name}: module {name} is not local (registry modules are unchecked)"
 
 
 def test_defaults_agree_with_the_code(res: Template, settings: ModuleType) -> None:
@@ -866,9 +831,7 @@ def test_defaults_agree_with_the_code(res: Template, settings: ModuleType) -> No
 
 
 def test_generated_names_fit_azure_limits(res: Template) -> None:
-    max_prefix = next(
-        d["argument"] for d in res.params["namePrefix"]["decorators"] if d.get("type") == "max_length"
-    )
+    max_prefix = next(d["argument"] for d in res.params["namePrefix"]["decorators"] if d.get("type") == "max_length")
     token = 13  # uniqueString() length
 
     def longest(template: str) -> int:
@@ -966,9 +929,7 @@ MUTATIONS = [
         "minimumTlsVersion: 'TLS1_0'",
         _res(check_storage_hardening),
     ),
-    Mutation(
-        "http-site", "resources.bicep", "httpsOnly: true", "httpsOnly: false", _res(check_site_hardening)
-    ),
+    Mutation("http-site", "resources.bicep", "httpsOnly: true", "httpsOnly: false", _res(check_site_hardening)),
     Mutation(
         "ftps-on",
         "resources.bicep",
@@ -1037,17 +998,14 @@ MUTATIONS = [
         "resources.bicep",
         "      appSettings: [\n",
         "      appSettings: [\n"
-        + SETTING_BLOCK.format(
-            name="AzureWebJobsStorage", value="'AccountKey=${storage.listKeys().keys[0].value}'"
-        ),
+        + SETTING_BLOCK.format(name="AzureWebJobsStorage", value="'AccountKey=${storage.listKeys().keys[0].value}'"),
         _res(check_identity_only),
     ),
     Mutation(
         "queue-uri",
         "resources.bicep",
         "      appSettings: [\n",
-        "      appSettings: [\n"
-        + SETTING_BLOCK.format(name="AzureWebJobsStorage__queueServiceUri", value="'q'"),
+        "      appSettings: [\n" + SETTING_BLOCK.format(name="AzureWebJobsStorage__queueServiceUri", value="'q'"),
         _res(check_identity_only),
     ),
     Mutation(

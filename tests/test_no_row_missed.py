@@ -102,21 +102,49 @@ def test_rows_ingested_before_the_watermark_are_not_read_again(
 
 
 def test_after_downtime_the_next_run_reads_everything_ingested_meanwhile() -> None:
-    window = ingestion_window(NOW, period=H, last_end=NOW - 5 * H, last_sweep_end=NOW - 5 * H,
-                              max_lateness=48 * H, max_catchup=24 * H, sweep_every=H)
+    window = ingestion_window(
+        NOW,
+        period=H,
+        last_end=NOW - 5 * H,
+        last_sweep_end=NOW - 5 * H,
+        max_lateness=48 * H,
+        max_catchup=24 * H,
+        sweep_every=H,
+    )
     assert window.sweep and window.since == NOW - 5 * H - INGESTION_OVERLAP
     assert window.start == window.since - 48 * H and window.end == NOW
-    capped = ingestion_window(NOW, period=H, last_end=NOW - 50 * H, last_sweep_end=NOW - 50 * H,
-                              max_lateness=48 * H, max_catchup=24 * H, sweep_every=H)
+    capped = ingestion_window(
+        NOW,
+        period=H,
+        last_end=NOW - 50 * H,
+        last_sweep_end=NOW - 50 * H,
+        max_lateness=48 * H,
+        max_catchup=24 * H,
+        sweep_every=H,
+    )
     assert capped.since == NOW - 24 * H
 
 
 def test_between_sweeps_a_run_scans_a_short_span_and_a_sweep_the_whole_lateness() -> None:
-    fast = ingestion_window(NOW, period=H, last_end=NOW - 5 * M, last_sweep_end=NOW - 30 * M,
-                            max_lateness=48 * H, max_catchup=24 * H, sweep_every=H)
+    fast = ingestion_window(
+        NOW,
+        period=H,
+        last_end=NOW - 5 * M,
+        last_sweep_end=NOW - 30 * M,
+        max_lateness=48 * H,
+        max_catchup=24 * H,
+        sweep_every=H,
+    )
     assert not fast.sweep and fast.since == NOW - 10 * M and fast.start == fast.since - FAST_LATENESS
-    sweep = ingestion_window(NOW, period=H, last_end=NOW - 5 * M, last_sweep_end=NOW - H,
-                             max_lateness=48 * H, max_catchup=24 * H, sweep_every=H)
+    sweep = ingestion_window(
+        NOW,
+        period=H,
+        last_end=NOW - 5 * M,
+        last_sweep_end=NOW - H,
+        max_lateness=48 * H,
+        max_catchup=24 * H,
+        sweep_every=H,
+    )
     assert sweep.sweep and sweep.since == NOW - H - INGESTION_OVERLAP and sweep.start == sweep.since - 48 * H
 
 
@@ -125,8 +153,10 @@ def test_between_sweeps_a_run_scans_only_the_short_span(
 ) -> None:
     """The stand-in counts the rows in each query's TimeGenerated span (what a workspace scans): 50 rows an hour
     over two days; a normal run scans about 2 h of them, a sweep the whole 2 days."""
-    rows = [email(clock, TimeGenerated=clock.now - i * 72 * timedelta(seconds=1), EmailDirection="Outbound")
-            for i in range(2400)]
+    rows = [
+        email(clock, TimeGenerated=clock.now - i * 72 * timedelta(seconds=1), EmailDirection="Outbound")
+        for i in range(2400)
+    ]
     la.ingest("EmailEvents", rows, at=clock.now - 2 * M)
     scanned = []
     for _ in range(3):  # first run, first sweep, a normal run
@@ -154,16 +184,19 @@ def test_the_shadowing_let_is_accepted_by_kusto_language() -> None:
 BASE = "id: 5d1c2f0e-9a57-4c4e-8d59-2f6b3e1a7c02\nname: x\nseverity: Low\n"
 
 
-@pytest.mark.parametrize(("extra", "query", "mode", "reason"), [
-    ("", "EmailEvents | where Subject has 'x'", "ingestion", "row by row"),
-    ("", "EmailEvents | summarize n = count() by SenderFromAddress | where n > 5", "timegenerated", "summarize"),
-    ("", "EmailEvents | extend s = make_set(Subject)", "timegenerated", "make_set"),
-    ("", "EmailEvents | join EmailUrlInfo on NetworkMessageId", "timegenerated", "2 tables"),
-    ("", "EmailEvents | where ingestion_time() > ago(1h)", "timegenerated", "ingestion_time"),
-    ("triggerOperator: gt\ntriggerThreshold: 10\n", "EmailEvents", "timegenerated", "threshold"),
-    ("kqlwatch:\n  window: timegenerated\n", "EmailEvents", "timegenerated", "kqlwatch.window"),
-    ("kqlwatch:\n  window: ingestion\n", "EmailEvents | summarize count()", "ingestion", "kqlwatch.window"),
-])
+@pytest.mark.parametrize(
+    ("extra", "query", "mode", "reason"),
+    [
+        ("", "EmailEvents | where Subject has 'x'", "ingestion", "row by row"),
+        ("", "EmailEvents | summarize n = count() by SenderFromAddress | where n > 5", "timegenerated", "summarize"),
+        ("", "EmailEvents | extend s = make_set(Subject)", "timegenerated", "make_set"),
+        ("", "EmailEvents | join EmailUrlInfo on NetworkMessageId", "timegenerated", "2 tables"),
+        ("", "EmailEvents | where ingestion_time() > ago(1h)", "timegenerated", "ingestion_time"),
+        ("triggerOperator: gt\ntriggerThreshold: 10\n", "EmailEvents", "timegenerated", "threshold"),
+        ("kqlwatch:\n  window: timegenerated\n", "EmailEvents", "timegenerated", "kqlwatch.window"),
+        ("kqlwatch:\n  window: ingestion\n", "EmailEvents | summarize count()", "ingestion", "kqlwatch.window"),
+    ],
+)
 def test_window_mode_is_chosen_by_meaning_and_overridable(extra: str, query: str, mode: str, reason: str) -> None:
     rule = parse_rule(BASE + extra + f"query: |\n  {query}\n", "rules/x.yaml")
     choice = window_choice(rule)
@@ -171,7 +204,9 @@ def test_window_mode_is_chosen_by_meaning_and_overridable(extra: str, query: str
 
 
 def test_a_bad_window_mode_names_the_file_and_the_key() -> None:
-    with pytest.raises(Exception, match=r"rules/x.yaml: kqlwatch.window 'event' is not one of ingestion, timegenerated"):
+    with pytest.raises(
+        Exception, match=r"rules/x.yaml: kqlwatch.window 'event' is not one of ingestion, timegenerated"
+    ):
         parse_rule(BASE + "query: EmailEvents\nkqlwatch:\n  window: event\n", "rules/x.yaml")
 
 
@@ -231,8 +266,13 @@ def test_a_silence_that_lasts_past_the_suppression_window_alerts_again(
 
 
 def test_a_source_table_gone_quiet_gets_one_notice_and_one_when_rows_return(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock,
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ops = {"KQLWATCH_OPS_WEBHOOK_URL": hook.url("ops")}
     la.ingest("EmailEvents", [email(clock, EmailDirection="Outbound")], at=clock.now - 10 * M)
@@ -267,8 +307,9 @@ def test_kqlwatch_silence_after_sets_the_threshold(
     la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
 ) -> None:
     seed = rules_dir / "accepted-domain-dmarc-temperror.yaml"
-    seed.write_text(seed.read_text(encoding="utf-8").replace("kqlwatch:\n", "kqlwatch:\n  silenceAfter: 6h\n", 1),
-                    encoding="utf-8")
+    seed.write_text(
+        seed.read_text(encoding="utf-8").replace("kqlwatch:\n", "kqlwatch:\n  silenceAfter: 6h\n", 1), encoding="utf-8"
+    )
     la.ingest("EmailEvents", [email(clock, EmailDirection="Outbound")], at=clock.now - 10 * M)
     for _ in range(4):
         make_detector(KQLWATCH_OPS_WEBHOOK_URL=hook.url("ops")).run(only_due=False)
@@ -301,6 +342,8 @@ def test_bad_issue_13_settings_and_keys_are_named(env: dict[str, str]) -> None:
 
 def test_source_tables_are_table_references_not_columns_or_let_names() -> None:
     known = ("EmailEvents", "EmailUrlInfo")
-    query = ("let EmailUrlInfo = 1;\nlet Recent = EmailEvents | where x.EmailUrlInfo == 1;\n"
-             "Recent | extend EmailUrlInfo = 2 | union Custom_CL")
+    query = (
+        "let EmailUrlInfo = 1;\nlet Recent = EmailEvents | where x.EmailUrlInfo == 1;\n"
+        "Recent | extend EmailUrlInfo = 2 | union Custom_CL"
+    )
     assert ingestion.source_tables(query, known) == ("EmailEvents", "Custom_CL")

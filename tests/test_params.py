@@ -19,8 +19,19 @@ from shared.standins.teams import WebhookReceiver
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 
 SEED_QUERY = load_rule(SEED_RULE).query
-PIECES = [*"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *", "//", "\u2018", "\u2019", "\u201c", "\u201d", "```", "let ", "or true",
-          "\x00", "\u2028"]
+PIECES = [
+    *"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *",
+    "//",
+    "\u2018",
+    "\u2019",
+    "\u201c",
+    "\u201d",
+    "```",
+    "let ",
+    "or true",
+    "\x00",
+    "\u2028",
+]
 HOSTILE = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
 
 
@@ -99,25 +110,30 @@ def test_control_characters_in_a_value_are_a_configuration_error() -> None:
         prepare_rules(rules, {"SenderDomains": "contoso.com\x00"})
 
 
-def test_parameters_change_what_the_workspace_returns(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                      make_detector: MakeDetector, clock: Clock) -> None:
+def test_parameters_change_what_the_workspace_returns(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     contoso = email(clock)
-    fabrikam_perm = email(clock, SenderMailFromDomain="fabrikam.fr",
-                          AuthenticationDetails='{"SPF":"pass","DMARC":"permerror"}')
+    fabrikam_perm = email(
+        clock, SenderMailFromDomain="fabrikam.fr", AuthenticationDetails='{"SPF":"pass","DMARC":"permerror"}'
+    )
     woodgrove = email(clock, SenderMailFromDomain="woodgrove.com")
     la.ingest("EmailEvents", [contoso, fabrikam_perm, woodgrove], at=clock.now - timedelta(minutes=10))
-    detector = make_detector(KQLWATCH_PARAM_SenderDomains="fabrikam.fr,woodgrove.com",
-                             KQLWATCH_PARAM_TriggerResults="temperror, permerror")
+    detector = make_detector(
+        KQLWATCH_PARAM_SenderDomains="fabrikam.fr,woodgrove.com", KQLWATCH_PARAM_TriggerResults="temperror, permerror"
+    )
     detector.run(only_due=False)
     assert sorted(delivered_ids(hook)) == sorted([fabrikam_perm["NetworkMessageId"], woodgrove["NetworkMessageId"]])
     sent = la.requests[-1].query
     assert 'let SenderDomains = pack_array("fabrikam.fr", "woodgrove.com");' in sent
 
 
-def test_injection_attempt_through_a_parameter_matches_nothing(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                               make_detector: MakeDetector, clock: Clock) -> None:
-    la.ingest("EmailEvents", [email(clock), email(clock, EmailDirection="Outbound")],
-              at=clock.now - timedelta(minutes=10))
+def test_injection_attempt_through_a_parameter_matches_nothing(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    la.ingest(
+        "EmailEvents", [email(clock), email(clock, EmailDirection="Outbound")], at=clock.now - timedelta(minutes=10)
+    )
     hostile = "x'); EmailEvents | where true or ('1"
     outcome = make_detector(KQLWATCH_PARAM_SenderDomains=hostile).run(only_due=False).outcomes[0]
     assert outcome.ok and outcome.rows == 0

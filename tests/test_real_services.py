@@ -30,8 +30,9 @@ def _client() -> TeamsClient:
     return TeamsClient(retries=0, backoff=0.01, min_interval=0.0, timeout=(2.0, 2.0))
 
 
-def test_posts_are_utf8_json_and_say_so(la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector,
-                                        clock: Clock) -> None:
+def test_posts_are_utf8_json_and_say_so(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     row = email(clock, Subject="Facture impayée – 請求書 – счёт")
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
     make_detector().run(only_due=False)
@@ -60,27 +61,35 @@ def test_a_flow_with_a_response_action_answers_its_failure_synchronously(hook: W
     client.close()
 
 
-def test_cards_run_through_both_kinds_of_flow(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                              make_detector: MakeDetector, clock: Clock) -> None:
+def test_cards_run_through_both_kinds_of_flow(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
     """The flow displays our cards (1.4, under 28 KB as Teams may count): no failed run in either mode."""
     rows = [email(clock, Subject="é" * 5000 + str(i)) for i in range(30)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     hook.synchronous("sync")
-    outcome = make_detector(KQLWATCH_TEAMS_WEBHOOK_URL=f"{hook.url('soc')},{hook.url('sync')}").run(
-        only_due=False).outcomes[0]
+    outcome = (
+        make_detector(KQLWATCH_TEAMS_WEBHOOK_URL=f"{hook.url('soc')},{hook.url('sync')}")
+        .run(only_due=False)
+        .outcomes[0]
+    )
     assert outcome.delivered == 30 and outcome.deferred == 0
     assert [r.error for r in hook.runs() if not r.succeeded] == []
     ids = sorted(r["NetworkMessageId"] for r in rows)
     assert sorted(delivered_ids(hook, "soc")) == ids and sorted(delivered_ids(hook, "sync")) == ids
 
 
-@pytest.mark.parametrize("url", [
-    "https://contoso.webhook.office.com/webhookb2/0c7f@72f9/IncomingWebhook/SECRET0123456789/8e3a",
-    "https://outlook.office.com/webhook/0c7f@72f9/IncomingWebhook/SECRET0123456789/8e3a",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://contoso.webhook.office.com/webhookb2/0c7f@72f9/IncomingWebhook/SECRET0123456789/8e3a",
+        "https://outlook.office.com/webhook/0c7f@72f9/IncomingWebhook/SECRET0123456789/8e3a",
+    ],
+)
 @pytest.mark.parametrize("setting", ["KQLWATCH_TEAMS_WEBHOOK_URL", "KQLWATCH_OPS_WEBHOOK_URL", "KQLWATCH_ROUTE_HIGH"])
-def test_retired_office_365_connector_urls_are_a_configuration_error(url: str, setting: str,
-                                                                     env: dict[str, str]) -> None:
+def test_retired_office_365_connector_urls_are_a_configuration_error(
+    url: str, setting: str, env: dict[str, str]
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({**env, setting: url})
     assert caught.value.setting == setting
@@ -137,8 +146,9 @@ def test_truncation_still_splits_the_window_and_reports_the_real_reason(
     la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
 ) -> None:
     same_time = clock.now - timedelta(minutes=15)
-    la.ingest("EmailEvents", [email(clock, TimeGenerated=same_time) for _ in range(5)],
-              at=clock.now - timedelta(minutes=10))
+    la.ingest(
+        "EmailEvents", [email(clock, TimeGenerated=same_time) for _ in range(5)], at=clock.now - timedelta(minutes=10)
+    )
     la.row_cap = 3
     outcome = make_detector().run(only_due=False).outcomes[0]
     assert outcome.ok and not outcome.degraded and outcome.delivered == 3 and len(la.requests) > 1
@@ -150,8 +160,14 @@ def test_truncation_still_splits_the_window_and_reports_the_real_reason(
 
 def _slow_client(la: LogAnalyticsStandIn, budget: float) -> LogsClient:
     # The production shape at 1/120 scale: a 1 s server wait instead of 120 s, three retries.
-    return LogsClient(la.endpoint, StaticTokenCredential(la.token), retry_total=3, retry_backoff_factor=0.01,
-                      server_timeout=1, query_budget=budget)
+    return LogsClient(
+        la.endpoint,
+        StaticTokenCredential(la.token),
+        retry_total=3,
+        retry_backoff_factor=0.01,
+        server_timeout=1,
+        query_budget=budget,
+    )
 
 
 def test_a_query_past_the_server_wait_is_bounded_by_the_rule_budget(
@@ -209,8 +225,11 @@ def test_transient_429_and_502_without_retry_after_are_retried_in_the_run(
 ) -> None:
     row = email(clock)
     la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
-    la.respond(Response.of_json(status, {"error": {"code": "ServiceUnavailable", "message": "try later",
-                                                   "correlationId": "0c1d"}}))  # no Retry-After
+    la.respond(
+        Response.of_json(
+            status, {"error": {"code": "ServiceUnavailable", "message": "try later", "correlationId": "0c1d"}}
+        )
+    )  # no Retry-After
     outcome = make_detector().run(only_due=False).outcomes[0]
     assert len(la.requests) == 2 and outcome.ok and delivered_ids(hook) == [row["NetworkMessageId"]]
 
@@ -230,9 +249,15 @@ class IdentityEndpoint:
 
     def _handle(self, request: Request) -> Response:
         self.requests.append(request)
-        return Response.of_json(400, {"statusCode": 400, "message": "No User Assigned or Delegated Managed "
-                                      "Identity found for specified ClientId/ResourceId/PrincipalId.",
-                                      "correlationId": "5f0e3f4c-0000-4000-8000-000000000001"})
+        return Response.of_json(
+            400,
+            {
+                "statusCode": 400,
+                "message": "No User Assigned or Delegated Managed "
+                "Identity found for specified ClientId/ResourceId/PrincipalId.",
+                "correlationId": "5f0e3f4c-0000-4000-8000-000000000001",
+            },
+        )
 
     def __enter__(self) -> IdentityEndpoint:
         self._server.start()
@@ -260,7 +285,9 @@ def test_a_managed_identity_token_failure_names_the_identity_and_the_workspace(
             client.query(WORKSPACE, "EmailEvents", now - timedelta(hours=1), now)
         client.close()
     message = str(caught.value)
-    assert message.startswith(f"could not get a token for managed identity {CLIENT_ID} to query workspace {WORKSPACE}: ")
+    assert message.startswith(
+        f"could not get a token for managed identity {CLIENT_ID} to query workspace {WORKSPACE}: "
+    )
     assert "No User Assigned or Delegated Managed Identity found" in message and "HTTP None" not in message
     assert identity.requests and la.requests == []  # the token was asked for locally; no query went out
 
@@ -270,21 +297,34 @@ def test_no_credential_at_all_is_explained(la: LogAnalyticsStandIn, monkeypatch:
     managed identity is excluded here, as this machine must not reach 169.254.169.254)."""
     from azure.identity import DefaultAzureCredential
 
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "IDENTITY_ENDPOINT", "MSI_ENDPOINT",
-                 "AZURE_FEDERATED_TOKEN_FILE"):
+    for name in (
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_SECRET",
+        "IDENTITY_ENDPOINT",
+        "MSI_ENDPOINT",
+        "AZURE_FEDERATED_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")  # no az, azd or pwsh to ask
-    credential = DefaultAzureCredential(exclude_managed_identity_credential=True,
-                                        exclude_shared_token_cache_credential=True,
-                                        exclude_visual_studio_code_credential=True)
+    credential = DefaultAzureCredential(
+        exclude_managed_identity_credential=True,
+        exclude_shared_token_cache_credential=True,
+        exclude_visual_studio_code_credential=True,
+    )
     client = LogsClient(la.endpoint, credential, retry_total=0)
     now = datetime.now(timezone.utc)
     with pytest.raises(QueryError) as caught:
         client.query(WORKSPACE, "EmailEvents", now - timedelta(hours=1), now)
     client.close()
     message = str(caught.value)
-    assert message.startswith("could not get a token for DefaultAzureCredential (no AZURE_CLIENT_ID set) to query "
-                              f"workspace {WORKSPACE}: ") and "HTTP None" not in message
+    assert (
+        message.startswith(
+            "could not get a token for DefaultAzureCredential (no AZURE_CLIENT_ID set) to query "
+            f"workspace {WORKSPACE}: "
+        )
+        and "HTTP None" not in message
+    )
     assert la.requests == []
 
 
@@ -302,11 +342,20 @@ def test_timespans_guids_and_dynamic_null_as_the_service_sends_them(
         "  | project TimeGenerated, Host, Id, Delay, Day, Extra\n"
     )
     when = clock.now - timedelta(minutes=15)
-    la.ingest("Probe_CL", [{"TimeGenerated": when, "Host": "a", "IdText": PROBE_ID, "Extra": {"k": [1]}},
-                           {"TimeGenerated": when, "Host": "b", "IdText": PROBE_ID, "Extra": None}],
-              at=clock.now - timedelta(minutes=10))
-    result = make_detector().logs.query(WORKSPACE, "Probe_CL | extend Delay = 5m, Day = 1d, Id = toguid(IdText) "
-                                        "| project Host, Id, Delay, Day, Extra", when - timedelta(minutes=1), clock.now)
+    la.ingest(
+        "Probe_CL",
+        [
+            {"TimeGenerated": when, "Host": "a", "IdText": PROBE_ID, "Extra": {"k": [1]}},
+            {"TimeGenerated": when, "Host": "b", "IdText": PROBE_ID, "Extra": None},
+        ],
+        at=clock.now - timedelta(minutes=10),
+    )
+    result = make_detector().logs.query(
+        WORKSPACE,
+        "Probe_CL | extend Delay = 5m, Day = 1d, Id = toguid(IdText) | project Host, Id, Delay, Day, Extra",
+        when - timedelta(minutes=1),
+        clock.now,
+    )
     assert result.types == {"Host": "string", "Id": "guid", "Delay": "timespan", "Day": "timespan", "Extra": "dynamic"}
     assert result.rows[1] == {"Host": "b", "Id": PROBE_ID, "Delay": "00:05:00", "Day": "1.00:00:00", "Extra": None}
     outcome = next(o for o in make_detector().run(only_due=False).outcomes if o.name == "Probe rule")
@@ -319,8 +368,9 @@ def test_timespans_guids_and_dynamic_null_as_the_service_sends_them(
     assert again.ok and again.rows == 2 and again.new_hits == 0  # the same identities: alerted once
 
 
-def test_service_errors_keep_the_correlation_id(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                make_detector: MakeDetector, rules_dir: Path) -> None:
+def test_service_errors_keep_the_correlation_id(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, rules_dir: Path
+) -> None:
     (rules_dir / "broken.yaml").write_text(
         "id: 0b5e9c6e-4444-4a4a-9a9a-000000000002\nname: Broken rule\n"
         "query: |\n  EmailEvents | summarize by NoSuchColumn\n"
@@ -333,13 +383,21 @@ def test_service_errors_keep_the_correlation_id(la: LogAnalyticsStandIn, hook: W
 
 
 def test_a_window_split_for_truncation_whose_half_fails_otherwise_is_degraded(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock,
-    monkeypatch: pytest.MonkeyPatch
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(detector_module, "MAX_SPLITS", 1)  # one split: the halves' answers decide
     empty = {"tables": [{"name": "PrimaryResult", "columns": [{"name": "Subject", "type": "string"}], "rows": []}]}
-    truncated = {**empty, "error": partial_error_body(TRUNCATION_CODE, "Query result set has exceeded the internal "
-                                                      "record count limit 500000 (E_QUERY_RESULT_SET_TOO_LARGE)")}
+    truncated = {
+        **empty,
+        "error": partial_error_body(
+            TRUNCATION_CODE,
+            "Query result set has exceeded the internal record count limit 500000 (E_QUERY_RESULT_SET_TOO_LARGE)",
+        ),
+    }
     low_memory = {**empty, "error": partial_error_body(LOW_MEMORY.code, LOW_MEMORY.message)}
     la.respond(Response.of_json(200, truncated), Response.of_json(200, truncated), Response.of_json(200, low_memory))
     outcome = make_detector().run(only_due=False).outcomes[0]

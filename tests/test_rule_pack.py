@@ -23,8 +23,22 @@ RULES = ROOT / "rules"
 PACK = sorted(p for p in RULES.glob("*.yaml") if not p.name.endswith("exclusions.yaml"))
 CORPUS_INDEX = ROOT.parent / "shared" / "corpus" / "sentinel-email-rules" / "INDEX.tsv"
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-SENTINEL_FIELDS = ("id", "name", "description", "severity", "queryFrequency", "queryPeriod", "triggerOperator",
-                   "triggerThreshold", "tactics", "relevantTechniques", "entityMappings", "version", "kind", "query")
+SENTINEL_FIELDS = (
+    "id",
+    "name",
+    "description",
+    "severity",
+    "queryFrequency",
+    "queryPeriod",
+    "triggerOperator",
+    "triggerThreshold",
+    "tactics",
+    "relevantTechniques",
+    "entityMappings",
+    "version",
+    "kind",
+    "query",
+)
 
 
 def doc(path: Path) -> dict[str, Any]:
@@ -68,8 +82,9 @@ def test_kqlwatch_validate_is_clean(capsys: pytest.CaptureFixture[str], monkeypa
     assert re.search(rf"validate: {len(PACK)} files, {len(PACK)} valid, 0 with errors, 0 warnings", out), out
 
 
-def test_kqlwatch_test_is_green_for_every_rule(capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kqlwatch_test_is_green_for_every_rule(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("KQLWATCH_RULES_DIR", raising=False)
     code = main(["test"])
@@ -96,8 +111,10 @@ def test_shared_parameters_mean_the_same_in_every_rule() -> None:
     rules = load_rules(RULES).rules
     with_domains = [r for r in rules if "SenderDomains" in bindings(r.query)]
     assert len(with_domains) >= 4
-    defaults = {r.query[bindings(r.query)["SenderDomains"].value_start:bindings(r.query)["SenderDomains"].value_end]
-                for r in with_domains}
+    defaults = {
+        r.query[bindings(r.query)["SenderDomains"].value_start : bindings(r.query)["SenderDomains"].value_end]
+        for r in with_domains
+    }
     assert defaults == {"pack_array('contoso.com', 'fabrikam.fr')"}
     assert [r.path for r in rules if "TriggerResults" in bindings(r.query)] == [str(SEED_RULE)]
     prepared, errors = prepare_rules(rules, {"SenderDomains": "woodgrovebank.com"})

@@ -20,8 +20,12 @@ def test_seed_rule_is_the_specified_sentinel_rule() -> None:
     rule = load_rule(SEED_RULE)
     assert rule.id == "a256f4ea-deec-4fcd-bdf3-63987638eed9"
     assert rule.name == "Message from an Accepted Domain with DMARC TempError"
-    assert (rule.severity, rule.tactics, rule.techniques, rule.version) == ("Medium", ("InitialAccess",),
-                                                                            ("T1566",), "1.0.0")
+    assert (rule.severity, rule.tactics, rule.techniques, rule.version) == (
+        "Medium",
+        ("InitialAccess",),
+        ("T1566",),
+        "1.0.0",
+    )
     assert "let SenderDomains = pack_array('contoso.com', 'fabrikam.fr');" in rule.query
     assert "let TriggerResults = pack_array('temperror');" in rule.query
     assert rule.dedupe_key == ("NetworkMessageId", "RecipientEmailAddress")
@@ -31,8 +35,11 @@ def test_seed_rule_is_the_specified_sentinel_rule() -> None:
 
 def test_a_rule_without_kqlwatch_keys_runs_with_sentinel_defaults() -> None:
     rule = parse_rule(MINIMAL, "minimal.yaml")
-    assert (rule.query_frequency, rule.query_period, rule.severity) == (timedelta(minutes=5), timedelta(hours=1),
-                                                                        "Medium")
+    assert (rule.query_frequency, rule.query_period, rule.severity) == (
+        timedelta(minutes=5),
+        timedelta(hours=1),
+        "Medium",
+    )
     assert rule.dedupe_key == () and rule.trigger_operator == "gt" and rule.trigger_threshold == 0
 
 
@@ -101,9 +108,17 @@ def test_missing_rules_directory_is_reported(tmp_path: Path) -> None:
     assert result.rules == [] and "does not exist" in str(result.errors[0])
 
 
-@pytest.mark.parametrize(("op", "threshold", "count", "met"),
-                         [("gt", 0, 1, True), ("gt", 2, 2, False), ("lt", 5, 3, True), ("eq", 3, 3, True),
-                          ("ne", 3, 3, False), ("GreaterThan", 0, 1, True)])
+@pytest.mark.parametrize(
+    ("op", "threshold", "count", "met"),
+    [
+        ("gt", 0, 1, True),
+        ("gt", 2, 2, False),
+        ("lt", 5, 3, True),
+        ("eq", 3, 3, True),
+        ("ne", 3, 3, False),
+        ("GreaterThan", 0, 1, True),
+    ],
+)
 def test_trigger_operator_and_threshold(op: str, threshold: int, count: int, met: bool) -> None:
     rule = parse_rule(MINIMAL + f"triggerOperator: {op}\ntriggerThreshold: {threshold}\n", "x")
     assert trigger_met(rule, count) is met

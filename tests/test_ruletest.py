@@ -14,8 +14,11 @@ from shared.cli import main
 from shared.ruletest import values_equal
 from tests.conftest import ROOT, SEED_RULE
 
-HIT = {"EmailDirection": "Inbound", "SenderMailFromDomain": "contoso.com",
-       "AuthenticationDetails": '{"SPF":"pass","DKIM":"none","DMARC":"temperror","CompAuth":"fail"}'}
+HIT = {
+    "EmailDirection": "Inbound",
+    "SenderMailFromDomain": "contoso.com",
+    "AuthenticationDetails": '{"SPF":"pass","DKIM":"none","DMARC":"temperror","CompAuth":"fail"}',
+}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -37,7 +40,9 @@ def seed_with_tests(tmp_path: Path, tests: Any, name: str = "seed.yaml", **chang
     return path
 
 
-def test_the_shipped_rules_pass_their_tests(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shipped_rules_pass_their_tests(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("KQLWATCH_RULES_DIR", raising=False)
     code, out = run(capsys)
@@ -46,21 +51,36 @@ def test_the_shipped_rules_pass_their_tests(capsys: pytest.CaptureFixture[str], 
     assert code == 0 and match, out
     assert int(match.group(1)) >= 20
     seed = "rules/accepted-domain-dmarc-temperror.yaml::"
-    for name in ("FP scheduled job alerts until excluded",
-                 "FP SaaS senders (ServiceNow, Zendesk) alert until excluded",
-                 "domains and results match case-insensitively (in~) - Contoso.com and TempError alert",
-                 "malformed or empty AuthenticationDetails - no alert, no error",
-                 "look-alike domains do not alert"):
+    for name in (
+        "FP scheduled job alerts until excluded",
+        "FP SaaS senders (ServiceNow, Zendesk) alert until excluded",
+        "domains and results match case-insensitively (in~) - Contoso.com and TempError alert",
+        "malformed or empty AuthenticationDetails - no alert, no error",
+        "look-alike domains do not alert",
+    ):
         assert f"PASSED {seed}{name}" in lines
 
 
 def test_a_wrong_expectation_fails_with_a_diff(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    path = seed_with_tests(tmp_path, [
-        {"name": "the scheduled job does not alert",  # wrong: it does, until excluded
-         "data": {"EmailEvents": [{**HIT, "NetworkMessageId": "fp-a", "RecipientEmailAddress": "ops@contoso.com",
-                                   "SenderMailFromAddress": "noreply-scheduler@contoso.com"}]},
-         "expect": {"count": 0}},
-    ])
+    path = seed_with_tests(
+        tmp_path,
+        [
+            {
+                "name": "the scheduled job does not alert",  # wrong: it does, until excluded
+                "data": {
+                    "EmailEvents": [
+                        {
+                            **HIT,
+                            "NetworkMessageId": "fp-a",
+                            "RecipientEmailAddress": "ops@contoso.com",
+                            "SenderMailFromAddress": "noreply-scheduler@contoso.com",
+                        }
+                    ]
+                },
+                "expect": {"count": 0},
+            },
+        ],
+    )
     code, out = run(capsys, str(path))
     assert code == 1
     assert out.splitlines() == [
@@ -71,28 +91,46 @@ def test_a_wrong_expectation_fails_with_a_diff(capsys: pytest.CaptureFixture[str
     ]
 
 
-def test_rows_expectations_diff_missing_and_unexpected_rows(capsys: pytest.CaptureFixture[str],
-                                                            tmp_path: Path) -> None:
+def test_rows_expectations_diff_missing_and_unexpected_rows(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rows = [{**HIT, "NetworkMessageId": "m1"}, {**HIT, "NetworkMessageId": "m2"}]
-    path = seed_with_tests(tmp_path, [
-        {"name": "exact", "data": {"EmailEvents": rows},
-         "expect": {"rows": [{"NetworkMessageId": "m1", "DMARC": "temperror"}, {"NetworkMessageId": "m2"}]}},
-        {"name": "partial", "data": {"EmailEvents": rows},
-         "expect": {"rows": [{"NetworkMessageId": "m2"}], "partial": True}},
-        {"name": "wrong", "data": {"EmailEvents": rows},
-         "expect": {"rows": [{"NetworkMessageId": "m1", "DMARC": "permerror"}]}},
-        {"name": "ambiguous", "data": {"EmailEvents": rows},
-         "expect": {"rows": [{"DMARC": "temperror"}], "partial": True}},
-        {"name": "no such column", "data": {"EmailEvents": rows}, "expect": {"rows": [{"Verdict": "bad"}]}},
-    ])
+    path = seed_with_tests(
+        tmp_path,
+        [
+            {
+                "name": "exact",
+                "data": {"EmailEvents": rows},
+                "expect": {"rows": [{"NetworkMessageId": "m1", "DMARC": "temperror"}, {"NetworkMessageId": "m2"}]},
+            },
+            {
+                "name": "partial",
+                "data": {"EmailEvents": rows},
+                "expect": {"rows": [{"NetworkMessageId": "m2"}], "partial": True},
+            },
+            {
+                "name": "wrong",
+                "data": {"EmailEvents": rows},
+                "expect": {"rows": [{"NetworkMessageId": "m1", "DMARC": "permerror"}]},
+            },
+            {
+                "name": "ambiguous",
+                "data": {"EmailEvents": rows},
+                "expect": {"rows": [{"DMARC": "temperror"}], "partial": True},
+            },
+            {"name": "no such column", "data": {"EmailEvents": rows}, "expect": {"rows": [{"Verdict": "bad"}]}},
+        ],
+    )
     code, out = run(capsys, str(path))
     assert code == 1
     assert f"PASSED {path}::exact" in out and f"PASSED {path}::partial" in out
     wrong = out.split(f"FAILED {path}::wrong\n")[1].split("FAILED")[0]
     assert '- {NetworkMessageId: "m1", DMARC: "permerror"}   expected row 1: no result row matches' in wrong
     assert 'closest result row differs in DMARC: expected "permerror", got "temperror"' in wrong
-    assert '+ {NetworkMessageId: "m1", DMARC: "temperror", RecipientEmailAddress: ""}   result row not expected' in wrong
-    assert '+ {NetworkMessageId: "m2", DMARC: "temperror", RecipientEmailAddress: ""}   result row not expected' in wrong
+    assert (
+        '+ {NetworkMessageId: "m1", DMARC: "temperror", RecipientEmailAddress: ""}   result row not expected' in wrong
+    )
+    assert (
+        '+ {NetworkMessageId: "m2", DMARC: "temperror", RecipientEmailAddress: ""}   result row not expected' in wrong
+    )
     assert "expected row 1: matches 2 result rows (name more columns to tell them apart)" in out
     assert "column(s) Verdict not in the result" in out
     assert out.splitlines()[-1] == "2 passed, 3 failed"
@@ -100,10 +138,13 @@ def test_rows_expectations_diff_missing_and_unexpected_rows(capsys: pytest.Captu
 
 def test_typed_expectations_and_data(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Datetimes (YAML timestamps or text), dynamic values, numbers and booleans; `now` fixes ago()."""
-    query = ("EmailEvents | where TimeGenerated > ago(1h) "
-             "| project NetworkMessageId, TimeGenerated, To, AttachmentCount, IsFirstContact, Subject")
+    query = (
+        "EmailEvents | where TimeGenerated > ago(1h) "
+        "| project NetworkMessageId, TimeGenerated, To, AttachmentCount, IsFirstContact, Subject"
+    )
     path = tmp_path / "typed.yaml"
-    path.write_text(f"""\
+    path.write_text(
+        f"""\
 id: 22222222-3333-4444-8555-666666666666
 name: typed
 query: "{query}"
@@ -128,7 +169,9 @@ kqlwatch:
       expect:
         rows:
           - {{TimeGenerated: 2026-11-20T11:30:00Z, To: '["a@contoso.com"]', AttachmentCount: null}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     code, out = run(capsys, str(path))
     assert code == 0, out
     assert out.splitlines()[-1] == "2 passed, 0 failed"
@@ -139,23 +182,39 @@ def test_data_files_relative_to_the_rule(capsys: pytest.CaptureFixture[str], tmp
     (tmp_path / "data" / "mail.csv").write_text(
         "NetworkMessageId,EmailDirection,SenderMailFromDomain,AuthenticationDetails,TimeGenerated [UTC]\n"
         'csv-1,Inbound,contoso.com,"{""SPF"":""temperror""}","11/20/2026, 8:15:02.123 AM"\n'
-        'csv-2,Outbound,contoso.com,"{""SPF"":""temperror""}","11/20/2026, 8:16:02.123 AM"\n', encoding="utf-8")
-    path = seed_with_tests(tmp_path, [
-        {"name": "from a CSV export", "dataFile": "data/mail.csv", "table": "EmailEvents",
-         "expect": {"rows": [{"NetworkMessageId": "csv-1", "TimeGenerated": "2026-11-20T08:15:02.123Z"}]}},
-        {"name": "the sample day", "dataFile": str(ROOT / "samples" / "EmailEvents.jsonl"), "table": "EmailEvents",
-         "params": {"TriggerResults": ["temperror", "permerror"], "SenderDomains": "contoso.com"},
-         "expect": {"count": 58}},  # 63 with both domains, 41 with temperror only (samples/README.md)
-    ])
+        'csv-2,Outbound,contoso.com,"{""SPF"":""temperror""}","11/20/2026, 8:16:02.123 AM"\n',
+        encoding="utf-8",
+    )
+    path = seed_with_tests(
+        tmp_path,
+        [
+            {
+                "name": "from a CSV export",
+                "dataFile": "data/mail.csv",
+                "table": "EmailEvents",
+                "expect": {"rows": [{"NetworkMessageId": "csv-1", "TimeGenerated": "2026-11-20T08:15:02.123Z"}]},
+            },
+            {
+                "name": "the sample day",
+                "dataFile": str(ROOT / "samples" / "EmailEvents.jsonl"),
+                "table": "EmailEvents",
+                "params": {"TriggerResults": ["temperror", "permerror"], "SenderDomains": "contoso.com"},
+                "expect": {"count": 58},
+            },  # 63 with both domains, 41 with temperror only (samples/README.md)
+        ],
+    )
     code, out = run(capsys, str(path))
     assert code == 0, out
 
 
-def test_an_engine_refusal_fails_the_case_naming_the_construct(capsys: pytest.CaptureFixture[str],
-                                                              tmp_path: Path) -> None:
-    path = seed_with_tests(tmp_path, [{"name": "uses ipv4_is_in_range", "data": {"EmailEvents": []},
-                                       "expect": {"count": 0}}],
-                           query='EmailEvents | where ipv4_is_in_range(SenderIPv4, "10.0.0.0/8")')
+def test_an_engine_refusal_fails_the_case_naming_the_construct(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = seed_with_tests(
+        tmp_path,
+        [{"name": "uses ipv4_is_in_range", "data": {"EmailEvents": []}, "expect": {"count": 0}}],
+        query='EmailEvents | where ipv4_is_in_range(SenderIPv4, "10.0.0.0/8")',
+    )
     code, out = run(capsys, str(path))
     assert code == 1
     assert f"FAILED {path}::uses ipv4_is_in_range" in out
@@ -165,8 +224,10 @@ def test_an_engine_refusal_fails_the_case_naming_the_construct(capsys: pytest.Ca
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ({"name": "c", "data": {"EmailEvents": [{"SenderMailFromDomian": "contoso.com"}]}, "expect": {"count": 0}},
-         "data: EmailEvents[0]: EmailEvents has no column 'SenderMailFromDomian'"),
+        (
+            {"name": "c", "data": {"EmailEvents": [{"SenderMailFromDomian": "contoso.com"}]}, "expect": {"count": 0}},
+            "data: EmailEvents[0]: EmailEvents has no column 'SenderMailFromDomian'",
+        ),
         ({"name": "c", "data": {"EmailEvents": []}, "expect": {"count": 0}, "param": {}}, "unknown key(s) param"),
         ({"name": "c", "data": {"EmailEvents": []}}, "'expect' is missing"),
         ({"name": "c", "data": {"EmailEvents": []}, "expect": {"count": 1, "rows": []}}, "exactly one of"),
@@ -175,19 +236,27 @@ def test_an_engine_refusal_fails_the_case_naming_the_construct(capsys: pytest.Ca
         ({"name": "c", "data": {"EmailEvents": []}, "expect": {"count": 0, "partial": True}}, "goes with expect.rows"),
         ({"name": "c", "expect": {"count": 0}}, "give 'data'"),
         ({"name": "c", "data": [{"EmailEvents": []}], "expect": {"count": 0}}, "'data' must map table names"),
-        ({"name": "c", "data": {"EmailEvents": [["a"]]}, "expect": {"count": 0}}, "data.EmailEvents[0] is not a mapping"),
+        (
+            {"name": "c", "data": {"EmailEvents": [["a"]]}, "expect": {"count": 0}},
+            "data.EmailEvents[0] is not a mapping",
+        ),
         ({"name": "c", "dataFile": "missing.jsonl", "table": "EmailEvents", "expect": {"count": 0}}, "no such file"),
         ({"name": "c", "dataFile": "missing.jsonl", "expect": {"count": 0}}, "needs 'table'"),
-        ({"name": "c", "data": {"EmailEvents": []}, "params": {"SenderDomain": "x"}, "expect": {"count": 0}},
-         "params.SenderDomain: rule 'Message from an Accepted Domain with DMARC TempError' has no top-level"),
-        ({"name": "c", "data": {"EmailEvents": []}, "params": {"TriggerResults": {"a": 1}}, "expect": {"count": 0}},
-         "a parameter value must be"),
+        (
+            {"name": "c", "data": {"EmailEvents": []}, "params": {"SenderDomain": "x"}, "expect": {"count": 0}},
+            "params.SenderDomain: rule 'Message from an Accepted Domain with DMARC TempError' has no top-level",
+        ),
+        (
+            {"name": "c", "data": {"EmailEvents": []}, "params": {"TriggerResults": {"a": 1}}, "expect": {"count": 0}},
+            "a parameter value must be",
+        ),
         ({"name": "c", "data": {"Custom_CL": []}, "expect": {"count": 0}}, "Custom_CL has no schema"),
         ({"name": "c", "data": {"EmailEvents": []}, "now": "soon", "expect": {"count": 0}}, "'now' 'soon'"),
     ],
 )
-def test_a_malformed_case_is_a_failure_naming_file_and_case(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                             case: dict[str, Any], reason: str) -> None:
+def test_a_malformed_case_is_a_failure_naming_file_and_case(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, case: dict[str, Any], reason: str
+) -> None:
     path = seed_with_tests(tmp_path, [case, {"name": "fine", "data": {"EmailEvents": []}, "expect": {"count": 0}}])
     code, out = run(capsys, str(path))
     assert code == 1
@@ -265,9 +334,9 @@ def test_values_equal(expected: Any, actual: Any, kind: str, equal: bool) -> Non
     assert values_equal(expected, actual, kind) is equal
 
 
-def test_exclusion_files_beside_the_rule_apply_to_its_cases(capsys: pytest.CaptureFixture[str],
-                                                            tmp_path: Path) -> None:
-    (tmp_path / "exclusions.yaml").write_text(f"""\
+def test_exclusion_files_beside_the_rule_apply_to_its_cases(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "exclusions.yaml").write_text(
+        f"""\
 exclusions:
   - rule: {yaml.safe_load(SEED_RULE.read_text())["id"]}
     name: scheduler
@@ -276,12 +345,17 @@ exclusions:
     expires: 2027-01-31
     match:
       - {{column: SenderMailFromAddress, operator: equals, values: [noreply-scheduler@contoso.com]}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     row = {**HIT, "NetworkMessageId": "fp-a", "SenderMailFromAddress": "noreply-scheduler@contoso.com"}
-    seed_with_tests(tmp_path, [
-        {"name": "excluded", "now": "2027-01-31T23:00:00Z", "data": {"EmailEvents": [row]}, "expect": {"count": 0}},
-        {"name": "expired", "now": "2027-02-01T00:00:00Z", "data": {"EmailEvents": [row]}, "expect": {"count": 1}},
-    ])
+    seed_with_tests(
+        tmp_path,
+        [
+            {"name": "excluded", "now": "2027-01-31T23:00:00Z", "data": {"EmailEvents": [row]}, "expect": {"count": 0}},
+            {"name": "expired", "now": "2027-02-01T00:00:00Z", "data": {"EmailEvents": [row]}, "expect": {"count": 1}},
+        ],
+    )
     code, out = run(capsys, str(tmp_path))
     assert code == 0, out
     assert out.splitlines()[-1] == "2 passed, 0 failed"

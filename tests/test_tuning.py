@@ -33,23 +33,26 @@ exclusions:
 
 
 def _scheduler(clock: Clock, **fields: str) -> dict[str, Any]:
-    job = {"SenderFromAddress": "noreply-scheduler@contoso.com", "SenderMailFromAddress": "noreply-scheduler@contoso.com",
-           "SenderIPv4": "10.20.30.40", "Connectors": "Contoso-OnPrem-Relay"}
+    job = {
+        "SenderFromAddress": "noreply-scheduler@contoso.com",
+        "SenderMailFromAddress": "noreply-scheduler@contoso.com",
+        "SenderIPv4": "10.20.30.40",
+        "Connectors": "Contoso-OnPrem-Relay",
+    }
     return email(clock, **{**job, **fields})
 
 
 def _rule(rules_dir: Path, name: str, extra: str, query: str | None = None) -> None:
     body = query or "EmailEvents | where EmailDirection == 'Inbound'"
     (rules_dir / f"{name}.yaml").write_text(
-        f"id: 0b5e9c6e-2222-4a4a-9a9a-{abs(hash(name)) % 10**12:012d}\nname: {name}\n"
-        f"query: |\n  {body}\n{extra}"
+        f"id: 0b5e9c6e-2222-4a4a-9a9a-{abs(hash(name)) % 10**12:012d}\nname: {name}\nquery: |\n  {body}\n{extra}"
     )
     (rules_dir / SEED_RULE.name).unlink(missing_ok=True)
 
 
-def test_exclusion_removes_the_job_but_not_a_spoof_of_it(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                         make_detector: MakeDetector, clock: Clock,
-                                                         rules_dir: Path) -> None:
+def test_exclusion_removes_the_job_but_not_a_spoof_of_it(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     (rules_dir / "exclusions.yaml").write_text(SCHEDULER.format(expires="2099-12-31"))
     job = _scheduler(clock)
     spoof = _scheduler(clock, SenderIPv4="198.51.100.23", Connectors="")  # same sender, from outside
@@ -63,9 +66,9 @@ def test_exclusion_removes_the_job_but_not_a_spoof_of_it(la: LogAnalyticsStandIn
     assert 'SenderFromAddress in~ ("noreply-scheduler@contoso.com")' in sent
 
 
-def test_expired_exclusion_stops_applying_and_is_reported_once(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                               make_detector: MakeDetector, clock: Clock,
-                                                               rules_dir: Path) -> None:
+def test_expired_exclusion_stops_applying_and_is_reported_once(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     (rules_dir / "exclusions.yaml").write_text(SCHEDULER.format(expires="2020-01-31"))
     job = _scheduler(clock)
     la.ingest("EmailEvents", [job], at=clock.now - timedelta(minutes=10))
@@ -82,11 +85,12 @@ def test_expired_exclusion_stops_applying_and_is_reported_once(la: LogAnalyticsS
     assert "exclusion: Contoso scheduler" not in la.requests[-1].query
 
 
-def test_a_bad_exclusion_is_reported_and_the_rule_still_runs(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                             make_detector: MakeDetector, clock: Clock,
-                                                             rules_dir: Path) -> None:
+def test_a_bad_exclusion_is_reported_and_the_rule_still_runs(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     (rules_dir / "exclusions.yaml").write_text(
-        SCHEDULER.format(expires="2099-01-01").replace("operator: cidr", "operator: within"))
+        SCHEDULER.format(expires="2099-01-01").replace("operator: cidr", "operator: within")
+    )
     la.ingest("EmailEvents", [_scheduler(clock)], at=clock.now - timedelta(minutes=10))
     report = make_detector().run(only_due=False)
     assert not report.ok
@@ -97,18 +101,27 @@ def test_a_bad_exclusion_is_reported_and_the_rule_still_runs(la: LogAnalyticsSta
 
 def test_exclusion_values_are_data_not_kql() -> None:
     [exclusion] = parse_exclusions(
-        [{"name": "x", "reason": "r", "owner": "o",
-          "match": [{"column": "Subject", "operator": "has", "values": ['") or true //']}]}],
-        source="t", rule_id=SEED_ID)
+        [
+            {
+                "name": "x",
+                "reason": "r",
+                "owner": "o",
+                "match": [{"column": "Subject", "operator": "has", "values": ['") or true //']}],
+            }
+        ],
+        source="t",
+        rule_id=SEED_ID,
+    )
     rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     [prepared], _ = prepare_rules(rules, {}, [exclusion])
     assert prepared.query.rstrip().endswith(
-        '| where not((isnotempty(Subject) and (Subject has "\\") or true //")))  // exclusion: x')
+        '| where not((isnotempty(Subject) and (Subject has "\\") or true //")))  // exclusion: x'
+    )
 
 
-def test_sentinel_suppression_holds_new_alerts_for_its_duration(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                                make_detector: MakeDetector, clock: Clock,
-                                                                rules_dir: Path) -> None:
+def test_sentinel_suppression_holds_new_alerts_for_its_duration(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     _rule(rules_dir, "Suppressed", "suppressionEnabled: true\nsuppressionDuration: 1h\n")
     first = email(clock, TimeGenerated=clock.now - timedelta(minutes=2))
     la.ingest("EmailEvents", [first], at=clock.now - timedelta(minutes=1))
@@ -152,9 +165,9 @@ def test_realert_window_is_per_entity_and_a_change_applies_next_run(
     assert a4["NetworkMessageId"] in delivered_ids(hook)
 
 
-def test_trigger_threshold_applies_to_the_result_count(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                       make_detector: MakeDetector, clock: Clock,
-                                                       rules_dir: Path) -> None:
+def test_trigger_threshold_applies_to_the_result_count(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     _rule(rules_dir, "Burst", "triggerOperator: gt\ntriggerThreshold: 2\n")
     la.ingest("EmailEvents", [email(clock), email(clock)], at=clock.now - timedelta(minutes=10))
     assert make_detector().run(only_due=False).outcomes[0].new_hits == 0
@@ -163,35 +176,44 @@ def test_trigger_threshold_applies_to_the_result_count(la: LogAnalyticsStandIn, 
     assert make_detector().run(only_due=False).outcomes[0].new_hits == 3
 
 
-def test_alert_per_result_titles_and_custom_details(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                    make_detector: MakeDetector, clock: Clock,
-                                                    rules_dir: Path) -> None:
-    _rule(rules_dir, "PerResult", "eventGroupingSettings:\n  aggregationKind: AlertPerResult\n"
-          "alertDetailsOverride:\n  alertDisplayNameFormat: 'Spoofed mail to {{RecipientEmailAddress}} "
-          "from {{SenderDisplayName}}'\ncustomDetails:\n  Connector: Connectors\n")
-    rows = [email(clock, SenderDisplayName="[Pay](https://evil.example)", Connectors="Partner-In"),
-            email(clock, RecipientEmailAddress="bob@contoso.com")]
+def test_alert_per_result_titles_and_custom_details(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
+    _rule(
+        rules_dir,
+        "PerResult",
+        "eventGroupingSettings:\n  aggregationKind: AlertPerResult\n"
+        "alertDetailsOverride:\n  alertDisplayNameFormat: 'Spoofed mail to {{RecipientEmailAddress}} "
+        "from {{SenderDisplayName}}'\ncustomDetails:\n  Connector: Connectors\n",
+    )
+    rows = [
+        email(clock, SenderDisplayName="[Pay](https://evil.example)", Connectors="Partner-In"),
+        email(clock, RecipientEmailAddress="bob@contoso.com"),
+    ]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     make_detector().run(only_due=False)
     cards = hook.cards()
     assert len(cards) == 2
     titles = sorted(c["body"][0]["items"][0]["inlines"][0]["text"] for c in cards)
-    assert titles == ["Spoofed mail to alice@contoso[.]com from [Pay](hxxps[:]//evil[.]example)",
-                      "Spoofed mail to bob@contoso[.]com from The CEO"]
+    assert titles == [
+        "Spoofed mail to alice@contoso[.]com from [Pay](hxxps[:]//evil[.]example)",
+        "Spoofed mail to bob@contoso[.]com from The CEO",
+    ]
     assert any("Connector: Partner-In" in str(c) for c in cards)
 
 
-def test_single_alert_groups_hits_into_one_digest(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                  make_detector: MakeDetector, clock: Clock, rules_dir: Path) -> None:
+def test_single_alert_groups_hits_into_one_digest(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     _rule(rules_dir, "Digest", "eventGroupingSettings:\n  aggregationKind: SingleAlert\n")
     la.ingest("EmailEvents", [email(clock) for _ in range(4)], at=clock.now - timedelta(minutes=10))
     make_detector().run(only_due=False)
     assert len(hook.cards()) == 1 and len(delivered_ids(hook)) == 4
 
 
-def test_routing_by_rule_and_by_severity_with_a_default(la: LogAnalyticsStandIn, hook: WebhookReceiver,
-                                                        make_detector: MakeDetector, clock: Clock,
-                                                        rules_dir: Path) -> None:
+def test_routing_by_rule_and_by_severity_with_a_default(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
     _rule(rules_dir, "High one", "severity: High\n", "EmailEvents | where Subject == 'high'")
     _rule(rules_dir, "Routed", "kqlwatch:\n  route: OnCall\n", "EmailEvents | where Subject == 'routed'")
     _rule(rules_dir, "Plain", "severity: Low\n", "EmailEvents | where Subject == 'plain'")
@@ -220,9 +242,13 @@ def test_documented_exclusions_leave_exactly_the_attacks_in_the_sample_tenant(
     la.ingest("EmailEvents", rows)
     report = make_detector().run(only_due=False)
     assert report.ok, report
-    alerted = {(row["NetworkMessageId"], row["RecipientEmailAddress"]) for row in rows
-               if row["NetworkMessageId"] in set(delivered_ids(hook))}
-    families = {generator.classify(row) for row in rows
-                if (row["NetworkMessageId"], row["RecipientEmailAddress"]) in alerted}
+    alerted = {
+        (row["NetworkMessageId"], row["RecipientEmailAddress"])
+        for row in rows
+        if row["NetworkMessageId"] in set(delivered_ids(hook))
+    }
+    families = {
+        generator.classify(row) for row in rows if (row["NetworkMessageId"], row["RecipientEmailAddress"]) in alerted
+    }
     assert families == {generator.ATTACK}, families
     assert report.outcomes[0].new_hits == 12

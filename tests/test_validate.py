@@ -111,7 +111,8 @@ CASES: dict[str, str] = {
     "unknown-function.yaml": rule_text(query=QUERY + "\n  | where foo_bar(SenderFromAddress)"),
     "sentinel-functions.yaml": rule_text(
         query="  let VIPs = _GetWatchlist('VIP') | project SearchKey;\n"
-        "  _Im_NetworkSession(starttime=ago(1h)) | where DstIpAddr == '10.0.0.1' | take 1;\n" + QUERY
+        "  _Im_NetworkSession(starttime=ago(1h)) | where DstIpAddr == '10.0.0.1' | take 1;\n"
+        + QUERY
         + "\n  | where RecipientEmailAddress in (VIPs)"
     ),
     "syntax-error.yaml": rule_text(query=QUERY.replace("== 'Inbound'", "== ")),
@@ -120,8 +121,9 @@ CASES: dict[str, str] = {
     "unknown-technique-and-tactic.yaml": rule_text(tactics="  - Initial access", techniques="  - T1999"),
     "bad-identifier.yaml": rule_text(identifier="RecipientAddress"),
     "hunting.yaml": HUNTING.format(id=str(uuid.uuid4())),
-    "nrt.yaml": re.sub(r"(queryFrequency|queryPeriod|triggerOperator|triggerThreshold): .*\n", "", rule_text())
-    .replace("kind: Scheduled", "kind: NRT"),
+    "nrt.yaml": re.sub(r"(queryFrequency|queryPeriod|triggerOperator|triggerThreshold): .*\n", "", rule_text()).replace(
+        "kind: Scheduled", "kind: NRT"
+    ),
     "custom-details.yaml": rule_text()
     + "customDetails:\n"
     + "".join(f"  Detail{i}: NetworkMessageId\n" for i in range(21)),
@@ -373,7 +375,7 @@ def test_node_or_package_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         "query: >-\n  EmailEvents | take 1\n  | where Subject has 'x'\n",
         "query: EmailEvents | where Subject has 'x'\n",
         "query: 'EmailEvents | where Subject has \"x\"'\n",
-        'query: "EmailEvents | where Subject has \'x\'"\n',
+        "query: \"EmailEvents | where Subject has 'x'\"\n",
         "\n\nquery:   |\n\n\n      EmailEvents\n      | where Subject has 'x'\n",
     ],
 )

@@ -24,7 +24,10 @@ def test_small_period_still_overlaps_ten_minutes() -> None:
 
 
 def test_catch_up_after_downtime_and_its_cap() -> None:
-    assert next_window(NOW, period=H, frequency=5 * M, last_end=NOW - 5 * H, max_catchup=24 * H).start == NOW - 5 * H - 55 * M
+    assert (
+        next_window(NOW, period=H, frequency=5 * M, last_end=NOW - 5 * H, max_catchup=24 * H).start
+        == NOW - 5 * H - 55 * M
+    )
     assert next_window(NOW, period=H, frequency=5 * M, last_end=NOW - 50 * H, max_catchup=24 * H).start == NOW - 24 * H
 
 

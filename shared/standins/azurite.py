@@ -39,8 +39,17 @@ class Azurite:
         if not binary.exists():
             raise KqlwatchError(f"Azurite is not installed ({binary} missing): run `npm ci` in {ROOT}")
         self._proc = subprocess.Popen(
-            [str(binary), "--tableHost", "127.0.0.1", "--tablePort", str(self.port), "--inMemoryPersistence",
-             "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
+            [
+                str(binary),
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(self.port),
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--silent",
+                "--skipApiVersionCheck",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

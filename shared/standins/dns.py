@@ -52,14 +52,16 @@ BIG_SPF = (*(f"include:_spf{i:02d}.big.example " for i in range(60)), "-all")
 def default_zones() -> dict[str, Answer]:
     """The names the tests and the demo use. contoso.com resolves; fabrikam.fr's servers fail."""
     return {
-        "contoso.com": Answer.records("v=spf1 include:spf.protection.outlook.com -all",
-                                      "MS=ms12345678", "google-site-verification=abc"),
+        "contoso.com": Answer.records(
+            "v=spf1 include:spf.protection.outlook.com -all", "MS=ms12345678", "google-site-verification=abc"
+        ),
         "_dmarc.contoso.com": Answer.records("v=DMARC1; p=reject; rua=mailto:dmarc@contoso.com"),
         "fabrikam.fr": SERVFAIL,
         "_dmarc.fabrikam.fr": SERVFAIL,
         # several strings in one record (RFC 7208 3.3: joined without spaces) and several records
-        "split.example": Answer.records(("v=spf1 ip4:192.0.2.0/24 ", "include:spf.protection.outlook.com ", "~all"),
-                                        "other=record"),
+        "split.example": Answer.records(
+            ("v=spf1 ip4:192.0.2.0/24 ", "include:spf.protection.outlook.com ", "~all"), "other=record"
+        ),
         "_dmarc.split.example": Answer.records(("v=DMARC1; ", "p=quarantine; ", "pct=100")),
         "nodmarc.example": Answer.records("v=spf1 -all"),
         "_dmarc.nodmarc.example": NXDOMAIN,

@@ -115,8 +115,9 @@ class LogAnalyticsStandIn:
         with self._lock:
             stored = self._tables.setdefault(table, [])
             for row in rows:
-                item = {k: _parse_time(v) if k in ("TimeGenerated", "Timestamp", INGESTED) else v
-                        for k, v in row.items()}
+                item = {
+                    k: _parse_time(v) if k in ("TimeGenerated", "Timestamp", INGESTED) else v for k, v in row.items()
+                }
                 item.setdefault(INGESTED, when)
                 stored.append(item)
 
@@ -156,18 +157,24 @@ class LogAnalyticsStandIn:
         wait = _wait(prefer)
         takes = self.query_seconds if self.slow_query is None or self.slow_query in body.get("query", "") else 0.0
         if takes > wait:
-            return replace(_error(504, "GatewayTimeout", "Gateway timeout: the query did not finish in time."),
-                           delay=wait)
+            return replace(
+                _error(504, "GatewayTimeout", "Gateway timeout: the query did not finish in time."), delay=wait
+            )
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
             return replace(self._evaluate(body.get("query", ""), start, end, now), delay=takes)
         except EngineError as exc:
-            return _error(400, "BadArgumentError", "The request had some invalid properties",
-                          inner=("SemanticError", str(exc)))
+            return _error(
+                400, "BadArgumentError", "The request had some invalid properties", inner=("SemanticError", str(exc))
+            )
         except ValueError as exc:
-            return _error(400, "BadArgumentError", "The request had some invalid properties",
-                          inner=("BadRequest", f"bad request: {exc}"))
+            return _error(
+                400,
+                "BadArgumentError",
+                "The request had some invalid properties",
+                inner=("BadRequest", f"bad request: {exc}"),
+            )
 
     def _evaluate(self, query: str, start: datetime | None, end: datetime | None, now: datetime) -> Response:
         with self._lock:
@@ -176,8 +183,7 @@ class LogAnalyticsStandIn:
             tables.update({name: list(rows) for name, rows in self._tables.items()})
         with Engine() as engine:
             for name, table_rows in tables.items():
-                visible = [r for r in table_rows
-                           if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
+                visible = [r for r in table_rows if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
                 if _names_table(query, name):
                     self.rows_scanned += len(visible)
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
@@ -197,9 +203,12 @@ class LogAnalyticsStandIn:
         }
         if self.row_cap is not None and len(rows) > self.row_cap:
             payload["tables"][0]["rows"] = rows[: self.row_cap]
-            payload["error"] = partial_error_body(TRUNCATION_CODE, "Query result set has exceeded the internal record count "
-                                        f"limit {self.row_cap} (E_QUERY_RESULT_SET_TOO_LARGE; see "
-                                        "https://aka.ms/kustoquerylimits)")
+            payload["error"] = partial_error_body(
+                TRUNCATION_CODE,
+                "Query result set has exceeded the internal record count "
+                f"limit {self.row_cap} (E_QUERY_RESULT_SET_TOO_LARGE; see "
+                "https://aka.ms/kustoquerylimits)",
+            )
         elif self.partial_failure is not None:
             payload["error"] = partial_error_body(self.partial_failure.code, self.partial_failure.message)
         return Response.of_json(200, payload)
@@ -209,8 +218,13 @@ def partial_error_body(code: str, message: str) -> dict[str, Any]:
     return {
         "code": "PartialError",
         "message": "There were some errors when processing your query.",
-        "details": [{"code": "EngineError", "message": GENERIC_DETAIL,
-                     "innererror": {"code": code, "message": message, "severity": 2, "severityName": "Error"}}],
+        "details": [
+            {
+                "code": "EngineError",
+                "message": GENERIC_DETAIL,
+                "innererror": {"code": code, "message": message, "severity": 2, "severityName": "Error"},
+            }
+        ],
     }
 
 
@@ -271,9 +285,17 @@ def _infer_schema(rows: list[dict[str, Any]]) -> dict[str, str]:
         for key, value in row.items():
             if key not in schema:
                 schema[key] = (
-                    "datetime" if isinstance(value, datetime) else "bool" if isinstance(value, bool)
-                    else "long" if isinstance(value, int) else "real" if isinstance(value, float)
-                    else "dynamic" if isinstance(value, (dict, list)) else "string"
+                    "datetime"
+                    if isinstance(value, datetime)
+                    else "bool"
+                    if isinstance(value, bool)
+                    else "long"
+                    if isinstance(value, int)
+                    else "real"
+                    if isinstance(value, float)
+                    else "dynamic"
+                    if isinstance(value, (dict, list))
+                    else "string"
                 )
     return schema
 
