@@ -20,6 +20,7 @@ from shared.runtime.settings import Settings, load_settings
 from shared.runtime.wiring import Tuning, build_detector, clients_for
 from shared.standins.azurite import Azurite
 from shared.standins.clock import Clock
+from shared.standins.dns import DnsStandIn
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
@@ -53,6 +54,20 @@ def hook_server() -> Iterator[WebhookReceiver]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsStandIn]:
+    """Issue 16: the seed rule looks up DNS evidence; every test run of the detector asks this server only."""
+    with DnsStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def dns_standin(dns_server: DnsStandIn) -> Iterator[DnsStandIn]:
+    dns_server.reset()
+    yield dns_server
+    dns_server.reset()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -82,7 +97,9 @@ def rules_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def env(azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path) -> dict[str, str]:
+def env(
+    azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path, dns_standin: DnsStandIn
+) -> dict[str, str]:
     """Settings for one test: its own state table, the stand-ins, the seed rule."""
     return {
         "KQLWATCH_WORKSPACE_ID": WORKSPACE,
@@ -92,6 +109,7 @@ def env(azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_
         "KQLWATCH_STATE_TABLE": "t" + uuid.uuid4().hex[:20],
         "KQLWATCH_TEAMS_WEBHOOK_URL": hook.url("soc"),
         "KQLWATCH_RULES_DIR": str(rules_dir),
+        "KQLWATCH_DNS_SERVERS": dns_standin.server,  # issue 16: never the platform resolver in tests
     }
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from shared.errors import RuleError
 from shared.rules.durations import parse_duration
+from shared.rules.enrich import parse_enrich
 from shared.rules.exclusions import Exclusion, ExclusionError, parse_exclusions
 from shared.rules.model import DEFAULT_FREQUENCY, DEFAULT_PERIOD, DEFAULT_SEVERITY
 from shared.rules.model import Rule as Rule  # re-exported: the loader's product
@@ -28,7 +29,7 @@ NAMESPACE = "kqlwatch"
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
 MAX_QUERY_CHARS = 64_000
-_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter"}
+_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter", "enrich"}
 WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.rules.ingestion
 AGGREGATIONS = ("SingleAlert", "AlertPerResult")
 _ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
@@ -353,6 +354,7 @@ def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
         extension=extension,
         window=window,
         silence_after=_silence_after(extension, where),
+        enrich=parse_enrich(extension.get("enrich"), query, where),  # issue 16
     )
 
 

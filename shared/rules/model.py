@@ -42,6 +42,7 @@ class Rule:
     extension: Mapping[str, Any] = field(default_factory=dict)
     window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.rules.ingestion.choose)
     silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
+    enrich: tuple[str, ...] = ()  # kqlwatch.enrich (issue 16): e.g. ("mail-auth-dns",), see shared.rules.enrich
 
 
 def trigger_met(rule: Rule, count: int) -> bool:

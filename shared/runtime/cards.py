@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from shared.rules.loader import Rule
+from shared.runtime.dnsevidence import evidence_blocks  # issue 16
 from shared.runtime.sanitize import clean, format_time, scrub_surrogates, truncate
 
 MAX_HITS_PER_CARD = 25
@@ -45,6 +46,8 @@ class CardContext:
     total: int  # hits to report in this run (for "x of y")
     query_link: str | None = None
     single_cards: int = 10  # AlertPerResult: this many hits get a card each, the rest go into digests
+    # Issue 16: (domain, lines) DNS evidence for the run, shown under the hits whose MAIL FROM domain it is.
+    evidence: Sequence[tuple[str, Sequence[str]]] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ def card(
     ]
     for hit in hits:
         body.extend(_hit_lines(rule, hit, limit, compact))
+    body.extend(evidence_blocks(ctx.evidence, hits))  # issue 16
     content: dict[str, Any] = {
         "type": "AdaptiveCard",
         "$schema": SCHEMA,

@@ -9,7 +9,7 @@ for the next run while the others are tried; posting stops while enough lease is
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -37,6 +37,7 @@ class Delivery:
     lease_until: datetime
     link: str | None  # the card's "open query" link
     webhook_ids: frozenset[str]  # a hit is delivered once every one of these has it
+    evidence: Sequence[tuple[str, Sequence[str]]] = ()  # issue 16: DNS evidence, (domain, lines), for the cards
     current: dict[str, Hit] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -53,7 +54,9 @@ class Delivery:
         """Post todo's cards to one webhook, recording each success at once. At most max_cards cards: the rest
         is summed up in one card."""
         rows = [h.row for h in todo]
-        ctx = CardContext(self.rule, total=len(todo), query_link=self.link, single_cards=self.max_cards // 2)
+        ctx = CardContext(
+            self.rule, total=len(todo), query_link=self.link, single_cards=self.max_cards // 2, evidence=self.evidence
+        )
         posts = build_posts(ctx, rows)
         overflow: list[Hit] = []
         if len(posts) > self.max_cards:

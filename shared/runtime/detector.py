@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -20,9 +20,10 @@ from typing import Any, Protocol
 from shared.errors import KqlwatchError, RuleError
 from shared.rules import ingestion
 from shared.rules.durations import as_time
+from shared.rules.enrich import MAIL_AUTH_DNS
 from shared.rules.loader import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
-from shared.runtime import hits, notices
+from shared.runtime import dnsevidence, hits, notices
 from shared.runtime.cards import query_link
 from shared.runtime.delivery import Delivery, Poster
 from shared.runtime.hits import short_hash
@@ -171,8 +172,10 @@ class Detector:
         self.teams = teams
         self.clock = clock
         self.run_id = uuid.uuid4().hex[:12]
+        self.dns = dnsevidence.RunLookups(settings.dns_servers)  # issue 16: one cache and budget per run
 
     def run(self, *, only_due: bool) -> RunReport:
+        self.dns = dnsevidence.RunLookups(self.settings.dns_servers)  # issue 16
         warnings: list[str] = []
         prepared, errors = load_prepared(self.settings, self.clock().date(), warnings)
         for error in errors:
@@ -420,6 +423,7 @@ class Detector:
             lease_until,
             link,
             frozenset(urls),
+            self._evidence(prepared, hits),  # issue 16: once per rule run, before any card is built
         )
         remaining = delivery.deliver(hits, urls)
         if remaining:
@@ -428,6 +432,12 @@ class Detector:
                 rule.id, [replace(h, attempts=h.attempts + 1, lease_owner="", lease_until=None) for h in remaining]
             )
         return len(hits) - len(remaining), len(remaining), delivery.problems
+
+    def _evidence(self, prepared: PreparedRule, hits: list[Hit]) -> Sequence[tuple[str, Sequence[str]]]:
+        """Issue 16: DNS evidence for the rule's accepted domains on these hits (never raises, <= 5 s a run)."""
+        if MAIL_AUTH_DNS not in prepared.rule.enrich:
+            return ()
+        return dnsevidence.card_evidence(dnsevidence.evidence_for(prepared.query, [h.row for h in hits], self.dns))
 
     # --- silence: triggers met by zero rows (issue 13) ---
 

@@ -39,6 +39,7 @@ MAX_CARDS_PER_RUN = "KQLWATCH_MAX_CARDS_PER_RUN"
 OPS_WEBHOOK_URL = "KQLWATCH_OPS_WEBHOOK_URL"
 ROUTE_PREFIX = "KQLWATCH_ROUTE_"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
+DNS_SERVERS = "KQLWATCH_DNS_SERVERS"  # issue 16: DNS evidence lookups; local stand-ins only, Azure uses its own
 
 # Read by the code; the infra tests check that the deployment sets each one it must.
 SETTING_NAMES: tuple[str, ...] = (
@@ -58,6 +59,7 @@ SETTING_NAMES: tuple[str, ...] = (
     AZURE_CLIENT_ID,
     MAX_LATENESS,
     LATE_SWEEP,
+    DNS_SERVERS,
 )
 # What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -105,6 +107,7 @@ class Settings:
     params: Mapping[str, str] = field(default_factory=dict)
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route name (lower case) -> URLs
     ops_webhook_urls: tuple[str, ...] = ()  # kqlwatch's own notices; default: the default webhooks
+    dns_servers: tuple[tuple[str, int], ...] = ()  # issue 16: () = the platform resolver
 
     def webhooks_for(self, route: str, severity: str) -> tuple[str, ...]:
         """A rule's own route, else its severity's route, else the default webhooks."""
@@ -136,7 +139,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_cards_per_run=_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
         schedule=_schedule(env),
         params=read_params(env),
+        dns_servers=_dns_servers(env),
     )
+
+
+def _dns_servers(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """Issue 16: KQLWATCH_DNS_SERVERS=host:port[,...] for the DNS evidence; unset = the platform resolver."""
+    from shared.runtime.dnsevidence import parse_servers
+
+    raw = env.get(DNS_SERVERS) or ""
+    if not raw.strip():
+        return ()
+    try:
+        return parse_servers(raw)
+    except ValueError as exc:
+        raise ConfigError(DNS_SERVERS, str(exc)) from None
 
 
 @dataclass(frozen=True)

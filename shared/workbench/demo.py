@@ -83,6 +83,7 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
     from shared.runtime.settings import load_settings
     from shared.runtime.wiring import Tuning, build_detector, clients_for
     from shared.standins.azurite import Azurite
+    from shared.standins.dns import DnsStandIn
     from shared.standins.loganalytics import LogAnalyticsStandIn
     from shared.standins.teams import WebhookReceiver
     from shared.workbench.cli import print_report
@@ -92,10 +93,12 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
     out_dir = out_dir or ROOT / "demo-output"
     now = datetime.now(timezone.utc)
     with ExitStack() as stack:
-        print("Starting the local stand-ins: Azurite, Log Analytics (HTTPS), Teams receiver ...", file=out)
+        print("Starting the local stand-ins: Azurite, Log Analytics (HTTPS), Teams receiver, DNS ...", file=out)
         azurite = stack.enter_context(Azurite())
         la = stack.enter_context(LogAnalyticsStandIn())
         hook = stack.enter_context(WebhookReceiver())
+        # Issue 16: DNS evidence on the cards; contoso.com resolves, fabrikam.fr's name servers fail.
+        dns_server = stack.enter_context(DnsStandIn())
         stack.enter_context(_env("REQUESTS_CA_BUNDLE", la.ca_file))
         rows = sample_rows(now)
         la.ingest("EmailEvents", rows)
@@ -109,6 +112,7 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
                 "KQLWATCH_STATE_CONNECTION": azurite.connection_string,
                 "KQLWATCH_TEAMS_WEBHOOK_URL": hook.url("soc-channel"),
                 "KQLWATCH_RULES_DIR": str(ROOT / "rules"),
+                "KQLWATCH_DNS_SERVERS": dns_server.server,  # issue 16
                 **{k: v for k, v in os.environ.items() if k.startswith("KQLWATCH_PARAM_")},
             }
         )

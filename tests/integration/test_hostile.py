@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.rules.durations import parse_duration
-from shared.rules.loader import load_rules
+from shared.rules.loader import load_rule
 from shared.runtime.cards import MAX_CARD_BYTES, CardContext, build_posts, encode, payload_size
 from shared.runtime.store import DELIVERED, PENDING, Hit, StateStore, connect
 from shared.runtime.teams import TeamsClient
@@ -34,7 +34,7 @@ from shared.workbench.status import print_table
 from tests.conftest import SEED_RULE, MakeDetector, delivered_ids, email
 from tests.integration.test_faults import AFTER_LEASE, Killed, KillingPoster
 
-RULE = load_rules(SEED_RULE.parent).rules[0]
+RULE = load_rule(SEED_RULE)
 EMOJI = "\U0001f600"
 ATTACKER_SUBJECT = EMOJI * 16_500  # 16,500 characters, 33,000 UTF-16 units: over Table Storage's 64 KiB
 

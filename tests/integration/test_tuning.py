@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.rules.exclusions import parse_exclusions
-from shared.rules.loader import load_rules
+from shared.rules.loader import load_rule
 from shared.rules.prepare import prepare_rules
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
@@ -112,7 +112,7 @@ def test_exclusion_values_are_data_not_kql() -> None:
         source="t",
         rule_id=SEED_ID,
     )
-    rules = load_rules(SEED_RULE.parent).rules
+    rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     [prepared], _ = prepare_rules(rules, {}, [exclusion])
     assert prepared.query.rstrip().endswith(
         '| where not((isnotempty(Subject) and (Subject has "\\") or true //")))  // exclusion: x'

@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 
 from shared.errors import ConfigError
 from shared.rules.kql import Token, tokenize, top_level_lets
-from shared.rules.loader import load_rules
+from shared.rules.loader import load_rule
 from shared.rules.params import ParamError, apply_params
 from shared.rules.prepare import prepare_rules
 from tests.conftest import SEED_RULE
 
-SEED_QUERY = load_rules(SEED_RULE.parent).rules[0].query
+SEED_QUERY = load_rule(SEED_RULE).query
 PIECES = [
     *"abc.,'\"|;/\\\n\r\t()[]{}`@~=- *",
     "//",
@@ -93,14 +93,14 @@ def test_let_inside_strings_and_comments_is_not_a_binding() -> None:
 
 
 def test_parameter_naming_no_binding_is_a_configuration_error() -> None:
-    rules = load_rules(SEED_RULE.parent).rules
+    rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     with pytest.raises(ConfigError) as caught:
         prepare_rules(rules, {"SenderDomain": "contoso.com"})
     assert caught.value.setting == "KQLWATCH_PARAM_SenderDomain"
 
 
 def test_control_characters_in_a_value_are_a_configuration_error() -> None:
-    rules = load_rules(SEED_RULE.parent).rules
+    rules = [load_rule(SEED_RULE)]  # the seed alone: rules/ holds the pack too (issue 16)
     with pytest.raises(ConfigError, match="KQLWATCH_PARAM_SenderDomains"):
         prepare_rules(rules, {"SenderDomains": "contoso.com\x00"})
 

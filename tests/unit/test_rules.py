@@ -10,14 +10,14 @@ import pytest
 
 from shared.errors import RuleError
 from shared.rules.durations import parse_duration
-from shared.rules.loader import load_files, load_rules, parse_rule, trigger_met
+from shared.rules.loader import load_files, load_rule, load_rules, parse_rule, trigger_met
 from tests.conftest import SEED_RULE
 
 MINIMAL = "id: 6f0a1f36-3c8c-4a3f-9d0c-2f3a1d2b3c4d\nname: Minimal\nquery: EmailEvents | take 1\n"
 
 
 def test_seed_rule_is_the_specified_sentinel_rule() -> None:
-    [rule] = load_rules(SEED_RULE.parent).rules
+    rule = load_rule(SEED_RULE)
     assert rule.id == "a256f4ea-deec-4fcd-bdf3-63987638eed9"
     assert rule.name == "Message from an Accepted Domain with DMARC TempError"
     assert (rule.severity, rule.tactics, rule.techniques, rule.version) == (

@@ -114,6 +114,26 @@ def every_kind_of_card() -> dict[str, dict[str, Any]]:
         "WindowEnd": WHEN,
     }
     add("silence", build_posts(CardContext(rule, total=1, query_link=link), [silence]))
+    # Issue 16: DNS evidence under the hits, hostile record text, more domains than a card shows, big digests.
+    evidence = tuple(
+        (domain, ("DMARC: p=reject (" + pieces[:150] + ")", "SPF: " + pieces, "Meaning: records do not resolve now"))
+        for domain in ("contoso.com", "fabrikam.fr", *(f"d{i}.example" for i in range(6)))
+    )
+    on_domains = [email(SenderMailFromDomain=d, NetworkMessageId=f"e-{i}") for i, (d, _) in enumerate(evidence)]
+    add(
+        "evidence",
+        build_posts(CardContext(rule, total=len(on_domains), query_link=link, evidence=evidence), on_domains),
+    )
+    add(
+        "evidence big",
+        build_posts(
+            CardContext(rule, total=len(big), query_link=link, evidence=evidence[:1]),
+            [{**b, "SenderMailFromDomain": "contoso.com"} for b in big],
+        ),
+    )
+    cards["evidence compact"] = build_post(
+        CardContext(rule, total=1, evidence=evidence), on_domains, 0, 1, compact=True
+    )
     return cards
 
 

@@ -77,6 +77,7 @@ def test_a_failed_rule_exits_1(
         ({"KQLWATCH_PARAM_SenderDomain": "contoso.com"}, "KQLWATCH_PARAM_SenderDomain", "names no top-level"),
         ({"KQLWATCH_PARAM_Bad-Name": "x"}, "KQLWATCH_PARAM_Bad-Name", "not a valid parameter name"),
         ({"KQLWATCH_STATE_CONNECTION": "nonsense"}, "KQLWATCH_STATE_CONNECTION", "connection string"),
+        ({"KQLWATCH_DNS_SERVERS": "dns.example:53"}, "KQLWATCH_DNS_SERVERS", "not an IP address"),  # issue 16
     ],
 )
 def test_bad_configuration_exits_2_naming_the_setting(

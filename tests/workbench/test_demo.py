@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from shared.rules.loader import load_rules
+from shared.rules.loader import load_rule
 from shared.schemas import table_schema
 from shared.workbench.demo import SAMPLES, demo, sample_rows
 from shared.workbench.engine import Engine
@@ -17,7 +17,7 @@ from tests.conftest import SEED_RULE
 
 def _seed_hits_offline() -> int:
     """What the seed rule returns on the samples, by message-recipient pair, straight from the engine."""
-    rule = load_rules(SEED_RULE.parent).rules[0]
+    rule = load_rule(SEED_RULE)
     rows = [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
     schema = table_schema("EmailEvents") or {}
     with Engine() as engine:
