@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.rules.durations import parse_duration
+from shared.rules.loader import DEFAULT_RULES_DIR as DEFAULT_RULES_DIR  # the default the Bicep template repeats
 from shared.rules.loader import RULES_DIR_SETTING, is_guid, rules_folder
 from shared.rules.params import PARAM_PREFIX
 from shared.runtime.redact import redact_url
