@@ -97,6 +97,17 @@ def rules_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The process environment a `kqlwatch` command sees: the test's settings, none of the machine's KQLWATCH_*."""
+    for key in list(os.environ):
+        if key.startswith("KQLWATCH_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
 def env(
     azurite: Azurite, la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path, dns_standin: DnsStandIn
 ) -> dict[str, str]:

@@ -39,16 +39,6 @@ EMOJI = "\U0001f600"
 ATTACKER_SUBJECT = EMOJI * 16_500  # 16,500 characters, 33,000 UTF-16 units: over Table Storage's 64 KiB
 
 
-@pytest.fixture
-def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for key in list(os.environ):
-        if key.startswith("KQLWATCH_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
-
-
 # --- point 1: attacker-controlled values in Table Storage and in cards -------------------------------------
 
 

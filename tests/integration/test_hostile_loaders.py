@@ -48,16 +48,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-@pytest.fixture
-def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for key in list(os.environ):
-        if key.startswith("KQLWATCH_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
-
-
 def break_yaml(path: Path) -> None:
     """The typo a person makes: an unclosed bracket in the middle of the file."""
     text = path.read_text(encoding="utf-8")

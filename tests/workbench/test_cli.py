@@ -20,16 +20,6 @@ from shared.workbench.cli import main
 from tests.conftest import ROOT, MakeDetector, delivered_ids, email
 
 
-@pytest.fixture
-def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for key in list(os.environ):
-        if key.startswith("KQLWATCH_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
-
-
 def test_run_once_delivers_and_exits_0(
     cli_env: dict[str, str],
     la: LogAnalyticsStandIn,
