@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shared.errors import RuleError
-from shared.rules.kql import top_level_lets
+from shared.rules.kql import string_value, top_level_lets
 
 MAIL_AUTH_DNS = "mail-auth-dns"
 ENRICHMENTS = (MAIL_AUTH_DNS,)
@@ -48,7 +48,7 @@ def accepted_domains(query: str) -> frozenset[str]:
     binding = _lets(query).get(DOMAINS_PARAM)
     if binding is None:
         return frozenset()
-    values = (_unquote(t.text) for t in binding.value_tokens if t.kind == "string")
+    values = (string_value(t.text) for t in binding.value_tokens if t.kind == "string")
     return frozenset(v.strip().lower().rstrip(".") for v in values if v and v.strip())
 
 
@@ -90,18 +90,3 @@ def _lets(query: str) -> Mapping[str, Any]:
         return top_level_lets(query)
     except ValueError:  # KqlLexError: the loader reports an unreadable query itself
         return {}
-
-
-def _unquote(token: str) -> str:
-    text = token.lstrip("hH")
-    if text.startswith("@"):
-        quote = text[1]
-        return text[2:-1].replace(quote * 2, quote)
-    if text.startswith("```"):
-        return text[3:-3]
-    out: list[str] = []
-    body = iter(text[1:-1])
-    escapes = {"n": "\n", "t": "\t", "r": "\r"}
-    for ch in body:
-        out.append(escapes.get(nxt := next(body, ""), nxt) if ch == "\\" else ch)
-    return "".join(out)

@@ -130,3 +130,19 @@ def string_literal(value: str) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+def string_value(token: str) -> str:
+    """The value a string token of `tokenize` holds (any literal form): the inverse of string_literal."""
+    text = token.lstrip("hH")
+    if text.startswith("@"):
+        quote = text[1]
+        return text[2:-1].replace(quote * 2, quote)
+    if text.startswith("```"):
+        return text[3:-3]
+    out: list[str] = []
+    body = iter(text[1:-1])
+    escapes = {"n": "\n", "t": "\t", "r": "\r"}
+    for ch in body:
+        out.append(escapes.get(nxt := next(body, ""), nxt) if ch == "\\" else ch)
+    return "".join(out)

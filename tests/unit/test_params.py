@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ConfigError
-from shared.rules.kql import Token, tokenize, top_level_lets
+from shared.rules.kql import Token, string_literal, string_value, tokenize, top_level_lets
 from shared.rules.loader import load_rule
 from shared.rules.params import ParamError, apply_params
 from shared.rules.prepare import prepare_rules
@@ -120,3 +120,15 @@ def test_a_string_literal_means_exactly_the_value(value: str) -> None:
     with Engine() as engine:
         result = engine.query(f"print v = {literal}")
     assert result.rows == [(value,)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\u2028\u2029")))
+def test_string_value_reads_back_every_literal_string_literal_writes(value: str) -> None:
+    [token] = tokenize(string_literal(value))
+    assert string_value(token.text) == value
+
+
+def test_string_value_reads_every_kql_literal_form() -> None:
+    forms = {'"a\\"b\\\\c\\n"': 'a"b\\c\n', "@'it''s'": "it's", 'h@"x""y"': 'x"y', "```a\nb```": "a\nb"}
+    assert {text: string_value(tokenize(text)[0].text) for text in forms} == forms
