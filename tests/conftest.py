@@ -3,9 +3,11 @@ served to the real LogsQueryClient, and a Teams webhook receiver."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -28,6 +30,29 @@ from shared.standins.teams import WebhookReceiver
 ROOT = Path(__file__).resolve().parents[1]
 SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
 WORKSPACE = "11111111-2222-3333-4444-555555555555"
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _is_loopback(host: object) -> bool:
+    if host is None or host in ("localhost", b"localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else str(host)).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_only_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    """Tests never send traffic off this machine, not even a DNS query to the system resolver: any other name
+    fails here as it would on an offline resolver (EAI_NONAME), so a test about an unresolvable host is local."""
+    if not _is_loopback(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"Name or service not known ({host}: tests resolve loopback only)")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    socket.getaddrinfo = _loopback_only_getaddrinfo
 
 
 @pytest.fixture(scope="session")

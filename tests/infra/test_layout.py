@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "shared"
@@ -110,3 +113,10 @@ def test_kqlwatch_help_imports_neither_the_runtime_nor_the_sdks() -> None:
     heavy = [m for m in loaded if m.startswith(("shared.runtime", "shared.standins", "azure", "requests", "duckdb"))]
     assert heavy == []
     assert "shared.workbench.cli" in loaded and "usage: kqlwatch" in done.stdout
+
+
+def test_tests_resolve_loopback_only() -> None:
+    """The guard in tests/conftest.py: a name off this machine never reaches the system resolver."""
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("kqlwatch-no-such-host.invalid", 443)
+    assert socket.getaddrinfo("127.0.0.1", 443)
