@@ -1,0 +1,70 @@
+"""What a rule's run reads: the rules as a run prepares them, and each run's window and query (issue 13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from shared.errors import RuleError
+from shared.rules import ingestion
+from shared.rules.loader import load_exclusion_files, load_rules
+from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
+from shared.runtime.settings import Settings
+from shared.runtime.store import RuleState
+from shared.runtime.window import IngestionWindow, Window, ingestion_window, next_window
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run of a rule reads: the API timespan (TimeGenerated) and, in ingestion mode, the query with
+    its source tables filtered to rows ingested after the watermark."""
+
+    choice: ingestion.WindowChoice
+    window: Window  # the API timespan, on TimeGenerated
+    query: str
+    since: IngestionWindow | None = None  # ingestion mode only
+
+    @property
+    def ledger_from(self) -> datetime:
+        """Hits re-read this run were first seen after this (an ingested row is seen after its ingestion)."""
+        return self.since.since if self.since else self.window.start
+
+
+def load_prepared(
+    settings: Settings, today: date | None = None, warnings: list[str] | None = None
+) -> tuple[list[PreparedRule], list[RuleError]]:
+    """The rules, exclusions and parameters as a run uses them (also what `kqlwatch hunt --explain` shows).
+    Warnings about the rule set (broken symlinks, parameters whose rule failed to load) go to `warnings`."""
+    loaded = load_rules(settings.rules_dir)
+    if warnings is not None:
+        warnings.extend(loaded.warnings)
+    exclusions, exclusion_errors = load_exclusion_files(settings.rules_dir)
+    prepared, errors = prepare_rules(
+        loaded.rules, dict(settings.params), exclusions, today, failed=loaded.errors, warnings=warnings
+    )
+    return prepared, loaded.errors + exclusion_errors + errors
+
+
+def plan_run(settings: Settings, prepared: PreparedRule, state: RuleState, now: datetime) -> RunPlan:
+    rule = prepared.rule
+    choice = window_choice(rule)
+    if choice.mode != ingestion.INGESTION:
+        window = next_window(
+            now,
+            period=rule.query_period,
+            frequency=rule.query_frequency,
+            last_end=state.last_window_end,
+            max_catchup=settings.max_catchup,
+        )
+        return RunPlan(choice, window, prepared.query)
+    since = ingestion_window(
+        now,
+        period=rule.query_period,
+        last_end=state.last_window_end,
+        last_sweep_end=state.last_sweep_end,
+        max_lateness=settings.max_lateness,
+        max_catchup=settings.max_catchup,
+        sweep_every=settings.late_sweep,
+    )
+    query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
+    return RunPlan(choice, since.timespan, query, since)
