@@ -180,9 +180,9 @@ class MeteredTeams(TeamsClient):
         with self._meters.measure("hook.post"):
             return super().post(url, payload)
 
-    def _space(self, url: str) -> None:
+    def _space(self, url: str) -> Any:
         with self._meters.measure("hook.spacing"):
-            super()._space(url)
+            return super()._space(url)
 
 
 class TimedReceiver(WebhookReceiver):

@@ -39,7 +39,12 @@ class RuleError(KqlwatchError):
 
 
 class QueryError(KqlwatchError):
-    """The workspace refused or failed a rule's query."""
+    """The workspace refused or failed a rule's query. `status` is the HTTP status when there was one: 429 after
+    the SDK's retries means Log Analytics' per-identity limit (5 concurrent queries) held the query too long."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class StateError(KqlwatchError):

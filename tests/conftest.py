@@ -62,6 +62,13 @@ def azurite() -> Iterator[Azurite]:
 
 
 @pytest.fixture(scope="session")
+def azurite_queue() -> Iterator[Azurite]:
+    """Issue 14: Azurite's queue service, for the fan-out (kqlwatch-runs)."""
+    with Azurite(service="queue") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def la_server() -> Iterator[LogAnalyticsStandIn]:
     with LogAnalyticsStandIn() as server:
         old = os.environ.get("REQUESTS_CA_BUNDLE")
@@ -170,7 +177,7 @@ def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
     def make(settings: Settings | None = None, **overrides: str) -> Detector:
         settings = settings or load_settings({**env, **overrides})
         clients = clients_for(settings, fast_tuning(settings))
-        opened.extend([clients.logs, clients.store, clients.teams])
+        opened.extend([clients.logs, clients.store, clients.teams, clients.leases])
         return build_detector(settings, clients, clock)
 
     yield make

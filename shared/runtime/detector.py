@@ -14,7 +14,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from shared.errors import KqlwatchError
@@ -30,6 +31,7 @@ from shared.runtime.loganalytics import QueryResult
 from shared.runtime.outcome import RuleOutcome, RunReport
 from shared.runtime.planning import RunPlan, load_prepared, plan_run
 from shared.runtime.querying import MAX_SPLITS, MIN_SPLIT, LogsApi, note_partial, timed_query
+from shared.runtime.runlease import ACQUIRED, Claim, RunLeases, release_op
 from shared.runtime.settings import Settings
 from shared.runtime.sources import TABLE_PROBE_EVERY, TABLE_PROBE_SPAN, SourceWatch
 from shared.runtime.store import (
@@ -68,6 +70,14 @@ HIT_RETENTION = timedelta(days=14)  # beyond the furthest a window reaches back
 RUN_RETENTION = timedelta(days=30)
 
 
+@dataclass
+class _Hold:
+    """A run lease being held by one rule's run: released by the run's save, or else after the run."""
+
+    claim: Claim
+    released: bool = False
+
+
 class Detector:
     def __init__(
         self,
@@ -77,8 +87,10 @@ class Detector:
         store: StateStore,
         teams: Poster,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        leases: RunLeases | None = None,
     ) -> None:
         self.settings = settings
+        self.leases = leases  # issue 14: who runs a rule (None: the caller guarantees one run per rule)
         self.logs = logs
         self.store = store
         self.teams = teams
@@ -97,16 +109,43 @@ class Detector:
         for warning in warnings:
             log.warning("%s", warning)
         self.store.ensure_table()
-        outcomes = [self.run_rule(p, only_due=only_due) for p in prepared]
+        # Issue 14: rules run side by side, at most KQLWATCH_CONCURRENCY at once (Log Analytics runs 5 queries
+        # per identity at once); the one TeamsClient spaces posts per webhook across all of them.
+        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="kqlwatch-rule") as pool:
+            outcomes = list(pool.map(lambda p: self.run_leased(p, None, only_due=only_due), prepared))
         return RunReport(outcomes, errors, warnings)
 
-    def run_rule(self, prepared: PreparedRule, *, only_due: bool = False) -> RuleOutcome:
+    def run_leased(self, prepared: PreparedRule, scheduled: datetime | None, *, only_due: bool = False) -> RuleOutcome:
+        """One rule's run under its run lease (runlease.py): a second worker on the rule, or a duplicate of a
+        message whose run already happened (`scheduled` given), does nothing."""
+        if self.leases is None:
+            return self.run_rule(prepared, only_due=only_due)
+        rule = prepared.rule
+        now = self.clock()
+        try:
+            claim = self.leases.acquire(rule.id, scheduled, self.run_id, now, now + LEASE)
+        except KqlwatchError as exc:
+            return RuleOutcome(rule.id, rule.name, ok=False, errors=[str(exc)])
+        if claim.status != ACQUIRED:
+            outcome = RuleOutcome(rule.id, rule.name, skipped=claim.describe())
+            log.info(json.dumps(outcome.log_line(), default=str))
+            return outcome
+        hold = _Hold(claim)
+        outcome = self.run_rule(prepared, only_due=only_due, hold=hold)
+        if not hold.released:  # nothing saved (not due, deferred, or failed before saving): just end the lease
+            try:
+                self.leases.release(claim, completed=False)
+            except KqlwatchError as exc:  # the lease ends by itself: the next run after it proceeds
+                outcome.warnings.append(str(exc))
+        return outcome
+
+    def run_rule(self, prepared: PreparedRule, *, only_due: bool = False, hold: _Hold | None = None) -> RuleOutcome:
         rule = prepared.rule
         outcome = RuleOutcome(rule.id, rule.name)
         started = time.monotonic()
         now = self.clock()
         try:
-            self._run_rule(prepared, outcome, now, only_due, started)
+            self._run_rule(prepared, outcome, now, only_due, started, hold)
         except KqlwatchError as exc:
             outcome.ok = False
             outcome.errors.append(str(exc))
@@ -126,6 +165,7 @@ class Detector:
         now: datetime,
         only_due: bool,
         started: float,
+        hold: _Hold | None = None,
     ) -> None:
         rule = prepared.rule
         snap = self.store.snapshot(rule.id)
@@ -139,12 +179,14 @@ class Detector:
         lease_until = now + LEASE
         report_expired_exclusions(self.notifier, self.store, prepared, now, outcome)
         result, created = self._query_and_record(rule, plan, state, now, lease_until, outcome)
+        if outcome.throttled:
+            return  # deferred (issue 14): nothing recorded, the state stays as it was, the next run reads it
         claimed = self._claim_older(rule, snap, created, now, lease_until, outcome)
         # Delivery failures defer hits to the next run; they do not fail the rule.
         to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
         outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan.window, lease_until)
         outcome.warnings.extend(problems)
-        self._record_run(rule, plan, result, state, len(created), now, started, outcome)
+        self._record_run(rule, plan, result, state, len(created), now, started, outcome, hold)
 
     def _query_and_record(
         self, rule: Rule, plan: RunPlan, state: RuleState, now: datetime, lease_until: datetime, outcome: RuleOutcome
@@ -191,6 +233,7 @@ class Detector:
         now: datetime,
         started: float,
         outcome: RuleOutcome,
+        hold: _Hold | None = None,
     ) -> None:
         window = plan.window
         state.last_run = now
@@ -221,7 +264,23 @@ class Detector:
             errors=outcome.errors + outcome.warnings,
             duration_ms=int((time.monotonic() - started) * 1000),
         )
-        self.store.save_run(rule.id, state, record)
+        self._save(rule, state, record, hold)
+
+    def _save(self, rule: Rule, state: RuleState, record: RunRecord, hold: _Hold | None) -> None:
+        """The state and the run record, with the run lease's release in the same transaction: the window moves
+        (and the scheduled run is marked done) only while this run still holds the rule."""
+        from azure.data.tables import TableTransactionError
+
+        try:
+            self.store.save_run(rule.id, state, record, extra=[release_op(hold.claim, completed=True)] if hold else ())
+        except TableTransactionError as exc:
+            if hold is None or not str(exc).lstrip().startswith("2"):  # not the lease op (index 2): not ours
+                raise
+            raise KqlwatchError(
+                "the run outlived its run lease and another run took the rule over: this run saved nothing"
+            ) from None
+        if hold:
+            hold.released = True
 
     def _report_held(self, pending: list[Hit], created_keys: set[str], now: datetime, outcome: RuleOutcome) -> None:
         """Pending hits another run holds (still running, or killed mid-delivery): say so, with when the lease

@@ -166,7 +166,7 @@ class LogsClient:
                     f"could not get a token for {identity_name(self._credential)} to query workspace "
                     f"{workspace_id}: {_first_line(exc.message)}"
                 ) from None
-            raise QueryError(_http_error(exc, workspace_id, self._credential)) from None
+            raise QueryError(_http_error(exc, workspace_id, self._credential), status=exc.status_code) from None
         except ServiceRequestError as exc:
             raise QueryError(f"cannot reach {self._endpoint}: {_first_line(str(exc))}") from None
         except ServiceResponseError as exc:

@@ -104,3 +104,22 @@ def sighted(rule: Rule, table: str, since: datetime, now: datetime) -> dict[str,
         ],
         style="good",
     )
+
+
+def poisoned(rule_name: str, rule_id: str, scheduled: datetime, path: str, attempts: int) -> dict[str, Any]:
+    """Issue 14: a rule run's queue message failed every delivery and went to kqlwatch-runs-poison."""
+    return operational_card(
+        f"kqlwatch: rule run abandoned: {rule_name}",
+        [
+            ("Rule", f"{rule_name} ({rule_id})"),
+            ("Scheduled for", format_time(scheduled)),
+            ("Attempts", str(attempts) if attempts else "5 (maxDequeueCount)"),
+            ("File", path),
+            (
+                "What now",
+                "Its run failed before it could start, every time (Table Storage or settings: see the function's "
+                "logs). The next dispatch tries again; its window reaches back, so no row is skipped.",
+            ),
+        ],
+        style="attention",
+    )

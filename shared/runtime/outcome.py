@@ -32,6 +32,8 @@ class RuleOutcome:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     duration_ms: int = 0
+    skipped: str = ""  # issue 14: why this run did nothing (its run lease: already ran, or held by another run)
+    throttled: bool = False  # issue 14: Log Analytics refused the query (429): deferred, nothing saved
 
     def log_line(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,8 @@ class RuleOutcome:
             "errors": self.errors,
             "warnings": self.warnings,
             "duration_ms": self.duration_ms,
+            "skipped": self.skipped,
+            "throttled": self.throttled,
         }
 
 

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from shared.errors import KqlwatchError
+from shared.errors import KqlwatchError, QueryError
 from shared.runtime.loganalytics import QueryResult
 from shared.runtime.outcome import RuleOutcome
 from shared.runtime.window import Window
@@ -54,6 +54,17 @@ def timed_query(
     started = time.monotonic()
     try:
         return query_window(logs, workspace_id, query, window.start, window.end)
+    except QueryError as exc:
+        if exc.status == 429:
+            # Issue 14: the identity's 5 concurrent queries were busy past the service's 3-minute queue (and the
+            # SDK's retries). Not the rule's fault: defer, as a worker on another instance must, and let the next
+            # run (whose window reaches back to the last successful one) read it.
+            outcome.throttled = True
+            outcome.warnings.append(f"deferred: Log Analytics throttled the query ({exc}); the next run reads it")
+            return None
+        outcome.ok = False
+        outcome.errors.append(f"query failed: {exc}")
+        return None
     except KqlwatchError as exc:
         outcome.ok = False
         outcome.errors.append(f"query failed: {exc}")

@@ -41,6 +41,8 @@ OPS_WEBHOOK_URL = "KQLWATCH_OPS_WEBHOOK_URL"
 ROUTE_PREFIX = "KQLWATCH_ROUTE_"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 DNS_SERVERS = "KQLWATCH_DNS_SERVERS"  # issue 16: DNS evidence lookups; local stand-ins only, Azure uses its own
+CONCURRENCY = "KQLWATCH_CONCURRENCY"  # issue 14: rules run at once in one process
+QUEUE_CONNECTION = "KQLWATCH_QUEUE_CONNECTION"  # issue 14: the run queue (the Functions binding's connection)
 
 # Read by the code; the infra tests check that the deployment sets each one it must.
 SETTING_NAMES: tuple[str, ...] = (
@@ -61,6 +63,7 @@ SETTING_NAMES: tuple[str, ...] = (
     MAX_LATENESS,
     LATE_SWEEP,
     DNS_SERVERS,
+    CONCURRENCY,
 )
 # What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -80,6 +83,10 @@ DEFAULT_MAX_LATENESS = timedelta(days=2)
 DEFAULT_LATE_SWEEP = timedelta(hours=1)
 DEFAULT_DELIVERY_MAX_AGE = timedelta(hours=24)
 DEFAULT_MAX_CARDS_PER_RUN = 20
+# Log Analytics runs 5 queries per identity at once and queues the rest (up to 3 min, then 429): more rules at
+# once in one process would only wait there.
+DEFAULT_CONCURRENCY = 5
+MAX_CONCURRENCY = 5
 MAX_MAX_CATCHUP = timedelta(days=30)  # reaching further back after downtime is a backfill, not a catch-up
 MAX_DELIVERY_MAX_AGE = timedelta(days=365)
 MAX_MAX_LATENESS = timedelta(days=14)  # beyond what a workspace query can usefully scan every sweep
@@ -109,6 +116,7 @@ class Settings:
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route name (lower case) -> URLs
     ops_webhook_urls: tuple[str, ...] = ()  # kqlwatch's own notices; default: the default webhooks
     dns_servers: tuple[tuple[str, int], ...] = ()  # issue 16: () = the platform resolver
+    concurrency: int = DEFAULT_CONCURRENCY  # issue 14: rules run at once by `run --once` / one worker
 
     def webhooks_for(self, route: str, severity: str) -> tuple[str, ...]:
         """A rule's own route, else its severity's route, else the default webhooks."""
@@ -141,7 +149,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         schedule=_schedule(env),
         params=read_params(env),
         dns_servers=_dns_servers(env),
+        concurrency=_concurrency(env),
     )
+
+
+def _concurrency(env: Mapping[str, str]) -> int:
+    raw = (env.get(CONCURRENCY) or "").strip()
+    if not raw:
+        return DEFAULT_CONCURRENCY
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 2) or not 1 <= int(raw) <= MAX_CONCURRENCY:
+        raise ConfigError(
+            CONCURRENCY,
+            f"must be a whole number from 1 to {MAX_CONCURRENCY} (Log Analytics runs 5 queries per identity at once), "
+            f"got {raw[:20]!r}",
+        )
+    return int(raw)
 
 
 def _dns_servers(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
@@ -199,21 +221,34 @@ def _rules_dir(env: Mapping[str, str]) -> Path:
     return path
 
 
+def load_queue_connection(env: Mapping[str, str] | None = None) -> str:
+    """Issue 14: the run queue for `kqlwatch dispatch` / `worker`: KQLWATCH_QUEUE_CONNECTION (a connection string,
+    Azurite's locally, or a queue service URL used with the identity), else the identity form the Functions
+    host reads (KQLWATCH_QUEUE_CONNECTION__queueServiceUri). Validated as the state connection is."""
+    env = os.environ if env is None else env
+    uri_setting = f"{QUEUE_CONNECTION}__queueServiceUri"
+    if not (env.get(QUEUE_CONNECTION) or "").strip() and (env.get(uri_setting) or "").strip():
+        return _url(env, uri_setting, env[uri_setting])
+    return _storage_connection(env, QUEUE_CONNECTION, "queueendpoint", "QueueEndpoint")
+
+
 def _state_connection(env: Mapping[str, str]) -> str:
+    return _storage_connection(env, STATE_CONNECTION, "tableendpoint", "TableEndpoint")
+
+
+def _storage_connection(env: Mapping[str, str], name: str, endpoint_key: str, endpoint_name: str) -> str:
     """A Table service URL (https; http only for loopback such as Azurite) or a connection string whose
     table endpoint obeys the same rule: state, etags and leases never cross a network in clear text."""
-    value = _required(env, STATE_CONNECTION)
+    value = _required(env, name)
     if value.lower().startswith(("https://", "http://")):
-        _url(env, STATE_CONNECTION, value, secret=True)  # a SAS token would be in its query
+        _url(env, name, value, secret=True)  # a SAS token would be in its query
         return value
     fields = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in value.split(";")) if k.strip()}
-    endpoint = fields.get("tableendpoint")
+    endpoint = fields.get(endpoint_key)
     if endpoint:
-        _url(env, STATE_CONNECTION, endpoint, what="its TableEndpoint")
+        _url(env, name, endpoint, what=f"its {endpoint_name}")
     elif fields.get("defaultendpointsprotocol", "https").lower() != "https":
-        raise ConfigError(
-            STATE_CONNECTION, "uses DefaultEndpointsProtocol=http with no loopback TableEndpoint: use https"
-        )
+        raise ConfigError(name, f"uses DefaultEndpointsProtocol=http with no loopback {endpoint_name}: use https")
     return value
 
 

@@ -358,8 +358,9 @@ class StateStore:
 
     # --- run bookkeeping ---
 
-    def save_run(self, rule_id: str, state: RuleState, record: RunRecord) -> None:
-        """The rule's state and this run's record, in one transaction."""
+    def save_run(self, rule_id: str, state: RuleState, record: RunRecord, extra: Sequence[Any] = ()) -> None:
+        """The rule's state and this run's record, in one transaction (with `extra` operations of the same
+        partition: issue 14's run-lease release, so the window advances only while the run still holds it)."""
         from azure.data.tables import UpdateMode
 
         state_entity = {"PartitionKey": rule_id, "RowKey": STATE_ROW, "Kind": "state", **_state_fields(state)}
@@ -380,7 +381,11 @@ class StateStore:
         }
         with _state_errors(f"save run of rule {rule_id}"):
             self._table.submit_transaction(
-                [("upsert", _drop_none(state_entity), {"mode": UpdateMode.REPLACE}), ("upsert", _drop_none(run_entity))]
+                [
+                    ("upsert", _drop_none(state_entity), {"mode": UpdateMode.REPLACE}),
+                    ("upsert", _drop_none(run_entity)),
+                    *extra,
+                ]
             )
 
     def runs(self, rule_id: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from shared.runtime.cards import encode
 from shared.runtime.settings import redact_url
 
 MIN_INTERVAL = 0.3  # seconds between posts to one webhook (< 4/s)
+MAX_PER_SECOND = 4  # Teams Workflows webhooks: 4 requests per second each
 MAX_RETRY_AFTER = 30.0  # a longer Retry-After defers to the next run instead of blocking this one
 TIMEOUT = (5.0, 20.0)  # connect, read
 # The body is UTF-8 (subjects are not ASCII): say so, as msteams-docs asks.
@@ -92,19 +94,23 @@ class TeamsClient:
         self._session.mount("http://", HTTPAdapter(max_retries=retry))
         self._session.verify = verify
         self._timeout = timeout
-        self._min_interval = min_interval
-        self._last_post: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._limiter = WebhookRateLimiter(min_interval)
 
     def close(self) -> None:
         self._session.close()
 
+    def _space(self, url: str) -> _Post:
+        """Wait for this webhook's next slot (the benchmarks time this wait apart)."""
+        return self._limiter.acquire(url)
+
     def post(self, url: str, payload: Mapping[str, Any]) -> PostResult:
-        self._space(url)
+        slot = self._space(url)
         try:
             response = self._session.post(url, data=encode(payload), headers=HEADERS, timeout=self._timeout)
         except requests.RequestException as exc:
             return PostResult(False, None, f"{redact_url(url)}: {_describe(exc)}")
+        finally:
+            self._limiter.finish(slot)
         status = response.status_code
         response.close()
         if 200 <= status < 300:
@@ -114,13 +120,52 @@ class TeamsClient:
             reason += f" (throttled, Retry-After {response.headers.get('Retry-After', '?')})"
         return PostResult(False, status, reason, rejected=status in (400, 413))
 
-    def _space(self, url: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            wait = self._last_post.get(url, 0.0) + self._min_interval - now
-            self._last_post[url] = max(now, now + wait)
-        if wait > 0:
-            time.sleep(wait)
+
+class _Post:
+    """One post's place in its webhook's window: when it finished (inf while it is in flight)."""
+
+    __slots__ = ("finished",)
+
+    def __init__(self) -> None:
+        self.finished = float("inf")
+
+
+class WebhookRateLimiter:
+    """The one per-webhook limit of a process, shared by every rule running in it (issue 14): posts to one URL
+    start at least `min_interval` apart, and a post starts only once the post `per_second` posts before it
+    *finished* more than a second ago. A post reaches Teams between its start and its finish, so any second, as
+    Teams counts it, holds at most `per_second` posts of ours, however slow or concurrent they are."""
+
+    def __init__(self, min_interval: float = MIN_INTERVAL, per_second: int = MAX_PER_SECOND) -> None:
+        self.min_interval = min_interval
+        self.per_second = per_second
+        self._cond = threading.Condition()
+        self._last_start: dict[str, float] = {}
+        self._recent: dict[str, deque[_Post]] = {}  # the last `per_second` posts per URL, oldest first
+
+    def finish(self, post: _Post) -> None:
+        with self._cond:
+            post.finished = time.monotonic()
+            self._cond.notify_all()
+
+    def acquire(self, url: str) -> _Post:
+        """Wait until a post to `url` may start; call finish() with the result once it has been answered."""
+        with self._cond:
+            recent = self._recent.setdefault(url, deque())
+            while True:
+                now = time.monotonic()
+                start = self._last_start.get(url, -1e9) + self.min_interval
+                if len(recent) >= self.per_second and self.min_interval > 0:  # 0: unlimited (storage benchmarks)
+                    start = max(start, recent[0].finished + 1.0)  # inf while that post is in flight
+                if start <= now:
+                    break
+                self._cond.wait(None if start == float("inf") else start - now)
+            self._last_start[url] = now
+            if len(recent) >= self.per_second:
+                recent.popleft()
+            post = _Post()
+            recent.append(post)
+            return post
 
 
 def _describe(exc: requests.RequestException) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.runtime.detector import Detector, RunReport
 from shared.runtime.loganalytics import LogsClient, make_credential
+from shared.runtime.runlease import RunLeases
 from shared.runtime.settings import Settings, load_settings
 from shared.runtime.store import StateStore, connect
 from shared.runtime.teams import TeamsClient
@@ -40,10 +41,11 @@ DEFAULT_TUNING = Tuning()
 class Clients:
     logs: LogsClient
     store: StateStore
-    teams: TeamsClient
+    teams: TeamsClient  # one per process: its rate limiter spaces every rule's posts to a webhook (issue 14)
+    leases: RunLeases  # issue 14: rule-run leases, in the state table
 
     def close(self) -> None:
-        for client in (self.logs, self.store, self.teams):
+        for client in (self.logs, self.store, self.teams, self.leases):
             client.close()
 
 
@@ -59,6 +61,7 @@ def build_clients(
         LogsClient(logs_endpoint, credential, **tuning.logs),
         StateStore(connect(state_connection, state_table, retry_total=tuning.state_retry_total)),
         TeamsClient(**tuning.teams),
+        RunLeases(connect(state_connection, state_table, retry_total=tuning.state_retry_total)),
     )
 
 
@@ -70,8 +73,10 @@ def clients_for(settings: Settings, tuning: Tuning = DEFAULT_TUNING) -> Clients:
 
 def build_detector(settings: Settings, clients: Clients, clock: Callable[[], datetime] | None = None) -> Detector:
     if clock is None:
-        return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams)
-    return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams, clock=clock)
+        return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams, leases=clients.leases)
+    return Detector(
+        settings, logs=clients.logs, store=clients.store, teams=clients.teams, leases=clients.leases, clock=clock
+    )
 
 
 @lru_cache(maxsize=4)
@@ -79,9 +84,13 @@ def _clients(logs_endpoint: str, access_token: str | None, state_connection: str
     return build_clients(logs_endpoint, access_token, state_connection, state_table)
 
 
+def warm_clients(settings: Settings) -> Clients:
+    """The process's clients, built on first use and kept (a Functions worker runs many invocations)."""
+    return _clients(settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table)
+
+
 def detector(settings: Settings) -> Detector:
-    clients = _clients(settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table)
-    return build_detector(settings, clients)
+    return build_detector(settings, warm_clients(settings))
 
 
 def run(*, only_due: bool, settings: Settings | None = None) -> RunReport:

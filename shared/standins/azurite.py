@@ -1,4 +1,5 @@
-"""Start Azurite's Table service (from node_modules, pinned in package.json) on a free loopback port."""
+"""Start Azurite's Table service, and on request its Queue service (issue 14), from node_modules (pinned in
+package.json), each on a free loopback port, in memory."""
 
 from __future__ import annotations
 
@@ -23,27 +24,34 @@ def free_port() -> int:
 
 
 class Azurite:
-    def __init__(self, port: int | None = None) -> None:
+    """`service` "table" (the state) or "queue" (kqlwatch-runs: Functions' queue trigger reads base64 text, so
+    clients use the TextBase64 policies; azure-storage-queue 12.18 needs --skipApiVersionCheck)."""
+
+    def __init__(self, port: int | None = None, *, service: str = "table") -> None:
+        if service not in ("table", "queue"):
+            raise ValueError(f"Azurite service {service!r}: table or queue")
         self.port = port or free_port()
+        self.service = service
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def connection_string(self) -> str:
+        endpoint = "TableEndpoint" if self.service == "table" else "QueueEndpoint"
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-            f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+            f"{endpoint}=http://127.0.0.1:{self.port}/{ACCOUNT};"
         )
 
     def start(self, timeout: float = 20.0) -> Azurite:
-        binary = ROOT / "node_modules" / ".bin" / "azurite-table"
+        binary = ROOT / "node_modules" / ".bin" / f"azurite-{self.service}"
         if not binary.exists():
             raise KqlwatchError(f"Azurite is not installed ({binary} missing): run `npm ci` in {ROOT}")
         self._proc = subprocess.Popen(
             [
                 str(binary),
-                "--tableHost",
+                f"--{self.service}Host",
                 "127.0.0.1",
-                "--tablePort",
+                f"--{self.service}Port",
                 str(self.port),
                 "--inMemoryPersistence",
                 "--disableTelemetry",

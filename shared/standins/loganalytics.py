@@ -3,7 +3,8 @@
 It evaluates the posted KQL with the offline engine over in-memory tables. Each row has a hidden ingestion
 time: a row is invisible until "ingested", and `ingestion_time()` reads it. The request's timespan is applied
 to TimeGenerated, as the real service does. Tests can script failures: 429 with Retry-After, 5xx, 401/403,
-partial results, slow answers.
+partial results, slow answers. Like the real service it runs at most 5 queries per identity (per bearer token)
+at once: more wait for a slot up to `queue_wait` seconds (180 in the service; tests set less), then get 429.
 
 Shapes are the real service's: errors carry a correlationId and the specific reason in innererror; a partial
 result is `error.code = PartialError` with a generic details[].message and the reason in
@@ -17,10 +18,11 @@ from __future__ import annotations
 import re
 import tempfile
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ INGESTED = "_IngestedAt"
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
 _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
 DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
+CONCURRENT_PER_IDENTITY = 5  # queries one identity runs at once; the rest are queued
+QUEUE_WAIT = 180.0  # seconds a queued query waits for a slot before 429
 TRUNCATION_CODE = "-2133196797"  # E_QUERY_RESULT_SET_TOO_LARGE
 GENERIC_DETAIL = "Something went wrong processing your query on the server."
 
@@ -78,6 +82,14 @@ class LogAnalyticsStandIn:
         # Rows in the request's TimeGenerated timespan, summed over queries: what a query scans in a real workspace
         # (ingestion_time() filters do not narrow the scan; the timespan does). Issue 13's cost measure.
         self.rows_scanned = 0
+        # Issue 14: the per-identity concurrency limit, and what it saw.
+        self.concurrent_limit = CONCURRENT_PER_IDENTITY
+        self.queue_wait = QUEUE_WAIT
+        self.max_concurrent = 0  # the most queries of one identity running at once
+        self.throttled = 0  # queries answered 429 after waiting queue_wait
+        self._running: dict[str, int] = {}
+        self._slots = threading.Condition()
+        self._stopping = threading.Event()
         self._ca = trustme.CA()
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
         self._dir = tempfile.TemporaryDirectory(prefix="kqlwatch-la-")
@@ -98,6 +110,7 @@ class LogAnalyticsStandIn:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.stop()
         self._dir.cleanup()
 
@@ -132,6 +145,10 @@ class LogAnalyticsStandIn:
             self.query_seconds = 0.0
             self.slow_query = None
             self.rows_scanned = 0
+            self.max_concurrent = 0
+            self.throttled = 0
+            self.concurrent_limit = CONCURRENT_PER_IDENTITY
+            self.queue_wait = QUEUE_WAIT
 
     def respond(self, *responses: Response) -> None:
         """Answer the next queries with these responses, in order, then evaluate queries again."""
@@ -154,16 +171,42 @@ class LogAnalyticsStandIn:
             return scripted
         if auth != f"Bearer {self.token}":
             return _error(401, "AuthorizationRequiredError", "Valid authentication was not provided")
+        if not self._take_slot(auth):
+            with self._lock:
+                self.throttled += 1
+            return _error(429, "ThrottledError", "Too many concurrent requests for this user: retry later")
+        try:
+            return self._answer(body, prefer)
+        finally:
+            with self._slots:
+                self._running[auth] -= 1
+                self._slots.notify_all()
+
+    def _take_slot(self, identity: str) -> bool:
+        """One of the identity's concurrent slots, waiting up to queue_wait for one (False: none came free)."""
+        deadline = time.monotonic() + self.queue_wait
+        with self._slots:
+            while self._running.get(identity, 0) >= self.concurrent_limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._slots.wait(left)
+            self._running[identity] = self._running.get(identity, 0) + 1
+            self.max_concurrent = max(self.max_concurrent, self._running[identity])
+        return True
+
+    def _answer(self, body: dict[str, Any], prefer: str) -> Response:
+        """The query's answer, after the time it takes (spent holding its slot, as a running query does)."""
         wait = _wait(prefer)
         takes = self.query_seconds if self.slow_query is None or self.slow_query in body.get("query", "") else 0.0
         if takes > wait:
-            return replace(
-                _error(504, "GatewayTimeout", "Gateway timeout: the query did not finish in time."), delay=wait
-            )
+            self._stopping.wait(wait)
+            return _error(504, "GatewayTimeout", "Gateway timeout: the query did not finish in time.")
+        self._stopping.wait(takes)
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
-            return replace(self._evaluate(body.get("query", ""), start, end, now), delay=takes)
+            return self._evaluate(body.get("query", ""), start, end, now)
         except EngineError as exc:
             return _error(
                 400, "BadArgumentError", "The request had some invalid properties", inner=("SemanticError", str(exc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ class WebhookReceiver:
         self._default: dict[str, Response] = {}
         self._synchronous: set[str] = set()
         self.attempts: dict[str, int] = defaultdict(int)
+        self.arrivals: dict[str, list[float]] = defaultdict(list)  # issue 14: when each request came (monotonic)
         self._server = LoopbackServer(self._handle)
 
     def start(self) -> WebhookReceiver:
@@ -107,12 +109,24 @@ class WebhookReceiver:
     def cards(self, name: str | None = None) -> list[dict[str, Any]]:
         return [r.body["attachments"][0]["content"] for r in self.received(name)]
 
+    def most_in_one_second(self, name: str) -> int:
+        """The most requests to `name` that arrived within any one second, as Teams counts its 4 per second."""
+        with self._lock:
+            times = sorted(self.arrivals.get(name, []))
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= 1.0:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     def reset(self) -> None:
         """Forget what was received, the run history and every scripted answer."""
         with self._lock:
             self._received.clear()
             self._runs.clear()
             self.attempts.clear()
+            self.arrivals.clear()
             self._script.clear()
             self._default.clear()
             self._synchronous.clear()
@@ -122,6 +136,7 @@ class WebhookReceiver:
         name = parts[2] if len(parts) > 2 else ""
         with self._lock:
             self.attempts[name] += 1
+            self.arrivals[name].append(time.monotonic())
             scripted = self._script[name].popleft() if self._script[name] else self._default.get(name)
             synchronous = name in self._synchronous
         if scripted is not None and not (200 <= scripted.status < 300):

@@ -25,6 +25,8 @@ __all__ = ["EXIT_BROKEN_PIPE", "EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "main", 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("shared.workbench.runcmd", "run the rules against the workspace now"),
+    "dispatch": ("shared.workbench.queuecmd", "queue one message per due rule run (the dispatch function)"),
+    "worker": ("shared.workbench.queuecmd", "run queued rule runs (the run_rule function) until the queue is empty"),
     "demo": ("shared.workbench.demo", "run the detector locally on the bundled sample data (no Azure)"),
     "hunt": ("shared.workbench.hunt", "run a rule's KQL over local data files"),
     "preview": ("shared.workbench.hunt", "write the cards a rule would post for local data, as HTML"),

@@ -95,4 +95,4 @@ def test_the_package_imports_with_only_requirements_txt(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
     assert "shared.runtime.detector" in result["modules"] and "shared.rules.loader" in result["modules"]
-    assert result["functions"] == ["kqlwatch_timer"]
+    assert result["functions"] == ["dispatch", "run_rule", "run_rule_poison"]

@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from shared.runtime.settings import load_settings
 from shared.standins._http import Response
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
 from shared.workbench.cli import main
 from tests.conftest import ROOT, MakeDetector, delivered_ids, email
@@ -126,31 +127,39 @@ def test_webhook_secret_never_reaches_logs_or_errors(
     assert load_settings({**env, "KQLWATCH_TEAMS_WEBHOOK_URL": urls}).webhook_urls[1].endswith("SECRET-gone")
 
 
-def test_timer_function_runs_the_due_rules(
+def test_dispatch_and_run_rule_functions_run_the_due_rules(
     cli_env: dict[str, str],
     la: LogAnalyticsStandIn,
     hook: WebhookReceiver,
     clock: Clock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import azure.functions as func
+    """Issue 14: the timer `dispatch` puts one message per due rule on its output binding; `run_rule` runs it."""
+    from azure.functions.queue import QueueMessage
     from azure.functions.timer import TimerRequest
+
+    from shared.workbench.queuecmd import _Out
 
     monkeypatch.setenv("KQLWATCH_SCHEDULE", "0 */5 * * * *")
     import function_app
 
-    [function] = function_app.app.get_functions()
-    bindings = function.get_function_json()
+    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    assert sorted(str(name) for name in functions) == ["dispatch", "run_rule", "run_rule_poison"]
+    bindings = functions["dispatch"].get_function_json()
     assert '"schedule": "%KQLWATCH_SCHEDULE%"' in bindings and '"runOnStartup": false' in bindings
     assert '"useMonitor": true' in bindings
-    row = email(clock)
-    la.ingest("EmailEvents", [row], at=clock.now - timedelta(minutes=10))
-    la.clock = lambda: clock.now
-    user_function = function.get_user_function()
-    user_function(TimerRequest(past_due=True))
-    user_function(TimerRequest(past_due=False))  # not due again yet: nothing re-posted
+    now = datetime.now(timezone.utc)
+    row = email_row(now - timedelta(minutes=15))
+    la.ingest("EmailEvents", [row], at=now - timedelta(minutes=10))
+    la.clock = lambda: datetime.now(timezone.utc)
+    out = _Out()
+    functions["dispatch"].get_user_function()(TimerRequest(past_due=True), out)
+    [body] = out.get()
+    functions["run_rule"].get_user_function()(QueueMessage(id="1", body=body, dequeue_count=1))  # type: ignore[no-untyped-call]
     assert delivered_ids(hook) == [row["NetworkMessageId"]]
-    assert isinstance(func.FunctionApp(), func.FunctionApp)
+    again = _Out()
+    functions["dispatch"].get_user_function()(TimerRequest(past_due=False), again)
+    assert again.get() == []  # not due again yet: nothing dispatched
 
 
 def test_function_app_import_stays_light() -> None:

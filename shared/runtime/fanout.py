@@ -1,0 +1,127 @@
+"""Issue 14: the queue fan-out. What the three queue-side functions of function_app.py do, and so what
+`kqlwatch dispatch` and `kqlwatch worker --drain` run off Azure:
+
+    dispatch   (timer, KQLWATCH_SCHEDULE)      one message per due rule run onto kqlwatch-runs
+    run_rule   (queue trigger, kqlwatch-runs)   one rule's run, under its run lease (runlease.py)
+    poisoned   (queue trigger, ...-poison)      an ops notice naming the rule whose message failed 5 times
+
+A message carries references only (runmessage.py). A message that is not a run message is logged, naming the
+bad field, and completed: retrying it cannot help, and it never tracebacks the worker. A rule run that fails is
+the rule's failure (its outcome, its "rule failing" notice), not the message's: only a run that could not start
+(Table Storage or settings unusable) fails the invocation, so the host retries it and, after maxDequeueCount,
+moves it to the poison queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from shared.errors import KqlwatchError
+from shared.rules.loader import load_rules
+from shared.runtime import notices
+from shared.runtime.outcome import RuleOutcome
+from shared.runtime.planning import load_prepared
+from shared.runtime.runmessage import MessageError, RunMessage, parse
+from shared.runtime.settings import Settings, load_settings
+from shared.runtime.store import RuleState
+from shared.runtime.window import is_due
+from shared.runtime.wiring import Clients, build_detector, warm_clients
+
+log = logging.getLogger("kqlwatch")
+
+QUEUE = "kqlwatch-runs"
+POISON_QUEUE = f"{QUEUE}-poison"
+MAX_DEQUEUE = 5  # host.json extensions.queues.maxDequeueCount
+
+
+class RunNotStarted(KqlwatchError):
+    """A rule's run could not start (its lease or its state unreadable): the host should retry the message."""
+
+
+def dispatch(
+    *,
+    past_due: bool = False,
+    settings: Settings | None = None,
+    clients: Clients | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """The messages of this tick: one per rule due by its queryFrequency, all with this tick's time."""
+    settings = settings or load_settings()
+    clients = clients or warm_clients(settings)
+    now = now or datetime.now(timezone.utc)
+    if past_due:
+        log.warning("timer is past due; the runs dispatched now cover the missed interval")
+    prepared, errors = load_prepared(settings, now.date())
+    for error in errors:
+        log.error("rule skipped: %s", error)
+    clients.store.ensure_table()
+    states = clients.store.rule_states()
+    due = [p for p in prepared if is_due(now, states.get(p.rule.id, RuleState()).last_run, p.rule.query_frequency)]
+    messages = [RunMessage(p.rule.id, settings.workspace_id, now).encode() for p in due]
+    log.info(
+        json.dumps({"event": "kqlwatch.dispatch", "rules": len(prepared), "due": len(due), "skipped": len(errors)})
+    )
+    return messages
+
+
+def run_message(
+    body: str | bytes, *, dequeue_count: int = 1, settings: Settings | None = None, clients: Clients | None = None
+) -> RuleOutcome | None:
+    """Run the rule a message names (None: nothing to run). Raises RunNotStarted when the host should retry."""
+    message = _parse_or_log(body, dequeue_count, "kqlwatch-runs")
+    if message is None:
+        return None
+    settings = settings or load_settings()
+    if message.workspace_id != settings.workspace_id:
+        log.error("queue message for workspace %s, not this deployment's: ignored", message.workspace_id)
+        return None
+    prepared, _ = load_prepared(settings, message.scheduled.date())
+    rule = next((p for p in prepared if p.rule.id == message.rule_id), None)
+    if rule is None:  # removed (or broken: dispatch logged it) since the message was sent
+        log.warning("queue message for rule %s, which is not among the loaded rules: ignored", message.rule_id)
+        return None
+    detector = build_detector(settings, clients or warm_clients(settings))
+    detector.store.ensure_table()
+    outcome = detector.run_leased(rule, message.scheduled)
+    if outcome.errors and not outcome.ran and not outcome.skipped:
+        raise RunNotStarted(f"rule {rule.rule.id} ({rule.rule.name}): {'; '.join(outcome.errors)[:500]}")
+    return outcome
+
+
+def poisoned(
+    body: str | bytes, *, dequeue_count: int = 0, settings: Settings | None = None, clients: Clients | None = None
+) -> bool:
+    """An ops notice naming the rule whose run message failed maxDequeueCount times. True when a webhook took it."""
+    message = _parse_or_log(body, dequeue_count, POISON_QUEUE)
+    if message is None:
+        return False
+    settings = settings or load_settings()
+    rules = {r.id: r for r in load_rules(settings.rules_dir).rules}
+    rule = rules.get(message.rule_id)
+    name, path = (rule.name, rule.path) if rule else ("(no rule file with this id)", "-")
+    log.error(
+        "rule %s (%s): its run scheduled for %s was abandoned after %d attempts",
+        name,
+        message.rule_id,
+        message.scheduled.isoformat(),
+        MAX_DEQUEUE,
+    )
+    card = notices.poisoned(name, message.rule_id, message.scheduled, path, MAX_DEQUEUE)
+    teams = (clients or warm_clients(settings)).teams
+    took = False
+    for url in settings.ops_webhooks:
+        result = teams.post(url, card)
+        took = took or result.ok
+        if not result.ok:
+            log.error("poison notice not delivered: %s", result.detail)
+    return took
+
+
+def _parse_or_log(body: str | bytes, dequeue_count: int, queue: str) -> RunMessage | None:
+    try:
+        return parse(body)
+    except MessageError as exc:
+        log.error("kqlwatch: refused a message on %s (delivery %d): %s", queue, dequeue_count, exc)
+        return None
