@@ -115,6 +115,7 @@ output AZURE_FUNCTION_APP_IDENTITY_PRINCIPAL_ID string = resources.outputs.ident
 output AZURE_FUNCTION_APP_IDENTITY_CLIENT_ID string = resources.outputs.identityClientId
 output STATE_TABLE_ENDPOINT string = resources.outputs.stateTableEndpoint
 output STATE_TABLE_NAME string = resources.outputs.stateTableName
+output RUN_QUEUE_ENDPOINT string = resources.outputs.runQueueEndpoint
 output AZURE_KEY_VAULT_NAME string = resources.outputs.keyVaultName
 output AZURE_APPLICATION_INSIGHTS_NAME string = resources.outputs.applicationInsightsName
 output SENTINEL_WORKSPACE_ID string = resources.outputs.sentinelWorkspaceId

@@ -157,12 +157,24 @@ var sentinelWorkspaceParts = split(sentinelWorkspaceResourceId, '/')
 // Identity-based endpoints, built from the account name so they are known before deployment.
 var blobServiceUri = 'https://${storageAccountName}.blob.${environment().suffixes.storage}'
 var tableServiceUri = 'https://${storageAccountName}.table.${environment().suffixes.storage}'
+var queueServiceUri = 'https://${storageAccountName}.queue.${environment().suffixes.storage}'
 
-// Built-in role definition ids (platform-facts.md, Roles). No Queue role: the app uses no queues.
+// Issue 14: the fan-out queue (function_app.py QUEUE) and its poison queue, which the host would create itself
+// after a message's 5th failed delivery if it had the right to (it does not: Message Sender cannot create queues).
+var runsQueueName = 'kqlwatch-runs'
+var poisonQueueName = 'kqlwatch-runs-poison'
+
+// Built-in role definition ids (platform-facts.md, Roles; queue roles: production-behaviour.md).
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
 var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
+// Issue 14: the queue trigger reads (Reader) and completes / hides messages (Message Processor); the dispatch output
+// and the host's move to the poison queue add messages (Message Sender). Not Queue Data Contributor: no queue
+// management, no queue deletion.
+var storageQueueDataReaderRoleId = '19e7f393-937e-4f77-808e-94535e297925'
+var storageQueueDataMessageProcessorRoleId = '8a0f0c08-91a1-4084-bc3d-661d67233fed'
+var storageQueueDataMessageSenderRoleId = 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
 // Only with grantDeployerAccess:
 var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var storageTableDataReaderRoleId = '76199698-9eea-4c19-bc75-cec21354c6b6'
@@ -239,6 +251,21 @@ resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2025-06-0
 resource stateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2025-06-01' = {
   parent: tableService
   name: stateTableName
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2025-06-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource runsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-06-01' = {
+  parent: queueService
+  name: runsQueueName
+}
+
+resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2025-06-01' = {
+  parent: queueService
+  name: poisonQueueName
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,6 +378,40 @@ resource appTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-0
     principalId: identity.properties.principalId
     principalType: 'ServicePrincipal'
     description: 'kqlwatch: dedupe state table'
+  }
+}
+
+// Issue 14: the run queues (trigger: Reader + Message Processor; output and poison moves: Message Sender).
+resource appQueueDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, identity.id, storageQueueDataReaderRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataReaderRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'kqlwatch: run queue trigger (read)'
+  }
+}
+
+resource appQueueMessageProcessor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, identity.id, storageQueueDataMessageProcessorRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataMessageProcessorRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'kqlwatch: run queue trigger (process)'
+  }
+}
+
+resource appQueueMessageSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, identity.id, storageQueueDataMessageSenderRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataMessageSenderRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'kqlwatch: dispatch output and poison moves'
   }
 }
 
@@ -479,6 +540,19 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'ClientId=${identity.properties.clientId};Authorization=AAD'
         }
+        // Issue 14: the run queues' connection (function_app.py CONNECTION), through the identity.
+        {
+          name: 'KQLWATCH_QUEUE_CONNECTION__queueServiceUri'
+          value: queueServiceUri
+        }
+        {
+          name: 'KQLWATCH_QUEUE_CONNECTION__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'KQLWATCH_QUEUE_CONNECTION__clientId'
+          value: identity.properties.clientId
+        }
         // DefaultAzureCredential in the code picks the user-assigned identity.
         {
           name: 'AZURE_CLIENT_ID'
@@ -541,6 +615,11 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
           name: 'KQLWATCH_MAX_CARDS_PER_RUN'
           value: string(maxCardsPerRun)
         }
+        // Rules at once in one process (`kqlwatch run --once`); on Functions, host.json's batchSize bounds a worker.
+        {
+          name: 'KQLWATCH_CONCURRENCY'
+          value: '5'
+        }
         // Parameters of the seed rule (rules/*.yaml `let` bindings).
         {
           name: 'KQLWATCH_PARAM_SenderDomains'
@@ -577,6 +656,11 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
     // The host needs its roles before the first start.
     appBlobDataOwner
     appTableDataContributor
+    appQueueDataReader
+    appQueueMessageProcessor
+    appQueueMessageSender
+    runsQueue
+    poisonQueue
     appMetricsPublisher
     appSecretsUser
     sentinelAccess
@@ -611,6 +695,7 @@ output identityClientId string = identity.properties.clientId
 output identityResourceId string = identity.id
 output stateTableEndpoint string = tableServiceUri
 output stateTableName string = stateTable.name
+output runQueueEndpoint string = queueServiceUri
 output storageAccountName string = storage.name
 output keyVaultName string = vault.name
 output applicationInsightsName string = appInsights.name

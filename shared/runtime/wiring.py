@@ -96,16 +96,3 @@ def detector(settings: Settings) -> Detector:
 def run(*, only_due: bool, settings: Settings | None = None) -> RunReport:
     settings = settings or load_settings()
     return detector(settings).run(only_due=only_due)
-
-
-def run_timer(*, past_due: bool) -> RunReport:
-    """The timer's entry point. A late timer (past_due) changes nothing: windows reach back to the last
-    successful one, so the missed interval is covered by this run."""
-    if past_due:
-        log.warning("timer is past due; this run covers the missed interval")
-    report = run(only_due=True)
-    if not report.ok:
-        # Failing the invocation makes the failure visible in Application Insights and the portal.
-        failed = [o.rule_id for o in report.outcomes if not o.ok] + [e.path for e in report.rule_errors]
-        raise RuntimeError(f"kqlwatch run finished with failures: {', '.join(failed)}")
-    return report

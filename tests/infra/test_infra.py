@@ -40,6 +40,11 @@ MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 STORAGE_TABLE_DATA_READER = "76199698-9eea-4c19-bc75-cec21354c6b6"
+# Issue 14 (production-behaviour.md, queue fan-out): trigger = Reader + Message Processor; output = Message Sender.
+STORAGE_QUEUE_DATA_READER = "19e7f393-937e-4f77-808e-94535e297925"
+STORAGE_QUEUE_DATA_MESSAGE_PROCESSOR = "8a0f0c08-91a1-4084-bc3d-661d67233fed"
+STORAGE_QUEUE_DATA_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
+QUEUE = "Microsoft.Storage/storageAccounts/queueServices/queues"
 
 WORKSPACE = "Microsoft.OperationalInsights/workspaces"
 STORAGE = "Microsoft.Storage/storageAccounts"
@@ -54,13 +59,16 @@ APP_ROLES = {
     (STORAGE_TABLE_DATA_CONTRIBUTOR, STORAGE),
     (MONITORING_METRICS_PUBLISHER, APP_INSIGHTS),
     (KEY_VAULT_SECRETS_USER, VAULT),
+    (STORAGE_QUEUE_DATA_READER, STORAGE),
+    (STORAGE_QUEUE_DATA_MESSAGE_PROCESSOR, STORAGE),
+    (STORAGE_QUEUE_DATA_MESSAGE_SENDER, STORAGE),
 }
 # Only when the deployer asks for it (grantDeployerAccess).
 DEPLOYER_ROLES = {
     (KEY_VAULT_SECRETS_OFFICER, VAULT),
     (STORAGE_TABLE_DATA_READER, STORAGE),
 }
-# Never, for anyone: broad or privilege-granting roles, and the queue role (the app uses no queues).
+# Never, for anyone: broad or privilege-granting roles, and Queue Data Contributor (the three narrow queue roles do).
 FORBIDDEN_ROLES = {
     "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
     "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
@@ -372,7 +380,8 @@ def check_identity_only(t: Template) -> Problems:
         problems.append("AzureWebJobsStorage__blobServiceUri is missing (identity-based host storage)")
     if "AzureWebJobsStorage__queueServiceUri" in settings:
         problems.append(
-            "AzureWebJobsStorage__queueServiceUri is set but the app uses no queues (and has no queue role)"
+            "AzureWebJobsStorage__queueServiceUri is set: the host's own storage needs no queues (the run queues have "
+            "their own connection, KQLWATCH_QUEUE_CONNECTION)"
         )
     source = t.path.read_text(encoding="utf-8")
     for marker in ("listKeys", "listSecrets", "AccountKey=", "InstrumentationKey=", "SharedAccessSignature"):
@@ -580,10 +589,44 @@ def check_settings(t: Template, settings_module: ModuleType) -> Problems:
     prefix = settings_module.PARAM_PREFIX
     params = {n[len(prefix) :] for n in present if n.startswith(prefix)}
     problems += [f"rule parameter setting {prefix}{p} is not set" for p in sorted(SEED_RULE_PARAMS - params)]
-    unknown = {n for n in present if n.startswith("KQLWATCH_") and not n.startswith(prefix)} - set(
-        settings_module.SETTING_NAMES
+    import function_app  # the queue bindings' connection: the host reads its identity settings, not our code
+
+    queue_identity = {f"{function_app.CONNECTION}__{k}" for k in ("queueServiceUri", "credential", "clientId")}
+    unknown = (
+        {n for n in present if n.startswith("KQLWATCH_") and not n.startswith(prefix)}
+        - set(settings_module.SETTING_NAMES)
+        - queue_identity
     )
     problems += [f"app setting {n} is not read by shared/runtime/settings.py" for n in sorted(unknown)]
+    return problems
+
+
+def check_queues(t: Template) -> Problems:
+    """Issue 14: both run queues pre-created on the app's storage (the identity cannot create the poison queue the
+    host would), and the queue bindings' connection reaching them through the identity, never a key."""
+    import function_app
+
+    problems: Problems = []
+    names = {render(q.config.get("name")) for q in t.resources(QUEUE) if not q.existing}
+    resolved = {t.resolve(n) for n in names}
+    for wanted in (function_app.QUEUE, function_app.POISON_QUEUE):
+        if wanted not in resolved:
+            problems.append(f"queue {wanted} is not created (found {sorted(resolved)})")
+    for queue in t.resources(QUEUE):
+        if render(queue.config.get("parent")) != "queueService":
+            problems.append(f"queue {queue.symbol} is not on the app's storage account queue service")
+    settings = app_settings(t)
+    conn = function_app.CONNECTION
+    expected = {
+        f"{conn}__credential": "managedidentity",
+        f"{conn}__clientId": "identity.properties.clientId",
+        f"{conn}__queueServiceUri": "queueServiceUri",
+    }
+    for name, want in expected.items():
+        if settings.get(name) != want:
+            problems.append(f"app setting {name} is {settings.get(name)!r}, must be {want!r}")
+    if conn in settings:
+        problems.append(f"{conn} is set as a connection string: use the identity settings ({conn}__*)")
     return problems
 
 
@@ -708,6 +751,10 @@ def test_role_assignments_are_exactly_the_least_privilege_set(res: Template, rea
     assert check_roles(res, reader, main) == []
 
 
+def test_run_queues_are_precreated_and_reached_through_the_identity(res: Template) -> None:
+    assert check_queues(res) == []
+
+
 def test_every_setting_the_code_reads_is_set(res: Template, settings: ModuleType) -> None:
     assert check_settings(res, settings) == []
 
@@ -735,6 +782,7 @@ def test_outputs_are_the_ones_a_user_needs_and_are_wired_correctly(res: Template
         "identityPrincipalId": "identity.properties.principalId",
         "identityClientId": "identity.properties.clientId",
         "stateTableEndpoint": "tableServiceUri",
+        "runQueueEndpoint": "queueServiceUri",
         "keyVaultName": "vault.name",
         "applicationInsightsName": "appInsights.name",
         "sentinelWorkspaceId": "sentinelWorkspace.properties.customerId",
@@ -901,6 +949,27 @@ def _outputs(main_t: Template, res_t: Template, reader_t: Template, settings_m: 
 SETTING_BLOCK = "        {{\n          name: '{name}'\n          value: {value}\n        }}\n"
 
 MUTATIONS = [
+    Mutation(
+        "no-poison-queue",
+        "resources.bicep",
+        "  name: poisonQueueName\n",
+        "  name: runsQueueName\n",
+        _res(check_queues),
+    ),
+    Mutation(
+        "queue-connection-by-key",
+        "resources.bicep",
+        "          value: 'managedidentity'\n        }\n        {\n          name: 'KQLWATCH_QUEUE_CONNECTION__clientId'",
+        "          value: 'secret'\n        }\n        {\n          name: 'KQLWATCH_QUEUE_CONNECTION__clientId'",
+        _res(check_queues),
+    ),
+    Mutation(
+        "queue-contributor-instead",
+        "resources.bicep",
+        "var storageQueueDataMessageSenderRoleId = 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'",
+        "var storageQueueDataMessageSenderRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'",
+        _roles,
+    ),
     Mutation(
         "shared-key-on",
         "resources.bicep",
