@@ -43,6 +43,7 @@ AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 DNS_SERVERS = "KQLWATCH_DNS_SERVERS"  # issue 16: DNS evidence lookups; local stand-ins only, Azure uses its own
 CONCURRENCY = "KQLWATCH_CONCURRENCY"  # issue 14: rules run at once in one process
 QUEUE_CONNECTION = "KQLWATCH_QUEUE_CONNECTION"  # issue 14: the run queue (the Functions binding's connection)
+QUEUE_SERVICE_URI = f"{QUEUE_CONNECTION}__queueServiceUri"  # ... in its identity form, as the host reads it
 
 # Read by the code; the infra tests check that the deployment sets each one it must.
 SETTING_NAMES: tuple[str, ...] = (
@@ -226,9 +227,8 @@ def load_queue_connection(env: Mapping[str, str] | None = None) -> str:
     Azurite's locally, or a queue service URL used with the identity), else the identity form the Functions
     host reads (KQLWATCH_QUEUE_CONNECTION__queueServiceUri). Validated as the state connection is."""
     env = os.environ if env is None else env
-    uri_setting = f"{QUEUE_CONNECTION}__queueServiceUri"
-    if not (env.get(QUEUE_CONNECTION) or "").strip() and (env.get(uri_setting) or "").strip():
-        return _url(env, uri_setting, env[uri_setting])
+    if not (env.get(QUEUE_CONNECTION) or "").strip() and (env.get(QUEUE_SERVICE_URI) or "").strip():
+        return _url(env, QUEUE_SERVICE_URI, env[QUEUE_SERVICE_URI])
     return _storage_connection(env, QUEUE_CONNECTION, "queueendpoint", "QueueEndpoint")
 
 

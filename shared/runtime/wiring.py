@@ -49,6 +49,11 @@ class Clients:
             client.close()
 
 
+def state_store(state_connection: str, state_table: str, tuning: Tuning = DEFAULT_TUNING) -> StateStore:
+    """The state table's client: the detector's, and the offline `kqlwatch status`'s (same retries and timeouts)."""
+    return StateStore(connect(state_connection, state_table, retry_total=tuning.state_retry_total))
+
+
 def build_clients(
     logs_endpoint: str,
     access_token: str | None,
@@ -59,7 +64,7 @@ def build_clients(
     credential = tuning.credential or make_credential(access_token)
     return Clients(
         LogsClient(logs_endpoint, credential, **tuning.logs),
-        StateStore(connect(state_connection, state_table, retry_total=tuning.state_retry_total)),
+        state_store(state_connection, state_table, tuning),
         TeamsClient(**tuning.teams),
         RunLeases(connect(state_connection, state_table, retry_total=tuning.state_retry_total)),
     )

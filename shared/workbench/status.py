@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from shared.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
-    from shared.runtime.store import RuleState
+    from shared.runtime.store import RuleState, StateStore
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -31,75 +31,80 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     from shared.rules.loader import load_rules
     from shared.runtime.settings import load_state_settings
-    from shared.runtime.store import DROPPED, StateStore, connect
+    from shared.runtime.wiring import state_store
 
     settings = load_state_settings()  # offline: the state table only, no workspace or webhook needed
-    store = StateStore(connect(settings.state_connection, settings.state_table))
+    store = state_store(settings.state_connection, settings.state_table)
     try:
         loaded = load_rules(settings.rules_dir).rules
         names = {r.id: r.name for r in loaded}
-        windows = _windows(loaded)
         if args.rule:
-            rule_id = args.rule.lower()
-            if args.dropped:
-                rows = [
-                    [h.first_seen, h.key[:12], h.attempts, _summary(h.row)]
-                    for h in store.hits(rule_id)
-                    if h.status == DROPPED
-                ]
-                print_table(["first seen", "hit", "attempts", "row"], rows)
-            else:
-                runs = [
-                    [
-                        r.get("Started"),
-                        r.get("Rows"),
-                        r.get("NewHits"),
-                        r.get("Delivered"),
-                        r.get("Deferred"),
-                        r.get("Dropped"),
-                        r.get("DurationMs"),
-                        _errors(r.get("Errors")),
-                    ]
-                    for r in store.runs(rule_id, limit=args.runs)
-                ]
-                print(f"{names.get(rule_id, rule_id)} ({rule_id})")
-                print_table(["started", "rows", "new", "delivered", "deferred", "dropped", "ms", "errors"], runs)
+            _show_rule(store, args.rule.lower(), names, dropped=args.dropped, runs=args.runs)
             return EXIT_OK
-        states = store.rule_states()
-        pending = store.pending_leases()
-        now = datetime.now(timezone.utc)
-        rows = []
-        for rule_id in sorted(set(names) | set(states) | set(pending), key=lambda i: names.get(i, i)):
-            rows.append(
-                _rule_row(
-                    names.get(rule_id, "(no rule file)"),
-                    rule_id,
-                    states.get(rule_id),
-                    pending.get(rule_id, []),
-                    windows.get(rule_id),
-                    now,
-                )
-            )
-        print_table(
-            [
-                "rule",
-                "id",
-                "last run",
-                "last success",
-                "health",
-                "hits",
-                "delivered",
-                "pending",
-                "leased",
-                "window",
-                "cannot see",
-                "last error",
-            ],
-            rows,
-        )
-        return EXIT_FAILED if any(s.consecutive_failures for s in states.values()) else EXIT_OK
+        failing = _show_rules(store, names, _windows(loaded))
+        _show_queues()
+        return EXIT_FAILED if failing else EXIT_OK
     finally:
         store.close()
+
+
+def _show_rule(store: StateStore, rule_id: str, names: dict[str, str], *, dropped: bool, runs: int) -> None:
+    from shared.runtime.store import DROPPED
+
+    if dropped:
+        rows = [
+            [h.first_seen, h.key[:12], h.attempts, _summary(h.row)] for h in store.hits(rule_id) if h.status == DROPPED
+        ]
+        print_table(["first seen", "hit", "attempts", "row"], rows)
+        return
+    keys = ("Started", "Rows", "NewHits", "Delivered", "Deferred", "Dropped", "DurationMs")
+    records = [[*(r.get(k) for k in keys), _errors(r.get("Errors"))] for r in store.runs(rule_id, limit=runs)]
+    print(f"{names.get(rule_id, rule_id)} ({rule_id})")
+    print_table(["started", "rows", "new", "delivered", "deferred", "dropped", "ms", "errors"], records)
+
+
+def _show_rules(store: StateStore, names: dict[str, str], windows: dict[str, str]) -> bool:
+    """One line per rule; True when a rule is failing."""
+    states = store.rule_states()
+    pending = store.pending_leases()
+    now = datetime.now(timezone.utc)
+    rows = [
+        _rule_row(
+            names.get(rule_id, "(no rule file)"),
+            rule_id,
+            states.get(rule_id),
+            pending.get(rule_id, []),
+            windows.get(rule_id),
+            now,
+        )
+        for rule_id in sorted(set(names) | set(states) | set(pending), key=lambda i: names.get(i, i))
+    ]
+    headers = ["rule", "id", "last run", "last success", "health", "hits", "delivered", "pending", "leased"]
+    print_table([*headers, "window", "cannot see", "last error"], rows)
+    return any(s.consecutive_failures for s in states.values())
+
+
+def _show_queues() -> None:
+    """Issue 14: with KQLWATCH_QUEUE_CONNECTION set, the run queue's depth and the poison count (one call each)."""
+    import os
+
+    from shared.runtime.settings import QUEUE_CONNECTION, QUEUE_SERVICE_URI, load_queue_connection
+
+    if not (os.environ.get(QUEUE_CONNECTION) or os.environ.get(QUEUE_SERVICE_URI)):
+        return
+    from shared.runtime.fanout import POISON_QUEUE, QUEUE
+    from shared.workbench.queues import depth, queue_client
+
+    connection = load_queue_connection()
+    counts = []
+    for name in (QUEUE, POISON_QUEUE):
+        client = queue_client(connection, name, retry_total=1)
+        try:
+            count = depth(client)
+        finally:
+            client.close()
+        counts.append(f"{name}: {'unreadable' if count is None else count}")
+    print("queues   " + ", ".join(counts) + " (poison: runs abandoned after 5 attempts; each sent an ops notice)")
 
 
 def _rule_row(

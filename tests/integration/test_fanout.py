@@ -300,3 +300,16 @@ def test_a_run_throttled_by_log_analytics_defers_cleanly(
     later = [d.run(only_due=False) for d in (first, second)]
     assert all(not o.throttled for r in later for o in r.outcomes)
     assert len(delivered_ids(hook)) == 10  # 5 rules x 1 row, in each of the two state tables
+
+
+def test_status_shows_the_run_queue_and_the_poison_count(
+    queue_env: dict[str, str], hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.workbench.cli import main
+
+    assert queuecmd.dispatch(queue_env["KQLWATCH_QUEUE_CONNECTION"]) == 1
+    poison = queue_client(queue_env["KQLWATCH_QUEUE_CONNECTION"], fanout.POISON_QUEUE)
+    poison.send_message(RunMessage(str(uuid.uuid4()), WORKSPACE, datetime.now(timezone.utc)).encode())
+    poison.close()
+    main(["status"])
+    assert "kqlwatch-runs: 1, kqlwatch-runs-poison: 1" in capsys.readouterr().out
