@@ -40,6 +40,10 @@ SMOKE = {
     ),
     "cost.py": ([], ["executions/month", "GB-s/month", "scanned per rule-run", "Basic plan"]),
     "hunt_1m.py": (["--rows", "10000"], ["kqlwatch hunt"]),
+    "fanout.py": (
+        ["--rules", "2", "--latency", "0", "--workers", "1", "--skip-sequential"],
+        ["concurrent", "1 queue worker(s)", "most queries at once", "idle state operations per rule"],
+    ),
 }
 
 

@@ -69,6 +69,9 @@ def test_a_failed_rule_exits_1(
         ({"KQLWATCH_PARAM_Bad-Name": "x"}, "KQLWATCH_PARAM_Bad-Name", "not a valid parameter name"),
         ({"KQLWATCH_STATE_CONNECTION": "nonsense"}, "KQLWATCH_STATE_CONNECTION", "connection string"),
         ({"KQLWATCH_DNS_SERVERS": "dns.example:53"}, "KQLWATCH_DNS_SERVERS", "not an IP address"),  # issue 16
+        ({"KQLWATCH_CONCURRENCY": "0"}, "KQLWATCH_CONCURRENCY", "from 1 to 5"),  # issue 14
+        ({"KQLWATCH_CONCURRENCY": "6"}, "KQLWATCH_CONCURRENCY", "5 queries per identity"),
+        ({"KQLWATCH_CONCURRENCY": "²"}, "KQLWATCH_CONCURRENCY", "whole number"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_setting(
@@ -170,3 +173,25 @@ def test_function_app_import_stays_light() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("http://queues.example.com/devstoreaccount1", "http only for loopback"),
+        ("DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5", "QueueEndpoint: use https"),
+        ("", "is not set"),
+    ],
+)
+def test_bad_queue_connection_exits_2_naming_the_setting(
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+    reason: str,
+) -> None:
+    """Issue 14: `kqlwatch dispatch` / `worker` validate KQLWATCH_QUEUE_CONNECTION as the state connection is."""
+    monkeypatch.setenv("KQLWATCH_QUEUE_CONNECTION", value)
+    assert main(["dispatch"]) == 2
+    err = capsys.readouterr().err
+    assert "KQLWATCH_QUEUE_CONNECTION" in err and reason in err and "a2V5" not in err
