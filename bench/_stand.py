@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 from shared.runtime.detector import Detector  # noqa: E402
 from shared.runtime.loganalytics import LogsClient, QueryResult, StaticTokenCredential  # noqa: E402
+from shared.runtime.runlease import RunLeases  # noqa: E402
 from shared.runtime.settings import Settings, load_settings  # noqa: E402
 from shared.runtime.store import StateStore, connect  # noqa: E402
 from shared.runtime.teams import PostResult, TeamsClient  # noqa: E402
@@ -321,13 +322,15 @@ def wire(
     table = CountingTable(connect(settings.state_connection, settings.state_table), meters)
     store = StateStore(table)  # type: ignore[arg-type]  # a transparent proxy of TableClient
     teams = MeteredTeams(meters) if min_interval is None else MeteredTeams(meters, min_interval=min_interval)
+    # Issue 14: the run lease, as the Function wires it (its own client on the same table), counted too.
+    leases = RunLeases(CountingTable(connect(settings.state_connection, settings.state_table), meters))  # type: ignore[arg-type]
     if clock is None:
-        return Detector(settings, logs=logs, store=store, teams=teams)
-    return Detector(settings, logs=logs, store=store, teams=teams, clock=clock)
+        return Detector(settings, logs=logs, store=store, teams=teams, leases=leases)
+    return Detector(settings, logs=logs, store=store, teams=teams, clock=clock, leases=leases)
 
 
 def close(detector: Detector) -> None:
-    for client in (detector.logs, detector.store, detector.teams):
+    for client in (detector.logs, detector.store, detector.teams, detector.leases):
         closer = getattr(client, "close", None)
         if closer is not None:
             closer()
