@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConfigError, QueryError
-from shared.runtime import detector as detector_module
+from shared.runtime import querying as querying_module
 from shared.runtime.loganalytics import LogsClient, StaticTokenCredential, make_credential
 from shared.runtime.settings import load_settings
 from shared.runtime.teams import TeamsClient
@@ -389,7 +389,7 @@ def test_a_window_split_for_truncation_whose_half_fails_otherwise_is_degraded(
     clock: Clock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(detector_module, "MAX_SPLITS", 1)  # one split: the halves' answers decide
+    monkeypatch.setattr(querying_module, "MAX_SPLITS", 1)  # one split: the halves' answers decide
     empty = {"tables": [{"name": "PrimaryResult", "columns": [{"name": "Subject", "type": "string"}], "rows": []}]}
     truncated = {
         **empty,
