@@ -127,7 +127,7 @@ class Detector:
         except KqlwatchError as exc:
             return RuleOutcome(rule.id, rule.name, ok=False, errors=[str(exc)])
         if claim.status != ACQUIRED:
-            outcome = RuleOutcome(rule.id, rule.name, skipped=claim.describe())
+            outcome = RuleOutcome(rule.id, rule.name, skipped=claim.describe(), held_until=claim.until)
             log.info(json.dumps(outcome.log_line(), default=str))
             return outcome
         hold = _Hold(claim)

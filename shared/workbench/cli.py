@@ -88,6 +88,9 @@ def print_report(report: RunReport, stream: TextIO | None = None) -> None:
     for warning in report.warnings:
         print(f"warning  {warning}", file=stream)
     for o in report.outcomes:
+        if o.skipped:  # issue 14: its run lease said so (already ran, or another run holds the rule)
+            print(f"skipped  {o.name}: {o.skipped}", file=stream)
+            continue
         if not o.ran and not o.errors:
             print(f"not due  {o.name}", file=stream)
             continue

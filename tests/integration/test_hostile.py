@@ -373,16 +373,16 @@ def test_after_a_killed_run_the_next_run_and_status_show_the_held_hits(
     line = _status_line(capsys.readouterr().out)
     assert "run never finished" in line and f"5 until {lease_end:%Y-%m-%d %H:%M:%S}" in line
 
-    clock.advance(timedelta(minutes=5))  # within the dead run's lease
+    clock.advance(timedelta(minutes=5))  # within the dead run's lease (issue 14: its run lease holds the rule)
     report = make_detector().run(only_due=False)
     outcome = report.outcomes[0]
-    assert (outcome.held, outcome.held_until, outcome.delivered) == (5, lease_end, 0)
-    assert any("5 pending hit(s) held by another run's lease until" in w for w in outcome.warnings)
+    assert (outcome.ran, outcome.held_until, outcome.delivered) == (False, lease_end, 0)
+    assert f"held by run {killed.run_id} until {lease_end:%Y-%m-%d %H:%M:%S} UTC" in outcome.skipped
     print_report(report)
-    assert "5 held by another run's lease" in capsys.readouterr().out
+    assert f"skipped  {outcome.name}: rule held by run {killed.run_id}" in capsys.readouterr().out
     assert main(["status"]) == 0
     line = _status_line(capsys.readouterr().out)
-    assert " ok " in line and f"5 until {lease_end:%Y-%m-%d %H:%M:%S}" in line
+    assert "run never finished" in line and f"5 until {lease_end:%Y-%m-%d %H:%M:%S}" in line
 
     clock.advance(AFTER_LEASE)
     after = make_detector().run(only_due=False).outcomes[0]
