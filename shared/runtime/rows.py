@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from shared.runtime.lots import Lot
 from shared.runtime.sanitize import scrub_surrogates, utf16_units
 
 STATE_ROW = "~state"
@@ -70,6 +71,9 @@ class Hit:
     truncated: bool = False
     status: str = "pending"
     store_note: str = ""  # why Table Storage holds only a minimal form of this hit (empty: stored in full)
+    lot: Lot | None = None  # the pending lot that holds its lease and delivery (None: settled, or not pending)
+    slot: int = 0  # its place in the lot
+    row_loaded: bool = True  # False: read from the pending index, the row not fetched yet (only cards need it)
 
 
 @dataclass
@@ -200,6 +204,7 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> di
             "LeaseOwner": hit.lease_owner,
             "LeaseUntil": hit.lease_until,
             "StoreNote": minimal or None,
+            "Lot": hit.lot.id if hit.lot else None,
         }
     )
 
