@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
 log = logging.getLogger("kqlwatch.state")
+
+RECORD_THREADS = 4  # lot transactions in flight at once while recording a burst
+PARALLEL_FROM = 4  # lots: smaller recordings stay one transaction after another
 
 
 @dataclass
@@ -148,19 +152,20 @@ class HitStore:
         transaction as its hits; they share the lease of the first hit (the run recording them)."""
         if status != PENDING:
             return self._insert_plain(rule_id, hits, status)
-        created: list[Hit] = []
+        lots: list[tuple[Lot, Sequence[Hit]]] = []
         for seq, start in enumerate(range(0, len(hits), LOT_SIZE)):
             chunk = hits[start : start + LOT_SIZE]
             first = chunk[0]
-            lot = Lot(
-                _new_lot_id(first.first_seen, seq),
-                [h.key for h in chunk],
-                first.first_seen,
-                lease_owner=first.lease_owner,
-                lease_until=first.lease_until,
-            )
-            created.extend(self._insert_lot(rule_id, lot, chunk))
-        return created
+            lot = Lot(_new_lot_id(first.first_seen, seq), [h.key for h in chunk], first.first_seen)
+            lot.lease_owner, lot.lease_until = first.lease_owner, first.lease_until
+            lots.append((lot, chunk))
+        if len(lots) < PARALLEL_FROM:
+            return [h for lot, chunk in lots for h in self._insert_lot(rule_id, lot, chunk)]
+        # A burst: several lots' transactions in flight at once (each is independent and atomic), so our
+        # encoding overlaps the service's work; the order of the result is the order of the hits.
+        with ThreadPoolExecutor(RECORD_THREADS, thread_name_prefix="kqlwatch-record") as pool:
+            done = list(pool.map(lambda lc: self._insert_lot(rule_id, *lc), lots))
+        return [h for part in done for h in part]
 
     def _insert_lot(self, rule_id: str, lot: Lot, chunk: Sequence[Hit]) -> list[Hit]:
         from azure.data.tables import TableTransactionError
