@@ -35,6 +35,7 @@ from shared.runtime.rows import (
     _state_from,
 )
 from shared.runtime.tableio import BATCH, chunks, error_code, state_errors
+from shared.runtime.upgrade import lots_for_old_hits
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -66,6 +67,10 @@ class HitStore:
         for entity in self._state_range(rule_id):
             if entity["RowKey"] == STATE_ROW:
                 snap.state = _state_from(entity)
+                if not entity.get("HitShape"):  # written before lots: its pending hits get lots, once
+                    snap.pending.extend(
+                        h for lot in lots_for_old_hits(self._table, rule_id) for h in _pending_hits(lot)
+                    )
             elif entity["RowKey"].startswith(LOT_PREFIX):
                 snap.pending.extend(_pending_hits(lot_from(entity)))
         return snap

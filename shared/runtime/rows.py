@@ -55,6 +55,8 @@ CARD_COLUMNS = (
 
 _MAX_TICKS = 10**19
 
+HIT_SHAPE = 2  # on the state row: this rule's pending hits are in lots (1, absent: each hit said so itself)
+
 PENDING, DELIVERED, DROPPED, SUPPRESSED = "pending", "delivered", "dropped", "suppressed"
 
 
@@ -273,6 +275,7 @@ def _state_fields(state: RuleState) -> dict[str, Any]:
         "SilenceSince": state.silence_since,
         "SourcesChecked": state.sources_checked,
         "Blind": json.dumps({t: v.isoformat() for t, v in sorted(state.blind.items())[:50]}),
+        "HitShape": HIT_SHAPE,
     }
 
 

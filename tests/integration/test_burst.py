@@ -169,3 +169,28 @@ def test_pending_hits_after_a_crash_are_found_by_a_key_range(
     # (Table Storage reads the whole partition for those, and for an `or` of RowKeys).
     first = table.queries[0]
     assert re.fullmatch(r"PartitionKey eq @\w+ and RowKey ge @\w+ and RowKey lt @\w+", first), first
+
+
+def test_hits_left_pending_by_the_version_before_lots_are_delivered_once_after_the_upgrade(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    """A regression guard for the upgrade (it cannot fail on old main, which had no lots): state as the older
+    version left it - a state row without HitShape, each pending hit saying so on its own entity."""
+    import uuid
+
+    from shared.runtime.store import PENDING, Hit
+
+    detector = make_detector()
+    store = detector.store
+    store.ensure_table()
+    rule_id = "a256f4ea-deec-4fcd-bdf3-63987638eed9"
+    rows = [email(clock) for _ in range(3)]
+    store._insert_plain(rule_id, [Hit(uuid.uuid4().hex, r, first_seen=clock.now) for r in rows], PENDING)
+    store._table.upsert_entity({"PartitionKey": rule_id, "RowKey": "~state", "Kind": "state", "Runs": 4})
+    outcome = detector.run(only_due=False).outcomes[0]
+    assert outcome.delivered == 3, outcome.warnings
+    assert sorted(delivered_ids(hook)) == sorted(r["NetworkMessageId"] for r in rows)
+    clock.advance(timedelta(minutes=5))
+    again = make_detector().run(only_due=False).outcomes[0]
+    assert again.delivered == 0 and len(delivered_ids(hook)) == 3
+    assert {h.status for h in make_detector().store.hits(rule_id)} == {"delivered"}
