@@ -156,6 +156,8 @@ class Delivery:
         """The overflow hits whose delivery can still be recorded in this lease (whole lots, in order): the
         overflow card counts only those; the others stay pending for the next run."""
         room = (self.lease_until - LEASE_MARGIN - self.clock()).total_seconds()
+        if room <= 0:
+            return []
         if self.write_seconds <= 0:
             return overflow
         lots = max(0, int(room / self.write_seconds)) * BATCH
