@@ -335,24 +335,22 @@ class Detector:
         link = query_link(
             prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
         )
+        # Finding F: the delivery lease starts now, not when the run did (`lease_until` only held the hits
+        # while they were recorded); Delivery claims under it, bounded, and releases what it does not deliver.
         delivery = Delivery(
             rule,
             self.store,
             self.teams,
             self.clock,
             self.settings.max_cards_per_run,
-            lease_until,
+            self.clock() + LEASE,
             link,
             frozenset(urls),
-            self._evidence(prepared, hits),  # issue 16: once per rule run, before any card is built
+            lambda shown: self._evidence(prepared, shown),  # issue 16: once per rule run, before any card is built
+            self.run_id,
         )
-        remaining = delivery.deliver(hits, urls)
-        if remaining:
-            # Release the lease so the next run can retry at once, and count the attempt.
-            self.store.update_hits(
-                rule.id, [replace(h, attempts=h.attempts + 1, lease_owner="", lease_until=None) for h in remaining]
-            )
-        return len(hits) - len(remaining), len(remaining), delivery.problems
+        delivered = delivery.run(hits, urls)
+        return delivered, delivery.deferred, delivery.problems
 
     def _evidence(self, prepared: PreparedRule, hits: list[Hit]) -> Sequence[tuple[str, Sequence[str]]]:
         """Issue 16: DNS evidence for the rule's accepted domains on these hits (never raises, <= 5 s a run)."""

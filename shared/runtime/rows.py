@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from shared.runtime.lots import Lot
 from shared.runtime.sanitize import scrub_surrogates, utf16_units
 
 STATE_ROW = "~state"
@@ -54,6 +55,8 @@ CARD_COLUMNS = (
 
 _MAX_TICKS = 10**19
 
+HIT_SHAPE = 2  # on the state row: this rule's pending hits are in lots (1, absent: each hit said so itself)
+
 PENDING, DELIVERED, DROPPED, SUPPRESSED = "pending", "delivered", "dropped", "suppressed"
 
 
@@ -70,6 +73,9 @@ class Hit:
     truncated: bool = False
     status: str = "pending"
     store_note: str = ""  # why Table Storage holds only a minimal form of this hit (empty: stored in full)
+    lot: Lot | None = None  # the pending lot that holds its lease and delivery (None: settled, or not pending)
+    slot: int = 0  # its place in the lot
+    row_loaded: bool = True  # False: read from the pending index, the row not fetched yet (only cards need it)
 
 
 @dataclass
@@ -200,6 +206,7 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> di
             "LeaseOwner": hit.lease_owner,
             "LeaseUntil": hit.lease_until,
             "StoreNote": minimal or None,
+            "Lot": hit.lot.id if hit.lot else None,
         }
     )
 
@@ -268,6 +275,7 @@ def _state_fields(state: RuleState) -> dict[str, Any]:
         "SilenceSince": state.silence_since,
         "SourcesChecked": state.sources_checked,
         "Blind": json.dumps({t: v.isoformat() for t, v in sorted(state.blind.items())[:50]}),
+        "HitShape": HIT_SHAPE,
     }
 
 

@@ -166,15 +166,15 @@ def test_table_storage_failing_mid_run_loses_nothing(
     rows = [email(clock) for _ in range(150)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detector = make_detector()
-    table = FlakyTable(detector.store._table, fail=lambda n: n == 2)  # the second batch of 100 fails
+    table = FlakyTable(detector.store._table, fail=lambda n: n == 2)  # the second batch (a lot: 99 hits) fails
     detector.store = StateStore(table)  # type: ignore[arg-type]
     first = detector.run(only_due=False).outcomes[0]
     assert not first.ok and "Table Storage" in first.errors[0] and hook.received() == []
 
     clock.advance(timedelta(minutes=5))
-    make_detector().run(only_due=False)  # the 50 hits the failed run never recorded
-    assert len(delivered_ids(hook)) == 50
-    clock.advance(AFTER_LEASE)  # the 100 it recorded are pending under its lease until that expires
+    make_detector().run(only_due=False)  # the 51 hits the failed run never recorded
+    assert len(delivered_ids(hook)) == 51
+    clock.advance(AFTER_LEASE)  # the 99 it recorded are pending under its lease until that expires
     make_detector().run(only_due=False)
     assert sorted(delivered_ids(hook)) == sorted(r["NetworkMessageId"] for r in rows)
 

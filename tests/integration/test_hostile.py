@@ -199,7 +199,7 @@ def test_any_attacker_values_are_stored_in_full_form_and_build_a_card(
     rule_id = uuid.uuid4().hex  # a partition of its own
     [created] = store.insert_new(rule_id, [Hit(uuid.uuid4().hex, row, first_seen=Clock().now)])
     assert created.store_note == ""
-    [back] = store.snapshot(rule_id).pending
+    [back], _ = store.load_rows(rule_id, store.snapshot(rule_id).pending)  # the snapshot reads no rows
     assert back.status == PENDING
     assert back.row["NetworkMessageId"] == row["NetworkMessageId"]
     assert back.row["RecipientEmailAddress"] == row["RecipientEmailAddress"]
