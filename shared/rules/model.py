@@ -43,6 +43,7 @@ class Rule:
     window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.rules.ingestion.choose)
     silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
     enrich: tuple[str, ...] = ()  # kqlwatch.enrich (issue 16): e.g. ("mail-auth-dns",), see shared.rules.enrich
+    source: str = ""  # kqlwatch.source (issue 15): defender | loganalytics; "" = KQLWATCH_SOURCE
 
 
 def trigger_met(rule: Rule, count: int) -> bool:

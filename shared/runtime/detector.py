@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from shared.errors import KqlwatchError, RuleError
+from shared.errors import KqlwatchError, QueryError, QueryThrottled, RuleError
 from shared.rules import ingestion
 from shared.rules.durations import as_time
 from shared.rules.enrich import MAIL_AUTH_DNS
+from shared.rules.fields import DEFENDER, LOG_ANALYTICS
 from shared.rules.loader import Rule, load_exclusion_files, load_rules, trigger_met
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
 from shared.runtime import dnsevidence, hits, notices
@@ -39,6 +40,8 @@ from shared.runtime.store import (
     lease_is_free,
 )
 from shared.runtime.window import (
+    DEFENDER_MAX_CATCHUP,
+    DEFENDER_OVERLAP,
     FAST_LATENESS,
     IngestionWindow,
     Window,
@@ -134,6 +137,7 @@ class RunPlan:
     window: Window  # the API timespan, on TimeGenerated
     query: str
     since: IngestionWindow | None = None  # ingestion mode only
+    source: str = LOG_ANALYTICS  # issue 15: which client runs the query
 
     @property
     def ledger_from(self) -> datetime:
@@ -165,9 +169,11 @@ class Detector:
         store: StateStore,
         teams: Poster,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        defender: LogsApi | None = None,  # issue 15: Defender XDR advanced hunting (shared.runtime.defender)
     ) -> None:
         self.settings = settings
         self.logs = logs
+        self.defender = defender
         self.store = store
         self.teams = teams
         self.clock = clock
@@ -222,7 +228,7 @@ class Detector:
         self._report_expired_exclusions(prepared, now, outcome)
 
         created: list[Hit] = []
-        result = self._timed_query(plan.query, window, outcome)
+        result = self._timed_query(plan.query, window, outcome, plan.source)
         query_ok = result is not None and result.partial_error is None
         if result is not None:
             self._note_partial(result, outcome)
@@ -303,6 +309,8 @@ class Detector:
     def _plan(self, prepared: PreparedRule, state: RuleState, now: datetime) -> RunPlan:
         rule = prepared.rule
         choice = window_choice(rule)
+        if self.settings.source_of(rule.source) == DEFENDER:
+            return self._defender_plan(prepared, choice, state, now)
         if choice.mode != ingestion.INGESTION:
             window = next_window(
                 now,
@@ -324,18 +332,50 @@ class Detector:
         query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
         return RunPlan(choice, since.timespan, query, since)
 
+    def _defender_plan(
+        self, prepared: PreparedRule, choice: ingestion.WindowChoice, state: RuleState, now: datetime
+    ) -> RunPlan:
+        """Issue 15: advanced hunting has no ingestion time: Timestamp windows (the API's Timespan) that re-read
+        DEFENDER_OVERLAP for late rows, reaching back at most 30 days (what advanced hunting keeps)."""
+        rule = prepared.rule
+        window = next_window(
+            now,
+            period=rule.query_period,
+            frequency=rule.query_frequency,
+            last_end=state.last_window_end,
+            max_catchup=min(self.settings.max_catchup, DEFENDER_MAX_CATCHUP),
+            min_overlap=DEFENDER_OVERLAP,
+        )
+        reason = f"Defender advanced hunting has no ingestion time: Timestamp windows re-reading {DEFENDER_OVERLAP}"
+        defender_choice = ingestion.WindowChoice("timestamp", reason, choice.tables)
+        return RunPlan(defender_choice, window, prepared.query, source=DEFENDER)
+
     # --- querying ---
 
-    def _query(self, query: str, start: datetime, end: datetime, depth: int = 0) -> QueryResult:
+    def _client(self, source: str) -> tuple[LogsApi, str]:
+        if source == DEFENDER:
+            if self.defender is None:
+                raise QueryError("the rule's source is defender, but no Defender client is configured")
+            return self.defender, ""
+        if not self.settings.workspace_id:
+            raise QueryError(
+                "the rule runs on Log Analytics (kqlwatch.source / KQLWATCH_SOURCE), but KQLWATCH_WORKSPACE_ID is not set"
+            )
+        return self.logs, self.settings.workspace_id
+
+    def _query(
+        self, query: str, start: datetime, end: datetime, depth: int = 0, source: str = LOG_ANALYTICS
+    ) -> QueryResult:
         """Query the window. A truncated result (row/size limit) is re-queried as two halves rather than
         losing rows; any other partial error is returned as it is: splitting would not help."""
-        result = self.logs.query(self.settings.workspace_id, query, start, end)
+        client, workspace = self._client(source)
+        result = client.query(workspace, query, start, end)
         if not result.truncated or depth >= MAX_SPLITS or end - start <= MIN_SPLIT:
             return result
         middle = start + (end - start) / 2
         log.warning("truncated result for %s..%s (%s): querying the halves", start, end, result.partial_error)
-        first = self._query(query, start, middle, depth + 1)
-        second = self._query(query, middle, end, depth + 1)
+        first = self._query(query, start, middle, depth + 1, source)
+        second = self._query(query, middle, end, depth + 1, source)
         columns = first.columns or second.columns
         partial = [r for r in (first, second) if r.partial_error is not None]
         return QueryResult(
@@ -347,12 +387,15 @@ class Detector:
             truncated=bool(partial) and all(r.truncated for r in partial),
         )
 
-    def _timed_query(self, query: str, window: Window, outcome: RuleOutcome) -> QueryResult | None:
+    def _timed_query(
+        self, query: str, window: Window, outcome: RuleOutcome, source: str = LOG_ANALYTICS
+    ) -> QueryResult | None:
         """The window's result, or None when the query failed; the time it took goes into the outcome."""
         started = time.monotonic()
         try:
-            return self._query(query, window.start, window.end)
+            return self._query(query, window.start, window.end, source=source)
         except KqlwatchError as exc:
+            outcome.degraded = outcome.degraded or isinstance(exc, QueryThrottled)  # issue 15: quota spent: deferred
             outcome.ok = False
             outcome.errors.append(f"query failed: {exc}")
             return None
@@ -411,8 +454,13 @@ class Detector:
             return 0, 0, []
         rule = prepared.rule
         urls = {short_hash(u): u for u in self.settings.webhooks_for(rule.route, rule.severity)}
+        in_workspace = self.settings.source_of(rule.source) != DEFENDER  # issue 15: no Logs-blade link for Defender
         link = query_link(
-            prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
+            prepared.query,
+            self.settings.workspace_resource_id if in_workspace else None,
+            window.start,
+            window.end,
+            self.settings.logs_endpoint,
         )
         delivery = Delivery(
             rule,
@@ -481,6 +529,8 @@ class Detector:
         return. Each rule looks at most hourly (no state read on other runs); a table's last ingestion time is
         probed at most once an hour whichever rules read it."""
         choice = plan.choice
+        if plan.source == DEFENDER:
+            return  # the probe reads ingestion_time(), which advanced hunting does not have (issue 15)
         if result is None or result.partial_error is not None:
             return  # the workspace is unwell or the answer incomplete: that is reported already, and says nothing
         # Rows read by ingestion time were ingested after the watermark: the table is not silent, no probe needed.

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.rules.durations import parse_duration
+from shared.rules.fields import DEFENDER, LOG_ANALYTICS, SOURCES
 from shared.rules.loader import DEFAULT_RULES_DIR as DEFAULT_RULES_DIR  # the default the Bicep template repeats
 from shared.rules.loader import RULES_DIR_SETTING, is_guid, rules_folder
 from shared.rules.params import PARAM_PREFIX
@@ -41,6 +42,8 @@ OPS_WEBHOOK_URL = "KQLWATCH_OPS_WEBHOOK_URL"
 ROUTE_PREFIX = "KQLWATCH_ROUTE_"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 DNS_SERVERS = "KQLWATCH_DNS_SERVERS"  # issue 16: DNS evidence lookups; local stand-ins only, Azure uses its own
+SOURCE = "KQLWATCH_SOURCE"  # issue 15: defender | loganalytics, for rules without kqlwatch.source
+GRAPH_ENDPOINT = "KQLWATCH_GRAPH_ENDPOINT"  # issue 15: Microsoft Graph (sovereign clouds; local stand-in in tests)
 
 # Read by the code; the infra tests check that the deployment sets each one it must.
 SETTING_NAMES: tuple[str, ...] = (
@@ -61,6 +64,8 @@ SETTING_NAMES: tuple[str, ...] = (
     MAX_LATENESS,
     LATE_SWEEP,
     DNS_SERVERS,
+    SOURCE,
+    GRAPH_ENDPOINT,
 )
 # What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -72,6 +77,7 @@ REQUIRED_IN_AZURE: tuple[str, ...] = (
 )
 
 DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
 DEFAULT_STATE_TABLE = "kqlwatch"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
@@ -109,6 +115,12 @@ class Settings:
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route name (lower case) -> URLs
     ops_webhook_urls: tuple[str, ...] = ()  # kqlwatch's own notices; default: the default webhooks
     dns_servers: tuple[tuple[str, int], ...] = ()  # issue 16: () = the platform resolver
+    source: str = LOG_ANALYTICS  # issue 15: where rules without kqlwatch.source run
+    graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # issue 15: Defender XDR advanced hunting
+
+    def source_of(self, rule_source: str) -> str:
+        """A rule's own kqlwatch.source, else KQLWATCH_SOURCE."""
+        return rule_source or self.source
 
     def webhooks_for(self, route: str, severity: str) -> tuple[str, ...]:
         """A rule's own route, else its severity's route, else the default webhooks."""
@@ -122,8 +134,12 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings; raise ConfigError naming the first bad one."""
     env = os.environ if env is None else env
+    source = _source(env)
     return Settings(
-        workspace_id=_guid(env, WORKSPACE_ID),
+        # Defender-only tenants have no workspace: then only rules with kqlwatch.source: loganalytics need one.
+        workspace_id=_guid(env, WORKSPACE_ID) if source != DEFENDER or (env.get(WORKSPACE_ID) or "").strip() else "",
+        source=source,
+        graph_endpoint=_url(env, GRAPH_ENDPOINT, env.get(GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT),
         logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
         state_connection=_state_connection(env),
         state_table=_table_name(env),
@@ -142,6 +158,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         params=read_params(env),
         dns_servers=_dns_servers(env),
     )
+
+
+def _source(env: Mapping[str, str]) -> str:
+    raw = (env.get(SOURCE) or "").strip().lower() or LOG_ANALYTICS
+    if raw not in SOURCES:
+        raise ConfigError(SOURCE, f"must be one of {', '.join(SOURCES)}, got {raw[:40]!r}")
+    return raw
 
 
 def _dns_servers(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:

@@ -10,6 +10,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from shared.runtime.defender import DefenderClient
 from shared.runtime.detector import Detector, RunReport
 from shared.runtime.loganalytics import LogsClient, make_credential
 from shared.runtime.settings import Settings, load_settings
@@ -31,6 +32,7 @@ class Tuning:
     state_retry_total: int = 3
     teams: Mapping[str, Any] = field(default_factory=dict)  # TeamsClient keyword arguments
     credential: TokenCredential | None = None  # default: make_credential(KQLWATCH_ACCESS_TOKEN)
+    defender: Mapping[str, Any] = field(default_factory=dict)  # DefenderClient keyword arguments (issue 15)
 
 
 DEFAULT_TUNING = Tuning()
@@ -41,10 +43,12 @@ class Clients:
     logs: LogsClient
     store: StateStore
     teams: TeamsClient
+    defender: DefenderClient | None = None  # issue 15: Defender XDR advanced hunting on Microsoft Graph
 
     def close(self) -> None:
-        for client in (self.logs, self.store, self.teams):
-            client.close()
+        for client in (self.logs, self.store, self.teams, self.defender):
+            if client is not None:
+                client.close()
 
 
 def build_clients(
@@ -53,34 +57,50 @@ def build_clients(
     state_connection: str,
     state_table: str,
     tuning: Tuning = DEFAULT_TUNING,
+    graph_endpoint: str | None = None,
 ) -> Clients:
     credential = tuning.credential or make_credential(access_token)
     return Clients(
         LogsClient(logs_endpoint, credential, **tuning.logs),
         StateStore(connect(state_connection, state_table, retry_total=tuning.state_retry_total)),
         TeamsClient(**tuning.teams),
+        DefenderClient(graph_endpoint, credential, **tuning.defender) if graph_endpoint else None,
     )
 
 
 def clients_for(settings: Settings, tuning: Tuning = DEFAULT_TUNING) -> Clients:
     return build_clients(
-        settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table, tuning
+        settings.logs_endpoint,
+        settings.access_token,
+        settings.state_connection,
+        settings.state_table,
+        tuning,
+        settings.graph_endpoint,
     )
 
 
 def build_detector(settings: Settings, clients: Clients, clock: Callable[[], datetime] | None = None) -> Detector:
-    if clock is None:
-        return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams)
-    return Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams, clock=clock)
+    made = Detector(settings, logs=clients.logs, store=clients.store, teams=clients.teams, defender=clients.defender)
+    if clock is not None:
+        made.clock = clock
+    return made
 
 
 @lru_cache(maxsize=4)
-def _clients(logs_endpoint: str, access_token: str | None, state_connection: str, state_table: str) -> Clients:
-    return build_clients(logs_endpoint, access_token, state_connection, state_table)
+def _clients(
+    logs_endpoint: str, access_token: str | None, state_connection: str, state_table: str, graph_endpoint: str
+) -> Clients:
+    return build_clients(logs_endpoint, access_token, state_connection, state_table, graph_endpoint=graph_endpoint)
 
 
 def detector(settings: Settings) -> Detector:
-    clients = _clients(settings.logs_endpoint, settings.access_token, settings.state_connection, settings.state_table)
+    clients = _clients(
+        settings.logs_endpoint,
+        settings.access_token,
+        settings.state_connection,
+        settings.state_table,
+        settings.graph_endpoint,
+    )
     return build_detector(settings, clients)
 
 
