@@ -47,12 +47,14 @@ def sample_rows(now: datetime, path: Path = SAMPLES) -> list[dict[str, Any]]:
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "demo-output", help="where to write cards.html")
+    parser.add_argument("--defender", action="store_true", help="run the seed rule on Defender XDR advanced "
+                        "hunting (a local Microsoft Graph stand-in) instead of the workspace (issue 15)")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     with _stop_on_sigterm():
         try:
-            return demo(args.out)
+            return demo(args.out, defender=args.defender)
         except _Terminated:
             print("kqlwatch demo: stopped (SIGTERM); the stand-ins it started are stopped.", file=sys.stderr)
             return 128 + signal.SIGTERM
@@ -77,7 +79,7 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def demo(out_dir: Path | None = None, stream: Any = None) -> int:
+def demo(out_dir: Path | None = None, stream: Any = None, *, defender: bool = False) -> int:
     # Imported here, not at the top: `kqlwatch --help` imports this module and must stay free of the runtime.
     from shared.runtime.loganalytics import StaticTokenCredential
     from shared.runtime.settings import load_settings
@@ -103,6 +105,7 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         rows = sample_rows(now)
         la.ingest("EmailEvents", rows)
         print(f"Serving {len(rows):,} sample EmailEvents rows from {SAMPLES.relative_to(ROOT)}", file=out)
+        graph, extra = _defender_setup(stack, la, rows, now, out) if defender else (None, {})
         settings = load_settings(
             {
                 "KQLWATCH_WORKSPACE_ID": DEMO_WORKSPACE,
@@ -114,6 +117,7 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
                 "KQLWATCH_RULES_DIR": str(ROOT / "rules"),
                 "KQLWATCH_DNS_SERVERS": dns_server.server,  # issue 16
                 **{k: v for k, v in os.environ.items() if k.startswith("KQLWATCH_PARAM_")},
+                **extra,
             }
         )
         clients = clients_for(
@@ -125,6 +129,10 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         print("\n== Run 1 ==", file=out)
         first = detector.run(only_due=False)
         print_report(first, out)
+        if graph is not None:  # issue 15: where the seed rule's query went
+            in_workspace = sum("TriggerResults" in r.query for r in la.requests)  # the seed rule's own binding
+            print(f"Seed rule: {len(graph.requests)} query to Defender advanced hunting, {in_workspace} to the "
+                  "workspace", file=out)  # fmt: skip
         cards = hook.cards()
         for card in cards:
             print("\n" + card_text(card), file=out)
@@ -141,6 +149,30 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
         print("\nStopping the stand-ins.", file=out)
         return EXIT_OK if first.ok and second.ok and reposted == 0 else EXIT_FAILED
+
+
+def _defender_setup(
+    stack: ExitStack, la: Any, rows: list[dict[str, Any]], now: datetime, out: Any
+) -> tuple[Any, dict[str, str]]:
+    """Issue 15: the Graph stand-in serves the same rows as advanced hunting would (Timestamp, no workspace
+    columns), and the seed rule, copied into a temporary rules folder, says `kqlwatch.source: defender`."""
+    import shutil
+    import tempfile
+
+    from shared.standins.graph import GraphStandIn
+
+    graph = stack.enter_context(GraphStandIn(ca=la._ca, token=la.token))  # one CA: REQUESTS_CA_BUNDLE trusts both
+    graph.ingest("EmailEvents", rows, at=now)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kqlwatch-demo-rules-")))
+    shutil.copytree(ROOT / "rules", folder, dirs_exist_ok=True)
+    seed = folder / "accepted-domain-dmarc-temperror.yaml"
+    seed.write_text(seed.read_text(encoding="utf-8").replace("kqlwatch:\n", "kqlwatch:\n  source: defender\n", 1))
+    print(
+        f"Defender XDR advanced hunting (Graph stand-in, HTTPS) serves the same rows; the seed rule runs there "
+        f"(kqlwatch.source: defender): {graph.endpoint}/v1.0/security/runHuntingQuery",
+        file=out,
+    )
+    return graph, {"KQLWATCH_GRAPH_ENDPOINT": graph.endpoint, "KQLWATCH_RULES_DIR": str(folder)}
 
 
 @contextmanager
