@@ -21,6 +21,9 @@ from shared.rules.loader import DEFAULT_RULES_DIR as DEFAULT_RULES_DIR  # the de
 from shared.rules.loader import RULES_DIR_SETTING, is_guid, rules_folder
 from shared.rules.params import PARAM_PREFIX
 from shared.runtime.redact import redact_url
+from shared.runtime.schedule import DEFAULT_SCHEDULE as DEFAULT_SCHEDULE  # re-exported
+from shared.runtime.schedule import SCHEDULE as SCHEDULE_SETTING
+from shared.runtime.schedule import check_schedule
 
 __all__ = ["redact_url"]  # re-exported: callers read URLs' redacted form from here
 
@@ -31,7 +34,7 @@ STATE_CONNECTION = "KQLWATCH_STATE_CONNECTION"
 STATE_TABLE = "KQLWATCH_STATE_TABLE"
 TEAMS_WEBHOOK_URL = "KQLWATCH_TEAMS_WEBHOOK_URL"
 RULES_DIR = RULES_DIR_SETTING
-SCHEDULE = "KQLWATCH_SCHEDULE"
+SCHEDULE = SCHEDULE_SETTING
 ACCESS_TOKEN = "KQLWATCH_ACCESS_TOKEN"  # noqa: S105 - a setting name, not a secret
 MAX_CATCHUP = "KQLWATCH_MAX_CATCHUP"
 MAX_LATENESS = "KQLWATCH_MAX_LATENESS"  # issue 13: how late a row may be ingested and still alert
@@ -79,7 +82,6 @@ REQUIRED_IN_AZURE: tuple[str, ...] = (
 DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
 DEFAULT_STATE_TABLE = "kqlwatch"
-DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
 # Rows over 48 h late get TimeGenerated rewritten to their arrival (Sentinel's copy of Defender tables).
 DEFAULT_MAX_LATENESS = timedelta(days=2)
@@ -154,7 +156,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         late_sweep=_duration(env, LATE_SWEEP, DEFAULT_LATE_SWEEP, MAX_LATE_SWEEP),
         delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE, MAX_DELIVERY_MAX_AGE),
         max_cards_per_run=_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
-        schedule=_schedule(env),
+        schedule=check_schedule(env),
         params=read_params(env),
         dns_servers=_dns_servers(env),
     )
@@ -298,62 +300,6 @@ def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False,
     if parts.scheme == "http" and host and _is_loopback(host):
         return value.strip()
     raise ConfigError(name, f"{subject}must be an https:// URL (http only for loopback), got {shown!r}")
-
-
-_CRON_FIELDS = (  # NCRONTAB: {second} {minute} {hour} {day} {month} {day-of-week}
-    ("second", 0, 59),
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day", 1, 31),
-    ("month", 1, 12),
-    ("day-of-week", 0, 6),
-)
-_CRON_NAMES = {
-    4: {
-        m: i + 1
-        for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
-    },
-    5: {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
-}
-_CRON_ITEM = re.compile(r"^(?P<range>\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/(?P<step>[0-9]+))?$", re.ASCII)
-
-
-def _schedule(env: Mapping[str, str]) -> str:
-    """The timer's NCRONTAB expression: 6 fields, each `*`, a value, a range, a list, with optional steps."""
-    raw = (env.get(SCHEDULE) or "").strip() or DEFAULT_SCHEDULE
-    fields = raw.split()
-    if len(fields) != 6:
-        raise ConfigError(SCHEDULE, f"must have 6 fields (second minute hour day month day-of-week), got {raw[:100]!r}")
-    for index, text in enumerate(fields):
-        problem = _cron_field_problem(index, text)
-        if problem:
-            raise ConfigError(SCHEDULE, f"{_CRON_FIELDS[index][0]} field {text[:40]!r}: {problem}")
-    return raw
-
-
-def _cron_field_problem(index: int, text: str) -> str:
-    _, low, high = _CRON_FIELDS[index]
-    for item in text.split(","):
-        match = _CRON_ITEM.match(item)
-        if not match:
-            return "use *, a value, a range a-b, a list a,b or a step */n"
-        step = match["step"]
-        if step is not None and not 1 <= int(step) <= high:
-            return f"step {step} is not from 1 to {high}"
-        if match["range"] == "*":
-            continue
-        ends = [_cron_value(index, part) for part in match["range"].split("-")]
-        if any(v is None or not low <= v <= high for v in ends):
-            return f"values must be from {low} to {high}"
-        if len(ends) == 2 and ends[0] > ends[1]:  # type: ignore[operator]
-            return f"range {match['range']} runs backwards"
-    return ""
-
-
-def _cron_value(index: int, text: str) -> int | None:
-    if text.isdigit():
-        return int(text) if len(text) <= 2 else None
-    return _CRON_NAMES.get(index, {}).get(text.lower())
 
 
 def _webhooks(env: Mapping[str, str], name: str) -> tuple[str, ...]:

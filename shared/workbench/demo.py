@@ -83,13 +83,11 @@ def demo(out_dir: Path | None = None, stream: Any = None, *, defender: bool = Fa
     # Imported here, not at the top: `kqlwatch --help` imports this module and must stay free of the runtime.
     from shared.runtime.loganalytics import StaticTokenCredential
     from shared.runtime.settings import load_settings
-    from shared.runtime.wiring import Tuning, build_detector, clients_for
+    from shared.runtime.wiring import Tuning, clients_for
     from shared.standins.azurite import Azurite
     from shared.standins.dns import DnsStandIn
     from shared.standins.loganalytics import LogAnalyticsStandIn
     from shared.standins.teams import WebhookReceiver
-    from shared.workbench.cli import print_report
-    from shared.workbench.preview import card_text, write_preview
 
     out = stream or sys.stdout
     out_dir = out_dir or ROOT / "demo-output"
@@ -124,31 +122,43 @@ def demo(out_dir: Path | None = None, stream: Any = None, *, defender: bool = Fa
             settings, Tuning(teams={"min_interval": 0.05}, credential=StaticTokenCredential(la.token))
         )
         stack.callback(clients.close)
-        detector = build_detector(settings, clients)
+        return _two_runs(settings, clients, hook, out_dir, out, _seed_queries(la, graph))
 
-        print("\n== Run 1 ==", file=out)
-        first = detector.run(only_due=False)
-        print_report(first, out)
-        if graph is not None:  # issue 15: where the seed rule's query went
-            in_workspace = sum("TriggerResults" in r.query for r in la.requests)  # the seed rule's own binding
-            print(f"Seed rule: {len(graph.requests)} query to Defender advanced hunting, {in_workspace} to the "
-                  "workspace", file=out)  # fmt: skip
-        cards = hook.cards()
-        for card in cards:
-            print("\n" + card_text(card), file=out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        page = write_preview(cards, "kqlwatch demo: cards posted to Teams", out_dir / "cards.html")
-        print(f"\n{len(cards)} card(s) posted; HTML preview (adaptivecards renderer): {page}", file=out)
 
-        print("\n== Run 2 (five minutes later, same data) ==", file=out)
-        second = build_detector(settings, clients, clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5)).run(
-            only_due=False
-        )
-        print_report(second, out)
-        reposted = len(hook.cards()) - len(cards)
-        print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
-        print("\nStopping the stand-ins.", file=out)
-        return EXIT_OK if first.ok and second.ok and reposted == 0 else EXIT_FAILED
+def _seed_queries(la: Any, graph: Any) -> Any:
+    """Issue 15: after run 1, where the seed rule's query went (None when the demo does not use Defender)."""
+    if graph is None:
+        return None
+    # TriggerResults is the seed rule's own binding: no other rule's query has it.
+    return lambda: (len(graph.requests), sum("TriggerResults" in r.query for r in la.requests))
+
+
+def _two_runs(settings: Any, clients: Any, hook: Any, out_dir: Path, out: Any, seed_queries: Any) -> int:
+    from shared.runtime.wiring import build_detector
+    from shared.workbench.cli import print_report
+    from shared.workbench.preview import card_text, write_preview
+
+    print("\n== Run 1 ==", file=out)
+    first = build_detector(settings, clients).run(only_due=False)
+    print_report(first, out)
+    if seed_queries is not None:
+        in_defender, in_workspace = seed_queries()
+        print(f"Seed rule: {in_defender} query to Defender advanced hunting, {in_workspace} to the workspace", file=out)
+    cards = hook.cards()
+    for card in cards:
+        print("\n" + card_text(card), file=out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = write_preview(cards, "kqlwatch demo: cards posted to Teams", out_dir / "cards.html")
+    print(f"\n{len(cards)} card(s) posted; HTML preview (adaptivecards renderer): {page}", file=out)
+
+    print("\n== Run 2 (five minutes later, same data) ==", file=out)
+    later = build_detector(settings, clients, clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5))
+    second = later.run(only_due=False)
+    print_report(second, out)
+    reposted = len(hook.cards()) - len(cards)
+    print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
+    print("\nStopping the stand-ins.", file=out)
+    return EXIT_OK if first.ok and second.ok and reposted == 0 else EXIT_FAILED
 
 
 def _defender_setup(
