@@ -31,6 +31,7 @@ _KNOWN_EXTENSION_KEYS = {
     "silenceAfter",
     "enrich",
     "source",  # issue 15: defender | loganalytics
+    "workspaces",  # issue 15: the Log Analytics workspaces the rule runs against (default KQLWATCH_WORKSPACE_ID)
 }
 WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.rules.ingestion
 # kqlwatch.source (issue 15): where the rule's query runs; unset = KQLWATCH_SOURCE (default loganalytics).
@@ -186,6 +187,7 @@ def _extension_fields(d: _Doc, extension: Mapping[str, Any], rule_id: str, query
         "route": _route(d, extension),
         "window": _choice(d, extension, "window", WINDOW_MODES),
         "source": _choice(d, extension, "source", SOURCES),
+        "workspaces": _workspaces(d, extension),
         "silence_after": _silence_after(extension, where),
         "enrich": parse_enrich(extension.get("enrich"), query, where),  # issue 16
     }
@@ -213,6 +215,17 @@ def _choice(d: _Doc, extension: Mapping[str, Any], key: str, allowed: tuple[str,
     if not isinstance(value, str) or value.strip().lower() not in ("", *allowed):
         raise d.fail(f"{NAMESPACE}.{key} {value!r} is not one of {', '.join(allowed)}")
     return value.strip().lower()
+
+
+def _workspaces(d: _Doc, extension: Mapping[str, Any]) -> tuple[str, ...]:
+    """kqlwatch.workspaces: workspace GUIDs (customerId); one query, state and dedupe per workspace."""
+    value = extension.get("workspaces")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and is_guid(i.strip()) for i in items):
+        raise d.fail(f"{NAMESPACE}.workspaces must be a list of workspace GUIDs (customerId)")
+    return tuple(dict.fromkeys(i.strip().lower() for i in items))
 
 
 def _duration(doc: Mapping[str, Any], key: str, default: timedelta, where: str) -> timedelta:

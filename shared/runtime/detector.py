@@ -39,6 +39,7 @@ from shared.runtime.store import (
     expired,
     lease_is_free,
 )
+from shared.runtime.units import run_units
 from shared.runtime.window import (
     DEFENDER_MAX_CATCHUP,
     DEFENDER_OVERLAP,
@@ -189,16 +190,18 @@ class Detector:
         for warning in warnings:
             log.warning("%s", warning)
         self.store.ensure_table()
-        outcomes = [self.run_rule(p, only_due=only_due) for p in prepared]
+        # Issue 15: one run unit per rule and workspace (shared.runtime.units), each with its own state.
+        units = run_units(prepared, self.settings)
+        outcomes = [self.run_rule(u.prepared, only_due=only_due, workspace=u.workspace) for u in units]
         return RunReport(outcomes, errors, warnings)
 
-    def run_rule(self, prepared: PreparedRule, *, only_due: bool = False) -> RuleOutcome:
+    def run_rule(self, prepared: PreparedRule, *, only_due: bool = False, workspace: str = "") -> RuleOutcome:
         rule = prepared.rule
         outcome = RuleOutcome(rule.id, rule.name)
         started = time.monotonic()
         now = self.clock()
         try:
-            self._run_rule(prepared, outcome, now, only_due, started)
+            self._run_rule(prepared, outcome, now, only_due, started, workspace or self.settings.workspace_id)
         except KqlwatchError as exc:
             outcome.ok = False
             outcome.errors.append(str(exc))
@@ -212,7 +215,13 @@ class Detector:
         return outcome
 
     def _run_rule(
-        self, prepared: PreparedRule, outcome: RuleOutcome, now: datetime, only_due: bool, started: float
+        self,
+        prepared: PreparedRule,
+        outcome: RuleOutcome,
+        now: datetime,
+        only_due: bool,
+        started: float,
+        workspace: str,
     ) -> None:
         rule = prepared.rule
         snap = self.store.snapshot(rule.id)
@@ -228,7 +237,7 @@ class Detector:
         self._report_expired_exclusions(prepared, now, outcome)
 
         created: list[Hit] = []
-        result = self._timed_query(plan.query, window, outcome, plan.source)
+        result = self._timed_query(plan.query, window, outcome, plan.source, workspace)
         query_ok = result is not None and result.partial_error is None
         if result is not None:
             self._note_partial(result, outcome)
@@ -255,7 +264,9 @@ class Detector:
 
         # Delivery failures defer hits to the next run; they do not fail the rule.
         to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
-        outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, window, lease_until)
+        outcome.delivered, outcome.deferred, problems = self._deliver(
+            prepared, to_deliver, window, lease_until, workspace
+        )
         outcome.warnings.extend(problems)
 
         state.last_run = now
@@ -268,7 +279,7 @@ class Detector:
             if plan.since:
                 state.last_sweep_end = next_sweep_mark(plan.since, state.last_sweep_end)
         state.window_mode = plan.choice.mode
-        self._watch_sources(rule, plan, result, state, now, outcome)
+        self._watch_sources(rule, plan, result, state, now, outcome, workspace)
         self._update_health(rule, state, outcome, now)
         if state.last_purge is None or now - state.last_purge >= PURGE_EVERY:
             reach = max(self.settings.max_catchup, rule.query_period) + self.settings.max_lateness
@@ -352,30 +363,36 @@ class Detector:
 
     # --- querying ---
 
-    def _client(self, source: str) -> tuple[LogsApi, str]:
+    def _client(self, source: str, workspace: str) -> tuple[LogsApi, str]:
         if source == DEFENDER:
             if self.defender is None:
                 raise QueryError("the rule's source is defender, but no Defender client is configured")
             return self.defender, ""
-        if not self.settings.workspace_id:
+        if not workspace:
             raise QueryError(
                 "the rule runs on Log Analytics (kqlwatch.source / KQLWATCH_SOURCE), but KQLWATCH_WORKSPACE_ID is not set"
             )
-        return self.logs, self.settings.workspace_id
+        return self.logs, workspace
 
     def _query(
-        self, query: str, start: datetime, end: datetime, depth: int = 0, source: str = LOG_ANALYTICS
+        self,
+        query: str,
+        start: datetime,
+        end: datetime,
+        depth: int = 0,
+        source: str = LOG_ANALYTICS,
+        workspace: str = "",
     ) -> QueryResult:
         """Query the window. A truncated result (row/size limit) is re-queried as two halves rather than
         losing rows; any other partial error is returned as it is: splitting would not help."""
-        client, workspace = self._client(source)
+        client, workspace = self._client(source, workspace or self.settings.workspace_id)
         result = client.query(workspace, query, start, end)
         if not result.truncated or depth >= MAX_SPLITS or end - start <= MIN_SPLIT:
             return result
         middle = start + (end - start) / 2
         log.warning("truncated result for %s..%s (%s): querying the halves", start, end, result.partial_error)
-        first = self._query(query, start, middle, depth + 1, source)
-        second = self._query(query, middle, end, depth + 1, source)
+        first = self._query(query, start, middle, depth + 1, source, workspace)
+        second = self._query(query, middle, end, depth + 1, source, workspace)
         columns = first.columns or second.columns
         partial = [r for r in (first, second) if r.partial_error is not None]
         return QueryResult(
@@ -388,12 +405,12 @@ class Detector:
         )
 
     def _timed_query(
-        self, query: str, window: Window, outcome: RuleOutcome, source: str = LOG_ANALYTICS
+        self, query: str, window: Window, outcome: RuleOutcome, source: str = LOG_ANALYTICS, workspace: str = ""
     ) -> QueryResult | None:
         """The window's result, or None when the query failed; the time it took goes into the outcome."""
         started = time.monotonic()
         try:
-            return self._query(query, window.start, window.end, source=source)
+            return self._query(query, window.start, window.end, source=source, workspace=workspace)
         except KqlwatchError as exc:
             outcome.degraded = outcome.degraded or isinstance(exc, QueryThrottled)  # issue 15: quota spent: deferred
             outcome.ok = False
@@ -448,7 +465,7 @@ class Detector:
     # --- delivery ---
 
     def _deliver(
-        self, prepared: PreparedRule, hits: list[Hit], window: Window, lease_until: datetime
+        self, prepared: PreparedRule, hits: list[Hit], window: Window, lease_until: datetime, workspace: str = ""
     ) -> tuple[int, int, list[str]]:
         if not hits:
             return 0, 0, []
@@ -457,7 +474,8 @@ class Detector:
         in_workspace = self.settings.source_of(rule.source) != DEFENDER  # issue 15: no Logs-blade link for Defender
         link = query_link(
             prepared.query,
-            self.settings.workspace_resource_id if in_workspace else None,
+            # Issue 15: the link opens the unit's own workspace (KQLWATCH_WORKSPACE_RESOURCE_ID, one per workspace).
+            self.settings.workspace_resource_ids.get(workspace or self.settings.workspace_id) if in_workspace else None,
             window.start,
             window.end,
             self.settings.logs_endpoint,
@@ -524,6 +542,7 @@ class Detector:
         state: RuleState,
         now: datetime,
         outcome: RuleOutcome,
+        workspace: str = "",
     ) -> None:
         """One notice when a source table has had no new rows for longer than its threshold, one when rows
         return. Each rule looks at most hourly (no state read on other runs); a table's last ingestion time is
@@ -540,7 +559,7 @@ class Detector:
         if not seen_now:
             state.sources_checked = now
         for table in choice.tables:
-            known, last = (True, now) if seen_now else self._last_ingested(table, now, outcome)
+            known, last = (True, now) if seen_now else self._last_ingested(table, now, outcome, workspace)
             if not known:
                 continue
             if last is None:
@@ -560,14 +579,19 @@ class Detector:
             ):
                 del state.blind[table]
 
-    def _last_ingested(self, table: str, now: datetime, outcome: RuleOutcome) -> tuple[bool, datetime | None]:
+    def _last_ingested(
+        self, table: str, now: datetime, outcome: RuleOutcome, workspace: str = ""
+    ) -> tuple[bool, datetime | None]:
         """(known, the table's latest ingestion time or None for none within TABLE_PROBE_SPAN)."""
-        last, checked = self.store.table_seen(table)
+        workspace = workspace or self.settings.workspace_id
+        # Issue 15: a table is seen per workspace; the default workspace keeps the table's own key.
+        key = table if workspace == self.settings.workspace_id else f"{table}@{workspace}"
+        last, checked = self.store.table_seen(key)
         if checked is not None and now - checked < TABLE_PROBE_EVERY:
             return True, last
         try:
             result = self.logs.query(
-                self.settings.workspace_id,
+                workspace,
                 ingestion.last_ingested_query(table),
                 now - TABLE_PROBE_SPAN - FAST_LATENESS,
                 now,
@@ -578,7 +602,7 @@ class Detector:
         value = result.rows[0].get("LastIngested") if result.rows else None
         probed = _as_time(value)
         last = max(t for t in (last, probed) if t is not None) if (last or probed) else None
-        self.store.save_table_seen(table, last, now)
+        self.store.save_table_seen(key, last, now)
         return True, last
 
     # --- health and notices ---

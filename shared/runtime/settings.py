@@ -99,14 +99,14 @@ _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class Settings:
-    workspace_id: str
+    workspace_ids: tuple[str, ...]  # issue 15: KQLWATCH_WORKSPACE_ID, a comma list; the first is the default
     logs_endpoint: str
     state_connection: str
     state_table: str
     webhook_urls: tuple[str, ...]
     rules_dir: Path
     access_token: str | None = None
-    workspace_resource_id: str | None = None
+    workspace_resource_ids: Mapping[str, str] = field(default_factory=dict)  # workspace id -> ARM id (query links)
     max_catchup: timedelta = DEFAULT_MAX_CATCHUP
     max_lateness: timedelta = DEFAULT_MAX_LATENESS
     late_sweep: timedelta = DEFAULT_LATE_SWEEP
@@ -119,6 +119,15 @@ class Settings:
     dns_servers: tuple[tuple[str, int], ...] = ()  # issue 16: () = the platform resolver
     source: str = LOG_ANALYTICS  # issue 15: where rules without kqlwatch.source run
     graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # issue 15: Defender XDR advanced hunting
+
+    @property
+    def workspace_id(self) -> str:
+        """The default workspace: the first of KQLWATCH_WORKSPACE_ID ("" when Defender is the only source)."""
+        return self.workspace_ids[0] if self.workspace_ids else ""
+
+    @property
+    def workspace_resource_id(self) -> str | None:
+        return self.workspace_resource_ids.get(self.workspace_id)
 
     def source_of(self, rule_source: str) -> str:
         """A rule's own kqlwatch.source, else KQLWATCH_SOURCE."""
@@ -139,7 +148,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     source = _source(env)
     return Settings(
         # Defender-only tenants have no workspace: then only rules with kqlwatch.source: loganalytics need one.
-        workspace_id=_guid(env, WORKSPACE_ID) if source != DEFENDER or (env.get(WORKSPACE_ID) or "").strip() else "",
+        workspace_ids=_workspaces(env) if source != DEFENDER or (env.get(WORKSPACE_ID) or "").strip() else (),
         source=source,
         graph_endpoint=_url(env, GRAPH_ENDPOINT, env.get(GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT),
         logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
@@ -150,7 +159,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         routes=read_routes(env),
         rules_dir=_rules_dir(env),
         access_token=env.get(ACCESS_TOKEN) or None,
-        workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
+        workspace_resource_ids=_resource_ids(env, _workspaces(env) if (env.get(WORKSPACE_ID) or "").strip() else ()),
         max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP),
         max_lateness=_duration(env, MAX_LATENESS, DEFAULT_MAX_LATENESS, MAX_MAX_LATENESS),
         late_sweep=_duration(env, LATE_SWEEP, DEFAULT_LATE_SWEEP, MAX_LATE_SWEEP),
@@ -160,6 +169,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         params=read_params(env),
         dns_servers=_dns_servers(env),
     )
+
+
+def _workspaces(env: Mapping[str, str]) -> tuple[str, ...]:
+    """KQLWATCH_WORKSPACE_ID: one workspace GUID, or several comma-separated (issue 15: many workspaces)."""
+    raw = _required(env, WORKSPACE_ID)
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = next((i for i in ids if not is_guid(i)), None)
+    if not ids or bad is not None:
+        raise ConfigError(
+            WORKSPACE_ID,
+            "must be the workspace GUID (customerId), or several comma-separated, e.g. "
+            f"00000000-0000-0000-0000-000000000000 (got {(bad or raw)[:60]!r})",
+        )
+    return tuple(dict.fromkeys(i.lower() for i in ids))
+
+
+def _resource_ids(env: Mapping[str, str], workspaces: tuple[str, ...]) -> dict[str, str]:
+    """KQLWATCH_WORKSPACE_RESOURCE_ID: the ARM ids for the query links, in KQLWATCH_WORKSPACE_ID's order."""
+    ids = [part.strip() for part in (env.get(WORKSPACE_RESOURCE_ID) or "").split(",") if part.strip()]
+    if ids and len(ids) != len(workspaces):
+        raise ConfigError(
+            WORKSPACE_RESOURCE_ID,
+            f"lists {len(ids)} resource id(s) for {len(workspaces)} workspace(s) in {WORKSPACE_ID}: "
+            "give one per workspace, in the same order, or none",
+        )
+    return dict(zip(workspaces, ids, strict=False))
 
 
 def _source(env: Mapping[str, str]) -> str:
@@ -247,13 +282,6 @@ def _required(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise ConfigError(name, "is not set")
     return value
-
-
-def _guid(env: Mapping[str, str], name: str) -> str:
-    value = _required(env, name)
-    if not is_guid(value):
-        raise ConfigError(name, "must be the workspace GUID (customerId), e.g. 00000000-0000-0000-0000-000000000000")
-    return value.lower()
 
 
 def _table_name(env: Mapping[str, str]) -> str:

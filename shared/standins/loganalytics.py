@@ -32,6 +32,7 @@ from shared.standins._http import LoopbackServer, Request, Response
 from shared.workbench.engine import Engine, EngineError
 
 INGESTED = "_IngestedAt"
+WORKSPACE = "_Workspace"  # issue 15: which workspace holds the row (None: every workspace); never answered
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
 _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
 DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
@@ -109,8 +110,11 @@ class LogAnalyticsStandIn:
 
     # --- data ---
 
-    def ingest(self, table: str, rows: Iterable[Mapping[str, Any]], *, at: datetime | None = None) -> None:
-        """Add rows, queryable from `at` (default: now). A row's own _IngestedAt wins."""
+    def ingest(
+        self, table: str, rows: Iterable[Mapping[str, Any]], *, at: datetime | None = None, workspace: str | None = None
+    ) -> None:
+        """Add rows, queryable from `at` (default: now), in `workspace` (default: every workspace). A row's own
+        _IngestedAt wins."""
         when = at or self.clock()
         with self._lock:
             stored = self._tables.setdefault(table, [])
@@ -119,6 +123,7 @@ class LogAnalyticsStandIn:
                     k: _parse_time(v) if k in ("TimeGenerated", "Timestamp", INGESTED) else v for k, v in row.items()
                 }
                 item.setdefault(INGESTED, when)
+                item[WORKSPACE] = workspace.lower() if workspace else None
                 stored.append(item)
 
     def reset(self) -> None:
@@ -163,7 +168,7 @@ class LogAnalyticsStandIn:
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
-            return replace(self._evaluate(body.get("query", ""), start, end, now), delay=takes)
+            return replace(self._evaluate(body.get("query", ""), start, end, now, match.group(1).lower()), delay=takes)
         except EngineError as exc:
             return _error(
                 400, "BadArgumentError", "The request had some invalid properties", inner=("SemanticError", str(exc))
@@ -176,17 +181,26 @@ class LogAnalyticsStandIn:
                 inner=("BadRequest", f"bad request: {exc}"),
             )
 
-    def _evaluate(self, query: str, start: datetime | None, end: datetime | None, now: datetime) -> Response:
+    def _evaluate(
+        self, query: str, start: datetime | None, end: datetime | None, now: datetime, workspace: str = ""
+    ) -> Response:
         with self._lock:
             # Every table with a shipped schema exists (empty), as it does in a workspace with the connector.
             tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables()}
             tables.update({name: list(rows) for name, rows in self._tables.items()})
         with Engine() as engine:
             for name, table_rows in tables.items():
-                visible = [r for r in table_rows if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
+                visible = [
+                    {k: v for k, v in r.items() if k != WORKSPACE}
+                    for r in table_rows
+                    if r[INGESTED] <= now
+                    and _in_span(r.get("TimeGenerated"), start, end)
+                    and r.get(WORKSPACE) in (None, workspace)
+                ]
                 if _names_table(query, name):
                     self.rows_scanned += len(visible)
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
+                schema.pop(WORKSPACE, None)
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
             result = engine.query(_with_ingestion_column(query), now=now)
