@@ -32,7 +32,6 @@ from shared.standins._http import LoopbackServer, Request, Response
 from shared.workbench.engine import Engine, EngineError
 
 INGESTED = "_IngestedAt"
-WORKSPACE = "_Workspace"  # issue 15: which workspace holds the row (None: every workspace); never answered
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
 _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
 DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
@@ -69,6 +68,7 @@ class LogAnalyticsStandIn:
         self.token = token
         self.clock = clock
         self._tables: dict[str, list[dict[str, Any]]] = {}
+        self._scoped: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (workspace, table) -> rows
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
         self.row_cap: int | None = None  # answer a partial result past this many rows
@@ -117,19 +117,24 @@ class LogAnalyticsStandIn:
         _IngestedAt wins."""
         when = at or self.clock()
         with self._lock:
-            stored = self._tables.setdefault(table, [])
+            # Issue 15: rows of one workspace are kept apart; rows without one are in every workspace.
+            stored = (
+                self._scoped.setdefault((workspace.lower(), table), [])
+                if workspace
+                else self._tables.setdefault(table, [])
+            )
             for row in rows:
                 item = {
                     k: _parse_time(v) if k in ("TimeGenerated", "Timestamp", INGESTED) else v for k, v in row.items()
                 }
                 item.setdefault(INGESTED, when)
-                item[WORKSPACE] = workspace.lower() if workspace else None
                 stored.append(item)
 
     def reset(self) -> None:
         """Forget all data, requests and scripted answers."""
         with self._lock:
             self._tables.clear()
+            self._scoped.clear()
             self.requests.clear()
             self._script.clear()
             self.row_cap = None
@@ -188,19 +193,15 @@ class LogAnalyticsStandIn:
             # Every table with a shipped schema exists (empty), as it does in a workspace with the connector.
             tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables()}
             tables.update({name: list(rows) for name, rows in self._tables.items()})
+            for (scope, name), scoped in self._scoped.items():
+                if scope == workspace:
+                    tables[name] = tables.get(name, []) + scoped
         with Engine() as engine:
             for name, table_rows in tables.items():
-                visible = [
-                    {k: v for k, v in r.items() if k != WORKSPACE}
-                    for r in table_rows
-                    if r[INGESTED] <= now
-                    and _in_span(r.get("TimeGenerated"), start, end)
-                    and r.get(WORKSPACE) in (None, workspace)
-                ]
+                visible = [r for r in table_rows if r[INGESTED] <= now and _in_span(r.get("TimeGenerated"), start, end)]
                 if _names_table(query, name):
                     self.rows_scanned += len(visible)
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
-                schema.pop(WORKSPACE, None)
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
             result = engine.query(_with_ingestion_column(query), now=now)
