@@ -36,6 +36,16 @@ param assignWorkspaceReader bool = true
 @description('Log Analytics query endpoint. Public cloud: https://api.loganalytics.io; Azure Government: https://api.loganalytics.us.')
 param logsEndpoint string = 'https://api.loganalytics.io'
 
+@description('Where rules without kqlwatch.source run: loganalytics (the workspace) or defender (Defender XDR advanced hunting on Microsoft Graph; the identity then needs the Graph app role ThreatHunting.Read.All, see docs/deploy.md).')
+@allowed([
+  'loganalytics'
+  'defender'
+])
+param source string = 'loganalytics'
+
+@description('Microsoft Graph endpoint for Defender XDR advanced hunting. Public cloud: https://graph.microsoft.com; US Government L4: https://graph.microsoft.us.')
+param graphEndpoint string = 'https://graph.microsoft.com'
+
 @description('Your accepted (own) mail domains, comma separated, e.g. contoso.com,contoso.co.uk. Becomes KQLWATCH_PARAM_SenderDomains.')
 @minLength(1)
 param acceptedDomains string
@@ -570,6 +580,14 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
         {
           name: 'KQLWATCH_LOGS_ENDPOINT'
           value: logsEndpoint
+        }
+        {
+          name: 'KQLWATCH_SOURCE'
+          value: source
+        }
+        {
+          name: 'KQLWATCH_GRAPH_ENDPOINT'
+          value: graphEndpoint
         }
         {
           name: 'KQLWATCH_STATE_CONNECTION'

@@ -47,5 +47,24 @@ class QueryError(KqlwatchError):
         self.status = status
 
 
+class QueryThrottled(QueryError):
+    """The service's quota refused the query even after the configured retries (issue 15: Defender's calls per
+    minute or CPU quota). The run defers: the rule is degraded, its window is read again by a later run."""
+
+    def __init__(self, message: str, *, limit: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit  # "calls" (per minute) | "cpu" (per 15-minute cycle) | "unknown"
+        self.retry_after = retry_after
+
+
+class PermissionMissing(QueryError):
+    """The identity lacks the permission a source needs (issue 15: ThreatHunting.Read.All on Microsoft Graph)."""
+
+    def __init__(self, message: str, *, permission: str, status: int) -> None:
+        super().__init__(message)
+        self.permission = permission
+        self.status = status
+
+
 class StateError(KqlwatchError):
     """Table Storage is unreachable or refused an operation."""

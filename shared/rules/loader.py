@@ -7,35 +7,26 @@ single `kqlwatch:` key. A file that cannot be used is reported with its path and
 from __future__ import annotations
 
 import errno
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from shared.errors import RuleError
-from shared.rules.durations import parse_duration
-from shared.rules.enrich import parse_enrich
 from shared.rules.exclusions import Exclusion, ExclusionError, parse_exclusions
-from shared.rules.model import DEFAULT_FREQUENCY, DEFAULT_PERIOD, DEFAULT_SEVERITY
+from shared.rules.fields import MAX_QUERY_CHARS as MAX_QUERY_CHARS  # re-exported, as are the names below
+from shared.rules.fields import NAMESPACE as NAMESPACE
+from shared.rules.fields import SEVERITIES as SEVERITIES
+from shared.rules.fields import is_guid as is_guid
+from shared.rules.fields import rule_from_dict
 from shared.rules.model import Rule as Rule  # re-exported: the loader's product
 from shared.rules.model import trigger_met as trigger_met
 from shared.rules.yamlguard import YamlRefused, safe_load
 
-NAMESPACE = "kqlwatch"
-SEVERITIES = ("Informational", "Low", "Medium", "High")
 MAX_FILE_BYTES = 1_000_000
-MAX_QUERY_CHARS = 64_000
-_KNOWN_EXTENSION_KEYS = {"dedupeKey", "tests", "exclusions", "realert", "route", "window", "silenceAfter", "enrich"}
-WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.rules.ingestion
-AGGREGATIONS = ("SingleAlert", "AlertPerResult")
-_ROUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_TRIGGER_OPERATORS = {"gt", "lt", "eq", "ne", "GreaterThan", "LessThan", "Equal", "NotEqual"}
 
 
 @dataclass(frozen=True)
@@ -238,185 +229,3 @@ def key_line(text: str, key: str) -> int | None:
 
 def _problem(exc: yaml.YAMLError) -> str:
     return getattr(exc, "problem", None) or (str(exc).splitlines() or ["unreadable"])[0]
-
-
-def rule_from_dict(doc: Mapping[str, Any], where: str) -> Rule:
-    def text(key: str, *, required: bool = False, default: str = "") -> str:
-        value = doc.get(key)
-        if value is None:
-            if required:
-                raise RuleError(where, f"missing required field '{key}'", key=key)
-            return default
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise RuleError(where, f"field '{key}' must be text, not {type(value).__name__}", key=key)
-        return str(value)
-
-    rule_id = text("id", required=True).strip()
-    if not text("name", required=True).strip():
-        raise RuleError(where, "field 'name' is empty", key="name")
-    if not is_guid(rule_id):
-        raise RuleError(where, f"id {rule_id!r} is not a GUID", key="id")
-    query = text("query", required=True)
-    if not query.strip():
-        raise RuleError(where, "field 'query' is empty", key="query")
-    if len(query) > MAX_QUERY_CHARS:
-        raise RuleError(where, f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS:,}", key="query")
-    severity = text("severity", default=DEFAULT_SEVERITY)
-    if severity not in SEVERITIES:
-        raise RuleError(where, f"severity {severity!r} is not one of {', '.join(SEVERITIES)}", key="severity")
-    frequency = _duration(doc, "queryFrequency", DEFAULT_FREQUENCY, where)
-    period = _duration(doc, "queryPeriod", max(DEFAULT_PERIOD, frequency), where)
-    if period < frequency:
-        raise RuleError(where, "queryPeriod must be at least queryFrequency", key="queryPeriod")
-    operator = text("triggerOperator", default="gt")
-    if operator not in _TRIGGER_OPERATORS:
-        raise RuleError(where, f"triggerOperator {operator!r} is not one of gt, lt, eq, ne", key="triggerOperator")
-    threshold = doc.get("triggerThreshold", 0)
-    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0:
-        raise RuleError(where, "triggerThreshold must be a whole number >= 0", key="triggerThreshold")
-    extension = doc.get(NAMESPACE) or {}
-    if not isinstance(extension, dict):
-        raise RuleError(where, f"'{NAMESPACE}' must be a mapping", key=NAMESPACE)
-    unknown = sorted(map(repr_key, set(extension) - _KNOWN_EXTENSION_KEYS))
-    if unknown:
-        raise RuleError(
-            where,
-            f"unknown key(s) under '{NAMESPACE}': {', '.join(map(str, unknown))} "
-            f"(known: {', '.join(sorted(_KNOWN_EXTENSION_KEYS))})",
-            key=NAMESPACE,
-        )
-    try:
-        exclusions = tuple(parse_exclusions(extension.get("exclusions"), source=where, rule_id=rule_id.lower()))
-    except ExclusionError as exc:
-        raise RuleError(where, exc.reason, key=NAMESPACE) from None
-    realert = extension.get("realert") or {}
-    if not isinstance(realert, dict) or (realert and not {"key", "window"} <= set(realert)):
-        raise RuleError(where, f"{NAMESPACE}.realert needs 'key' (columns) and 'window' (a duration)", key=NAMESPACE)
-    route = extension.get("route") or ""
-    if not isinstance(route, str):
-        raise RuleError(
-            where, f"{NAMESPACE}.route must be a name (letters, digits, _), not {type(route).__name__}", key=NAMESPACE
-        )
-    if route and not _ROUTE.match(route):
-        raise RuleError(where, f"{NAMESPACE}.route {route!r} must be a name (letters, digits, _)", key=NAMESPACE)
-    window = extension.get("window") or ""
-    if not isinstance(window, str) or window.strip().lower() not in ("", *WINDOW_MODES):
-        raise RuleError(where, f"{NAMESPACE}.window {window!r} is not one of {', '.join(WINDOW_MODES)}", key=NAMESPACE)
-    window = window.strip().lower()
-    grouping = doc.get("eventGroupingSettings") or {}
-    aggregation = grouping.get("aggregationKind", "SingleAlert") if isinstance(grouping, dict) else None
-    if aggregation not in AGGREGATIONS:
-        raise RuleError(
-            where,
-            f"eventGroupingSettings.aggregationKind must be one of {', '.join(AGGREGATIONS)}",
-            key="eventGroupingSettings",
-        )
-    override = doc.get("alertDetailsOverride") or {}
-    details = doc.get("customDetails") or {}
-    if not isinstance(override, dict) or not isinstance(details, dict):
-        raise RuleError(
-            where,
-            "alertDetailsOverride and customDetails must be mappings",
-            key="customDetails" if isinstance(override, dict) else "alertDetailsOverride",
-        )
-    if len(details) > 20:
-        raise RuleError(where, "customDetails allows at most 20 entries", key="customDetails")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
-        raise RuleError(where, "customDetails must map names to column names (text)", key="customDetails")
-    title_format = override.get("alertDisplayNameFormat") or ""
-    if not isinstance(title_format, str):
-        raise RuleError(where, "alertDetailsOverride.alertDisplayNameFormat must be text", key="alertDetailsOverride")
-    suppressed = doc.get("suppressionEnabled") is True
-    return Rule(
-        id=rule_id.lower(),
-        name=text("name", required=True).strip(),
-        query=query,
-        path=where,
-        description=text("description").strip(),
-        severity=severity,
-        query_frequency=frequency,
-        query_period=period,
-        tactics=_names(doc, "tactics", where),
-        techniques=_names(doc, "relevantTechniques", where),
-        trigger_operator=operator,
-        trigger_threshold=threshold,
-        entity_columns=_entity_columns(doc.get("entityMappings"), where),
-        dedupe_key=_names(extension, "dedupeKey", where, prefix=f"{NAMESPACE}."),
-        version=text("version"),
-        exclusions=exclusions,
-        suppression=_duration(doc, "suppressionDuration", timedelta(hours=5), where) if suppressed else None,
-        realert_key=_names(realert, "key", where, prefix=f"{NAMESPACE}.realert.") if realert else (),
-        realert_window=_duration(realert, "window", timedelta(0), where) if realert else None,
-        aggregation=str(aggregation),
-        title_format=title_format,
-        custom_details=dict(details),
-        route=route.lower(),
-        extension=extension,
-        window=window,
-        silence_after=_silence_after(extension, where),
-        enrich=parse_enrich(extension.get("enrich"), query, where),  # issue 16
-    )
-
-
-def _duration(doc: Mapping[str, Any], key: str, default: timedelta, where: str) -> timedelta:
-    value = doc.get(key)
-    if value is None:
-        return default
-    try:
-        parsed = parse_duration(str(value))
-    except ValueError as exc:
-        raise RuleError(where, f"{key}: {exc}", key=key) from None
-    except OverflowError:  # "99999999999d": more days than a timedelta holds
-        raise RuleError(where, f"{key}: {str(value)[:40]!r} is too long a duration", key=key) from None
-    if parsed <= timedelta(0):
-        raise RuleError(where, f"{key} must be positive", key=key)
-    return parsed
-
-
-def repr_key(key: Any) -> str:
-    """A mapping key as the user wrote it: YAML allows numbers, booleans and null as keys."""
-    return key if isinstance(key, str) else f"{key!r} ({type(key).__name__})"
-
-
-def _silence_after(extension: Mapping[str, Any], where: str) -> timedelta | None:
-    if extension.get("silenceAfter") is None:
-        return None
-    try:
-        return _duration(extension, "silenceAfter", timedelta(0), where)
-    except RuleError as exc:
-        raise RuleError(where, f"{NAMESPACE}.{exc.reason}") from None
-
-
-def _names(doc: Mapping[str, Any], key: str, where: str, prefix: str = "") -> tuple[str, ...]:
-    value = doc.get(key)
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise RuleError(where, f"{prefix}{key} must be a list of names", key=NAMESPACE if prefix else key)
-    return tuple(v.strip() for v in value)
-
-
-def _entity_columns(mappings: Any, where: str) -> tuple[str, ...]:
-    if mappings is None:
-        return ()
-    if not isinstance(mappings, list):
-        raise RuleError(where, "entityMappings must be a list", key="entityMappings")
-    columns: list[str] = []
-    for mapping in mappings:
-        fields = mapping.get("fieldMappings") if isinstance(mapping, dict) else None
-        if not isinstance(fields, list):
-            raise RuleError(where, "each entityMappings entry needs a fieldMappings list", key="entityMappings")
-        for item in fields:
-            column = item.get("columnName") if isinstance(item, dict) else None
-            if not isinstance(column, str) or not column:
-                raise RuleError(where, "each fieldMappings entry needs a columnName", key="entityMappings")
-            if column not in columns:
-                columns.append(column)
-    return tuple(columns)
-
-
-def is_guid(text: str) -> bool:
-    """THE GUID check (rule ids, workspace ids, validate's findings): 8-4-4-4-12 hex digits."""
-    return _GUID.match(text) is not None

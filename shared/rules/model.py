@@ -43,6 +43,8 @@ class Rule:
     window: str = ""  # kqlwatch.window: ingestion | timegenerated; "" = automatic (shared.rules.ingestion.choose)
     silence_after: timedelta | None = None  # kqlwatch.silenceAfter: a source table this quiet means a blind rule
     enrich: tuple[str, ...] = ()  # kqlwatch.enrich (issue 16): e.g. ("mail-auth-dns",), see shared.rules.enrich
+    source: str = ""  # kqlwatch.source (issue 15): defender | loganalytics; "" = KQLWATCH_SOURCE
+    workspaces: tuple[str, ...] = ()  # kqlwatch.workspaces (issue 15): () = every KQLWATCH_WORKSPACE_ID
 
 
 def trigger_met(rule: Rule, count: int) -> bool:

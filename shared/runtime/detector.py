@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from shared.errors import KqlwatchError
+from shared.errors import KqlwatchError, QueryError
 from shared.rules.enrich import MAIL_AUTH_DNS
+from shared.rules.fields import DEFENDER
 from shared.rules.loader import Rule, trigger_met
 from shared.rules.prepare import PreparedRule
 from shared.runtime import dnsevidence, hits, notices
@@ -44,6 +45,7 @@ from shared.runtime.store import (
     expired,
     lease_is_free,
 )
+from shared.runtime.units import run_units
 from shared.runtime.window import Window, is_due, next_sweep_mark
 
 # Re-exported: callers (the wiring, the CLI, tests, the bench) take a run's vocabulary from here.
@@ -88,10 +90,12 @@ class Detector:
         teams: Poster,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         leases: RunLeases | None = None,
+        defender: LogsApi | None = None,  # issue 15: Defender XDR advanced hunting (shared.runtime.defender)
     ) -> None:
         self.settings = settings
         self.leases = leases  # issue 14: who runs a rule (None: the caller guarantees one run per rule)
         self.logs = logs
+        self.defender = defender
         self.store = store
         self.teams = teams
         self.clock = clock
@@ -110,16 +114,22 @@ class Detector:
             log.warning("%s", warning)
         self.store.ensure_table()
         # Issue 14: rules run side by side, at most KQLWATCH_CONCURRENCY at once (Log Analytics runs 5 queries
-        # per identity at once); the one TeamsClient spaces posts per webhook across all of them.
+        # per identity at once); the one TeamsClient spaces posts per webhook across all of them. Issue 15: one
+        # run unit per rule and workspace (shared.runtime.units), each with its own state.
+        units = run_units(prepared, self.settings)
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="kqlwatch-rule") as pool:
-            outcomes = list(pool.map(lambda p: self.run_leased(p, None, only_due=only_due), prepared))
+            outcomes = list(
+                pool.map(lambda u: self.run_leased(u.prepared, None, only_due=only_due, workspace=u.workspace), units)
+            )
         return RunReport(outcomes, errors, warnings)
 
-    def run_leased(self, prepared: PreparedRule, scheduled: datetime | None, *, only_due: bool = False) -> RuleOutcome:
+    def run_leased(
+        self, prepared: PreparedRule, scheduled: datetime | None, *, only_due: bool = False, workspace: str = ""
+    ) -> RuleOutcome:
         """One rule's run under its run lease (runlease.py): a second worker on the rule, or a duplicate of a
         message whose run already happened (`scheduled` given), does nothing."""
         if self.leases is None:
-            return self.run_rule(prepared, only_due=only_due)
+            return self.run_rule(prepared, only_due=only_due, workspace=workspace)
         rule = prepared.rule
         now = self.clock()
         try:
@@ -131,7 +141,7 @@ class Detector:
             log.info(json.dumps(outcome.log_line(), default=str))
             return outcome
         hold = _Hold(claim)
-        outcome = self.run_rule(prepared, only_due=only_due, hold=hold)
+        outcome = self.run_rule(prepared, only_due=only_due, hold=hold, workspace=workspace)
         if not hold.released:  # nothing saved (not due, deferred, or failed before saving): just end the lease
             try:
                 self.leases.release(claim, completed=False)
@@ -139,13 +149,15 @@ class Detector:
                 outcome.warnings.append(str(exc))
         return outcome
 
-    def run_rule(self, prepared: PreparedRule, *, only_due: bool = False, hold: _Hold | None = None) -> RuleOutcome:
+    def run_rule(
+        self, prepared: PreparedRule, *, only_due: bool = False, hold: _Hold | None = None, workspace: str = ""
+    ) -> RuleOutcome:
         rule = prepared.rule
         outcome = RuleOutcome(rule.id, rule.name)
         started = time.monotonic()
         now = self.clock()
         try:
-            self._run_rule(prepared, outcome, now, only_due, started, hold)
+            self._run_rule(prepared, outcome, now, only_due, started, hold, workspace)
         except KqlwatchError as exc:
             outcome.ok = False
             outcome.errors.append(str(exc))
@@ -166,6 +178,7 @@ class Detector:
         only_due: bool,
         started: float,
         hold: _Hold | None = None,
+        workspace: str = "",
     ) -> None:
         rule = prepared.rule
         snap = self.store.snapshot(rule.id)
@@ -173,7 +186,7 @@ class Detector:
         if only_due and not is_due(now, state.last_run, rule.query_frequency):
             return
         outcome.ran = True
-        plan = plan_run(self.settings, prepared, state, now)
+        plan = plan_run(self.settings, prepared, state, now, workspace)
         outcome.window, outcome.window_mode = plan.window, plan.choice.mode
         outcome.ingested_since = plan.since.since if plan.since else None
         lease_until = now + LEASE
@@ -184,7 +197,7 @@ class Detector:
         claimed = self._claim_older(rule, snap, created, now, lease_until, outcome)
         # Delivery failures defer hits to the next run; they do not fail the rule.
         to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
-        outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan.window, lease_until)
+        outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan)
         outcome.warnings.extend(problems)
         self._record_run(rule, plan, result, state, len(created), now, started, outcome, hold)
 
@@ -193,7 +206,7 @@ class Detector:
     ) -> tuple[QueryResult | None, list[Hit]]:
         """Query the window and create the hits this run is first to see (silence included)."""
         window = plan.window
-        result = timed_query(self.logs, self.settings.workspace_id, plan.query, window, outcome)
+        result = timed_query(self._client(plan), plan.workspace, plan.query, window, outcome)
         if result is None:
             return None, []
         note_partial(result, outcome)
@@ -208,6 +221,17 @@ class Detector:
         outcome.new_hits = len(created)
         outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
         return result, created
+
+    def _client(self, plan: RunPlan) -> LogsApi:
+        if plan.source == DEFENDER:
+            if self.defender is None:
+                raise QueryError("the rule's source is defender, but no Defender client is configured")
+            return self.defender
+        if not plan.workspace:
+            raise QueryError(
+                "the rule runs on Log Analytics (kqlwatch.source / KQLWATCH_SOURCE), but KQLWATCH_WORKSPACE_ID is not set"
+            )
+        return self.logs
 
     def _claim_older(
         self, rule: Rule, snap: Snapshot, created: list[Hit], now: datetime, lease_until: datetime, outcome: RuleOutcome
@@ -325,16 +349,15 @@ class Detector:
 
     # --- delivery ---
 
-    def _deliver(
-        self, prepared: PreparedRule, hits: list[Hit], window: Window, lease_until: datetime
-    ) -> tuple[int, int, list[str]]:
+    def _deliver(self, prepared: PreparedRule, hits: list[Hit], plan: RunPlan) -> tuple[int, int, list[str]]:
         if not hits:
             return 0, 0, []
         rule = prepared.rule
         urls = {short_hash(u): u for u in self.settings.webhooks_for(rule.route, rule.severity)}
-        link = query_link(
-            prepared.query, self.settings.workspace_resource_id, window.start, window.end, self.settings.logs_endpoint
-        )
+        # Issue 15: the link opens the unit's own workspace (KQLWATCH_WORKSPACE_RESOURCE_ID, one per workspace);
+        # a Defender rule has no Logs-blade link.
+        resource = self.settings.workspace_resource_ids.get(plan.workspace) if plan.source != DEFENDER else None
+        link = query_link(prepared.query, resource, plan.window.start, plan.window.end, self.settings.logs_endpoint)
         # Finding F: the delivery lease starts now, not when the run did (`lease_until` only held the hits
         # while they were recorded); Delivery claims under it, bounded, and releases what it does not deliver.
         delivery = Delivery(

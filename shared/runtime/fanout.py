@@ -31,6 +31,7 @@ from shared.runtime.planning import load_prepared
 from shared.runtime.runmessage import MessageError, RunMessage, parse
 from shared.runtime.settings import Settings, load_settings
 from shared.runtime.store import RuleState
+from shared.runtime.units import run_units
 from shared.runtime.window import is_due
 from shared.runtime.wiring import Clients, build_detector, warm_clients
 
@@ -63,8 +64,11 @@ def dispatch(
         log.error("rule skipped: %s", error)
     clients.store.ensure_table()
     states = clients.store.rule_states()
-    due = [p for p in prepared if is_due(now, states.get(p.rule.id, RuleState()).last_run, p.rule.query_frequency)]
-    messages = [RunMessage(p.rule.id, settings.workspace_id, now).encode() for p in due]
+    units = run_units(prepared, settings)  # issue 15: one run per rule and workspace, each with its own state
+    due = [
+        u for u in units if is_due(now, states.get(u.prepared.rule.id, RuleState()).last_run, u.rule.query_frequency)
+    ]
+    messages = [RunMessage(u.rule_id, u.workspace, now).encode() for u in due]
     log.info(
         json.dumps({"event": "kqlwatch.dispatch", "rules": len(prepared), "due": len(due), "skipped": len(errors)})
     )
@@ -79,18 +83,21 @@ def run_message(
     if message is None:
         return None
     settings = settings or load_settings()
-    if message.workspace_id != settings.workspace_id:
-        log.error("queue message for workspace %s, not this deployment's: ignored", message.workspace_id)
+    units = run_units(_prepared(settings, message.scheduled.date()), settings)
+    unit = next((u for u in units if (u.rule_id, u.workspace) == (message.rule_id, message.workspace_id)), None)
+    if unit is None:  # removed (or broken: dispatch logged it) since the message was sent, or not this deployment's
+        log.warning(
+            "queue message for rule %s on workspace %s, which is not among the loaded rules and workspaces: ignored",
+            message.rule_id,
+            message.workspace_id or "(Defender)",
+        )
         return None
-    rule = next((p for p in _prepared(settings, message.scheduled.date()) if p.rule.id == message.rule_id), None)
-    if rule is None:  # removed (or broken: dispatch logged it) since the message was sent
-        log.warning("queue message for rule %s, which is not among the loaded rules: ignored", message.rule_id)
-        return None
+    rule = unit.prepared.rule
     detector = build_detector(settings, clients or warm_clients(settings))
     detector.store.ensure_table()
-    outcome = detector.run_leased(rule, message.scheduled)
+    outcome = detector.run_leased(unit.prepared, message.scheduled, workspace=unit.workspace)
     if outcome.errors and not outcome.ran and not outcome.skipped:
-        raise RunNotStarted(f"rule {rule.rule.id} ({rule.rule.name}): {'; '.join(outcome.errors)[:500]}")
+        raise RunNotStarted(f"rule {rule.id} ({rule.name}): {'; '.join(outcome.errors)[:500]}")
     return outcome
 
 

@@ -7,11 +7,19 @@ from datetime import date, datetime
 
 from shared.errors import RuleError
 from shared.rules import ingestion
+from shared.rules.fields import DEFENDER, LOG_ANALYTICS
 from shared.rules.loader import load_exclusion_files, load_rules
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
 from shared.runtime.settings import Settings
 from shared.runtime.store import RuleState
-from shared.runtime.window import IngestionWindow, Window, ingestion_window, next_window
+from shared.runtime.window import (
+    DEFENDER_MAX_CATCHUP,
+    DEFENDER_OVERLAP,
+    IngestionWindow,
+    Window,
+    ingestion_window,
+    next_window,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,8 @@ class RunPlan:
     window: Window  # the API timespan, on TimeGenerated
     query: str
     since: IngestionWindow | None = None  # ingestion mode only
+    source: str = LOG_ANALYTICS  # issue 15: which client runs the query
+    workspace: str = ""  # issue 15: the workspace it reads ("" on Defender: tenant-wide)
 
     @property
     def ledger_from(self) -> datetime:
@@ -45,9 +55,15 @@ def load_prepared(
     return prepared, loaded.errors + exclusion_errors + errors
 
 
-def plan_run(settings: Settings, prepared: PreparedRule, state: RuleState, now: datetime) -> RunPlan:
+def plan_run(
+    settings: Settings, prepared: PreparedRule, state: RuleState, now: datetime, workspace: str = ""
+) -> RunPlan:
+    """The run's window and query, against `workspace` (default: the configured default workspace)."""
     rule = prepared.rule
     choice = window_choice(rule)
+    if settings.source_of(rule.source) == DEFENDER:
+        return _defender_plan(settings, prepared, choice, state, now)
+    workspace = workspace or settings.workspace_id
     if choice.mode != ingestion.INGESTION:
         window = next_window(
             now,
@@ -56,7 +72,7 @@ def plan_run(settings: Settings, prepared: PreparedRule, state: RuleState, now: 
             last_end=state.last_window_end,
             max_catchup=settings.max_catchup,
         )
-        return RunPlan(choice, window, prepared.query)
+        return RunPlan(choice, window, prepared.query, workspace=workspace)
     since = ingestion_window(
         now,
         period=rule.query_period,
@@ -67,4 +83,22 @@ def plan_run(settings: Settings, prepared: PreparedRule, state: RuleState, now: 
         sweep_every=settings.late_sweep,
     )
     query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
-    return RunPlan(choice, since.timespan, query, since)
+    return RunPlan(choice, since.timespan, query, since, workspace=workspace)
+
+
+def _defender_plan(
+    settings: Settings, prepared: PreparedRule, choice: ingestion.WindowChoice, state: RuleState, now: datetime
+) -> RunPlan:
+    """Issue 15: advanced hunting has no ingestion time: Timestamp windows (the API's Timespan) that re-read
+    DEFENDER_OVERLAP for late rows, reaching back at most 30 days (what advanced hunting keeps)."""
+    rule = prepared.rule
+    window = next_window(
+        now,
+        period=rule.query_period,
+        frequency=rule.query_frequency,
+        last_end=state.last_window_end,
+        max_catchup=min(settings.max_catchup, DEFENDER_MAX_CATCHUP),
+        min_overlap=DEFENDER_OVERLAP,
+    )
+    reason = f"Defender advanced hunting has no ingestion time: Timestamp windows re-reading {DEFENDER_OVERLAP}"
+    return RunPlan(ingestion.WindowChoice("timestamp", reason, choice.tables), window, prepared.query, source=DEFENDER)

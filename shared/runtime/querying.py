@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from shared.errors import KqlwatchError, QueryError
+from shared.errors import KqlwatchError, QueryError, QueryThrottled
 from shared.runtime.loganalytics import QueryResult
 from shared.runtime.outcome import RuleOutcome
 from shared.runtime.window import Window
@@ -62,6 +62,7 @@ def timed_query(
             outcome.throttled = True
             outcome.warnings.append(f"deferred: Log Analytics throttled the query ({exc}); the next run reads it")
             return None
+        outcome.degraded = outcome.degraded or isinstance(exc, QueryThrottled)  # issue 15: quota spent: deferred
         outcome.ok = False
         outcome.errors.append(f"query failed: {exc}")
         return None

@@ -3,8 +3,8 @@
     {"v": 1, "rule": "<rule id, GUID>", "workspace": "<workspace GUID>", "scheduled": "2026-12-01T12:05:00Z"}
 
 `v` is the format version: a worker refuses a version it does not know (naming the field) rather than guess.
-`workspace` is the configured workspace today; issue 15 (many workspaces, Defender XDR) adds sources without
-changing these fields. A message is well under the 64 KiB queue limit (~130 bytes; parse refuses over 1 KiB).
+`workspace` is the workspace the run reads (issue 15: a rule runs once per workspace, units.py), or "" for a
+Defender-sourced rule (advanced hunting is tenant-wide). A message is well under the 64 KiB queue limit (~130 bytes; parse refuses over 1 KiB).
 Anyone who can write to the queue controls the body: parse() never raises anything but MessageError, which
 names the field, and never echoes more than a short, inert excerpt of what it was given.
 """
@@ -71,7 +71,8 @@ def parse(body: str | bytes) -> RunMessage:
     version = data.get("v")
     if version != FORMAT or isinstance(version, bool):
         raise MessageError("v", f"must be {FORMAT}, got {_excerpt(json.dumps(version))}")
-    return RunMessage(_guid(data, "rule"), _guid(data, "workspace"), _time(data, "scheduled"))
+    workspace = "" if data.get("workspace") == "" else _guid(data, "workspace")  # "": Defender, tenant-wide
+    return RunMessage(_guid(data, "rule"), workspace, _time(data, "scheduled"))
 
 
 def _guid(data: dict[str, object], name: str) -> str:

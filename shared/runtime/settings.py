@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.rules.durations import parse_duration
+from shared.rules.fields import DEFENDER, LOG_ANALYTICS, SOURCES
 from shared.rules.loader import DEFAULT_RULES_DIR as DEFAULT_RULES_DIR  # the default the Bicep template repeats
 from shared.rules.loader import RULES_DIR_SETTING, is_guid, rules_folder
 from shared.rules.params import PARAM_PREFIX
@@ -45,6 +46,8 @@ DNS_SERVERS = "KQLWATCH_DNS_SERVERS"  # issue 16: DNS evidence lookups; local st
 CONCURRENCY = "KQLWATCH_CONCURRENCY"  # issue 14: rules run at once in one process
 QUEUE_CONNECTION = "KQLWATCH_QUEUE_CONNECTION"  # issue 14: the run queue (the Functions binding's connection)
 QUEUE_SERVICE_URI = f"{QUEUE_CONNECTION}__queueServiceUri"  # ... in its identity form, as the host reads it
+SOURCE = "KQLWATCH_SOURCE"  # issue 15: defender | loganalytics, for rules without kqlwatch.source
+GRAPH_ENDPOINT = "KQLWATCH_GRAPH_ENDPOINT"  # issue 15: Microsoft Graph (sovereign clouds; local stand-in in tests)
 
 # Read by the code; the infra tests check that the deployment sets each one it must.
 SETTING_NAMES: tuple[str, ...] = (
@@ -66,6 +69,8 @@ SETTING_NAMES: tuple[str, ...] = (
     LATE_SWEEP,
     DNS_SERVERS,
     CONCURRENCY,
+    SOURCE,
+    GRAPH_ENDPOINT,
 )
 # What a deployed app needs (ACCESS_TOKEN is for local use only and must never be deployed).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -77,6 +82,7 @@ REQUIRED_IN_AZURE: tuple[str, ...] = (
 )
 
 DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
 DEFAULT_STATE_TABLE = "kqlwatch"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_MAX_CATCHUP = timedelta(hours=24)
@@ -100,14 +106,14 @@ _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class Settings:
-    workspace_id: str
+    workspace_ids: tuple[str, ...]  # issue 15: KQLWATCH_WORKSPACE_ID, a comma list; the first is the default
     logs_endpoint: str
     state_connection: str
     state_table: str
     webhook_urls: tuple[str, ...]
     rules_dir: Path
     access_token: str | None = None
-    workspace_resource_id: str | None = None
+    workspace_resource_ids: Mapping[str, str] = field(default_factory=dict)  # workspace id -> ARM id (query links)
     max_catchup: timedelta = DEFAULT_MAX_CATCHUP
     max_lateness: timedelta = DEFAULT_MAX_LATENESS
     late_sweep: timedelta = DEFAULT_LATE_SWEEP
@@ -119,6 +125,21 @@ class Settings:
     ops_webhook_urls: tuple[str, ...] = ()  # kqlwatch's own notices; default: the default webhooks
     dns_servers: tuple[tuple[str, int], ...] = ()  # issue 16: () = the platform resolver
     concurrency: int = DEFAULT_CONCURRENCY  # issue 14: rules run at once by `run --once` / one worker
+    source: str = LOG_ANALYTICS  # issue 15: where rules without kqlwatch.source run
+    graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # issue 15: Defender XDR advanced hunting
+
+    @property
+    def workspace_id(self) -> str:
+        """The default workspace: the first of KQLWATCH_WORKSPACE_ID ("" when Defender is the only source)."""
+        return self.workspace_ids[0] if self.workspace_ids else ""
+
+    @property
+    def workspace_resource_id(self) -> str | None:
+        return self.workspace_resource_ids.get(self.workspace_id)
+
+    def source_of(self, rule_source: str) -> str:
+        """A rule's own kqlwatch.source, else KQLWATCH_SOURCE."""
+        return rule_source or self.source
 
     def webhooks_for(self, route: str, severity: str) -> tuple[str, ...]:
         """A rule's own route, else its severity's route, else the default webhooks."""
@@ -132,8 +153,12 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the settings; raise ConfigError naming the first bad one."""
     env = os.environ if env is None else env
+    source = _source(env)
     return Settings(
-        workspace_id=_guid(env, WORKSPACE_ID),
+        # Defender-only tenants have no workspace: then only rules with kqlwatch.source: loganalytics need one.
+        workspace_ids=_workspaces(env) if source != DEFENDER or (env.get(WORKSPACE_ID) or "").strip() else (),
+        source=source,
+        graph_endpoint=_url(env, GRAPH_ENDPOINT, env.get(GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT),
         logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
         state_connection=_state_connection(env),
         state_table=_table_name(env),
@@ -142,7 +167,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         routes=read_routes(env),
         rules_dir=_rules_dir(env),
         access_token=env.get(ACCESS_TOKEN) or None,
-        workspace_resource_id=env.get(WORKSPACE_RESOURCE_ID) or None,
+        workspace_resource_ids=_resource_ids(env, _workspaces(env) if (env.get(WORKSPACE_ID) or "").strip() else ()),
         max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP),
         max_lateness=_duration(env, MAX_LATENESS, DEFAULT_MAX_LATENESS, MAX_MAX_LATENESS),
         late_sweep=_duration(env, LATE_SWEEP, DEFAULT_LATE_SWEEP, MAX_LATE_SWEEP),
@@ -166,6 +191,39 @@ def _concurrency(env: Mapping[str, str]) -> int:
             f"got {raw[:20]!r}",
         )
     return int(raw)
+
+
+def _workspaces(env: Mapping[str, str]) -> tuple[str, ...]:
+    """KQLWATCH_WORKSPACE_ID: one workspace GUID, or several comma-separated (issue 15: many workspaces)."""
+    raw = _required(env, WORKSPACE_ID)
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = next((i for i in ids if not is_guid(i)), None)
+    if not ids or bad is not None:
+        raise ConfigError(
+            WORKSPACE_ID,
+            "must be the workspace GUID (customerId), or several comma-separated, e.g. "
+            f"00000000-0000-0000-0000-000000000000 (got {(bad or raw)[:60]!r})",
+        )
+    return tuple(dict.fromkeys(i.lower() for i in ids))
+
+
+def _resource_ids(env: Mapping[str, str], workspaces: tuple[str, ...]) -> dict[str, str]:
+    """KQLWATCH_WORKSPACE_RESOURCE_ID: the ARM ids for the query links, in KQLWATCH_WORKSPACE_ID's order."""
+    ids = [part.strip() for part in (env.get(WORKSPACE_RESOURCE_ID) or "").split(",") if part.strip()]
+    if ids and len(ids) != len(workspaces):
+        raise ConfigError(
+            WORKSPACE_RESOURCE_ID,
+            f"lists {len(ids)} resource id(s) for {len(workspaces)} workspace(s) in {WORKSPACE_ID}: "
+            "give one per workspace, in the same order, or none",
+        )
+    return dict(zip(workspaces, ids, strict=False))
+
+
+def _source(env: Mapping[str, str]) -> str:
+    raw = (env.get(SOURCE) or "").strip().lower() or LOG_ANALYTICS
+    if raw not in SOURCES:
+        raise ConfigError(SOURCE, f"must be one of {', '.join(SOURCES)}, got {raw[:40]!r}")
+    return raw
 
 
 def _dns_servers(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
@@ -258,13 +316,6 @@ def _required(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise ConfigError(name, "is not set")
     return value
-
-
-def _guid(env: Mapping[str, str], name: str) -> str:
-    value = _required(env, name)
-    if not is_guid(value):
-        raise ConfigError(name, "must be the workspace GUID (customerId), e.g. 00000000-0000-0000-0000-000000000000")
-    return value.lower()
 
 
 def _table_name(env: Mapping[str, str]) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from shared.errors import KqlwatchError
 from shared.rules import ingestion
 from shared.rules.durations import as_time
+from shared.rules.fields import DEFENDER
 from shared.rules.loader import Rule
 from shared.runtime import notices
 from shared.runtime.health import Notifier
@@ -27,7 +28,7 @@ TABLE_PROBE_SPAN = timedelta(hours=24)  # the probe's TimeGenerated span: on-tim
 class SourceWatch:
     store: StateStore
     logs: LogsApi
-    workspace_id: str
+    workspace_id: str  # the default workspace: its tables keep their own keys in the state table
     notifier: Notifier
 
     def watch(
@@ -41,6 +42,8 @@ class SourceWatch:
     ) -> None:
         """One notice when a source table has had no new rows for longer than its threshold, one when rows
         return. Each rule looks at most hourly (no state read on other runs)."""
+        if plan.source == DEFENDER:
+            return  # the probe reads ingestion_time(), which advanced hunting does not have (issue 15)
         if result is None or result.partial_error is not None:
             return  # the workspace is unwell or the answer incomplete: that is reported already, and says nothing
         # Rows read by ingestion time were ingested after the watermark: the table is not silent, no probe needed.
@@ -50,7 +53,7 @@ class SourceWatch:
         if not seen_now:
             state.sources_checked = now
         for table in plan.choice.tables:
-            known, last = (True, now) if seen_now else self.last_ingested(table, now, outcome)
+            known, last = (True, now) if seen_now else self.last_ingested(table, now, outcome, plan.workspace)
             if known:
                 self._judge(rule, table, last, state, now, outcome)
 
@@ -73,14 +76,19 @@ class SourceWatch:
         ):
             del state.blind[table]
 
-    def last_ingested(self, table: str, now: datetime, outcome: RuleOutcome) -> tuple[bool, datetime | None]:
+    def last_ingested(
+        self, table: str, now: datetime, outcome: RuleOutcome, workspace: str = ""
+    ) -> tuple[bool, datetime | None]:
         """(known, the table's latest ingestion time or None for none within TABLE_PROBE_SPAN)."""
-        last, checked = self.store.table_seen(table)
+        workspace = workspace or self.workspace_id
+        # Issue 15: a table is seen per workspace; the default workspace keeps the table's own key.
+        key = table if workspace == self.workspace_id else f"{table}@{workspace}"
+        last, checked = self.store.table_seen(key)
         if checked is not None and now - checked < TABLE_PROBE_EVERY:
             return True, last
         try:
             result = self.logs.query(
-                self.workspace_id, ingestion.last_ingested_query(table), now - TABLE_PROBE_SPAN - FAST_LATENESS, now
+                workspace, ingestion.last_ingested_query(table), now - TABLE_PROBE_SPAN - FAST_LATENESS, now
             )
         except KqlwatchError as exc:
             outcome.warnings.append(f"could not probe {table} for new rows: {exc}")
@@ -88,5 +96,5 @@ class SourceWatch:
         value = result.rows[0].get("LastIngested") if result.rows else None
         probed = as_time(value)
         last = max(t for t in (last, probed) if t is not None) if (last or probed) else None
-        self.store.save_table_seen(table, last, now)
+        self.store.save_table_seen(key, last, now)
         return True, last

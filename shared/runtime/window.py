@@ -22,8 +22,17 @@ class Window:
         return self.end - self.start
 
 
-def overlap(period: timedelta, frequency: timedelta) -> timedelta:
-    return max(period - frequency, MIN_OVERLAP)
+def overlap(period: timedelta, frequency: timedelta, minimum: timedelta = MIN_OVERLAP) -> timedelta:
+    return max(period - frequency, minimum)
+
+
+# Issue 15: Defender XDR advanced hunting has no ingestion time (no ingestion_time(), no column for it), so a
+# Defender-sourced rule reads Timestamp windows, and a row that becomes queryable late is caught only by
+# re-reading. Defender's own custom detections re-read 3 hours on an hourly schedule (every hour, the past
+# 4 hours); kqlwatch does the same on every run: 3 hours, against Log Analytics' 10 minutes. Rows later than
+# that are missed: the trade-off is stated in docs/reliability.md. Re-read rows are deduplicated by the ledger.
+DEFENDER_OVERLAP = timedelta(hours=3)
+DEFENDER_MAX_CATCHUP = timedelta(days=30)  # advanced hunting keeps 30 days: nothing older can be read
 
 
 def next_window(
@@ -33,12 +42,13 @@ def next_window(
     frequency: timedelta,
     last_end: datetime | None,
     max_catchup: timedelta,
+    min_overlap: timedelta = MIN_OVERLAP,
 ) -> Window:
     """[now - period, now], reaching back far enough to overlap the last successful window so that late
     rows and downtime leave no gap, but never further back than max_catchup (or period, if longer)."""
     start = now - period
     if last_end is not None:
-        start = min(start, last_end - overlap(period, frequency))
+        start = min(start, last_end - overlap(period, frequency, min_overlap))
     return Window(max(start, now - max(max_catchup, period)), now)
 
 

@@ -72,6 +72,7 @@ class LogAnalyticsStandIn:
         self.token = token
         self.clock = clock
         self._tables: dict[str, list[dict[str, Any]]] = {}
+        self._scoped: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (workspace, table) -> rows
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
         self.row_cap: int | None = None  # answer a partial result past this many rows
@@ -122,11 +123,19 @@ class LogAnalyticsStandIn:
 
     # --- data ---
 
-    def ingest(self, table: str, rows: Iterable[Mapping[str, Any]], *, at: datetime | None = None) -> None:
-        """Add rows, queryable from `at` (default: now). A row's own _IngestedAt wins."""
+    def ingest(
+        self, table: str, rows: Iterable[Mapping[str, Any]], *, at: datetime | None = None, workspace: str | None = None
+    ) -> None:
+        """Add rows, queryable from `at` (default: now), in `workspace` (default: every workspace). A row's own
+        _IngestedAt wins."""
         when = at or self.clock()
         with self._lock:
-            stored = self._tables.setdefault(table, [])
+            # Issue 15: rows of one workspace are kept apart; rows without one are in every workspace.
+            stored = (
+                self._scoped.setdefault((workspace.lower(), table), [])
+                if workspace
+                else self._tables.setdefault(table, [])
+            )
             for row in rows:
                 item = {
                     k: _parse_time(v) if k in ("TimeGenerated", "Timestamp", INGESTED) else v for k, v in row.items()
@@ -138,6 +147,7 @@ class LogAnalyticsStandIn:
         """Forget all data, requests and scripted answers."""
         with self._lock:
             self._tables.clear()
+            self._scoped.clear()
             self.requests.clear()
             self._script.clear()
             self.row_cap = None
@@ -176,7 +186,7 @@ class LogAnalyticsStandIn:
                 self.throttled += 1
             return _error(429, "ThrottledError", "Too many concurrent requests for this user: retry later")
         try:
-            return self._answer(body, prefer)
+            return self._answer(body, prefer, match.group(1).lower())
         finally:
             with self._slots:
                 self._running[auth] -= 1
@@ -195,7 +205,7 @@ class LogAnalyticsStandIn:
             self.max_concurrent = max(self.max_concurrent, self._running[identity])
         return True
 
-    def _answer(self, body: dict[str, Any], prefer: str) -> Response:
+    def _answer(self, body: dict[str, Any], prefer: str, workspace: str) -> Response:
         """The query's answer, after the time it takes (spent holding its slot, as a running query does)."""
         wait = _wait(prefer)
         takes = self.query_seconds if self.slow_query is None or self.slow_query in body.get("query", "") else 0.0
@@ -206,7 +216,7 @@ class LogAnalyticsStandIn:
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
-            return self._evaluate(body.get("query", ""), start, end, now)
+            return self._evaluate(body.get("query", ""), start, end, now, workspace)
         except EngineError as exc:
             return _error(
                 400, "BadArgumentError", "The request had some invalid properties", inner=("SemanticError", str(exc))
@@ -219,11 +229,16 @@ class LogAnalyticsStandIn:
                 inner=("BadRequest", f"bad request: {exc}"),
             )
 
-    def _evaluate(self, query: str, start: datetime | None, end: datetime | None, now: datetime) -> Response:
+    def _evaluate(
+        self, query: str, start: datetime | None, end: datetime | None, now: datetime, workspace: str = ""
+    ) -> Response:
         with self._lock:
             # Every table with a shipped schema exists (empty), as it does in a workspace with the connector.
             tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables()}
             tables.update({name: list(rows) for name, rows in self._tables.items()})
+            for (scope, name), scoped in self._scoped.items():
+                if scope == workspace:
+                    tables[name] = tables.get(name, []) + scoped
         named = {t.text for t in tokenize(query) if t.kind == "ident"}
         with Engine() as engine:
             for name, table_rows in tables.items():

@@ -47,12 +47,14 @@ def sample_rows(now: datetime, path: Path = SAMPLES) -> list[dict[str, Any]]:
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "demo-output", help="where to write cards.html")
+    parser.add_argument("--defender", action="store_true", help="run the seed rule on Defender XDR advanced "
+                        "hunting (a local Microsoft Graph stand-in) instead of the workspace (issue 15)")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     with _stop_on_sigterm():
         try:
-            return demo(args.out)
+            return demo(args.out, defender=args.defender)
         except _Terminated:
             print("kqlwatch demo: stopped (SIGTERM); the stand-ins it started are stopped.", file=sys.stderr)
             return 128 + signal.SIGTERM
@@ -77,17 +79,15 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def demo(out_dir: Path | None = None, stream: Any = None) -> int:
+def demo(out_dir: Path | None = None, stream: Any = None, *, defender: bool = False) -> int:
     # Imported here, not at the top: `kqlwatch --help` imports this module and must stay free of the runtime.
     from shared.runtime.loganalytics import StaticTokenCredential
     from shared.runtime.settings import load_settings
-    from shared.runtime.wiring import Tuning, build_detector, clients_for
+    from shared.runtime.wiring import Tuning, clients_for
     from shared.standins.azurite import Azurite
     from shared.standins.dns import DnsStandIn
     from shared.standins.loganalytics import LogAnalyticsStandIn
     from shared.standins.teams import WebhookReceiver
-    from shared.workbench.cli import print_report
-    from shared.workbench.preview import card_text, write_preview
 
     out = stream or sys.stdout
     out_dir = out_dir or ROOT / "demo-output"
@@ -103,6 +103,7 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
         rows = sample_rows(now)
         la.ingest("EmailEvents", rows)
         print(f"Serving {len(rows):,} sample EmailEvents rows from {SAMPLES.relative_to(ROOT)}", file=out)
+        graph, extra = _defender_setup(stack, la, rows, now, out) if defender else (None, {})
         settings = load_settings(
             {
                 "KQLWATCH_WORKSPACE_ID": DEMO_WORKSPACE,
@@ -114,33 +115,74 @@ def demo(out_dir: Path | None = None, stream: Any = None) -> int:
                 "KQLWATCH_RULES_DIR": str(ROOT / "rules"),
                 "KQLWATCH_DNS_SERVERS": dns_server.server,  # issue 16
                 **{k: v for k, v in os.environ.items() if k.startswith("KQLWATCH_PARAM_")},
+                **extra,
             }
         )
         clients = clients_for(
             settings, Tuning(teams={"min_interval": 0.05}, credential=StaticTokenCredential(la.token))
         )
         stack.callback(clients.close)
-        detector = build_detector(settings, clients)
+        return _two_runs(settings, clients, hook, out_dir, out, _seed_queries(la, graph))
 
-        print("\n== Run 1 ==", file=out)
-        first = detector.run(only_due=False)
-        print_report(first, out)
-        cards = hook.cards()
-        for card in cards:
-            print("\n" + card_text(card), file=out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        page = write_preview(cards, "kqlwatch demo: cards posted to Teams", out_dir / "cards.html")
-        print(f"\n{len(cards)} card(s) posted; HTML preview (adaptivecards renderer): {page}", file=out)
 
-        print("\n== Run 2 (five minutes later, same data) ==", file=out)
-        second = build_detector(settings, clients, clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5)).run(
-            only_due=False
-        )
-        print_report(second, out)
-        reposted = len(hook.cards()) - len(cards)
-        print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
-        print("\nStopping the stand-ins.", file=out)
-        return EXIT_OK if first.ok and second.ok and reposted == 0 else EXIT_FAILED
+def _seed_queries(la: Any, graph: Any) -> Any:
+    """Issue 15: after run 1, where the seed rule's query went (None when the demo does not use Defender)."""
+    if graph is None:
+        return None
+    # TriggerResults is the seed rule's own binding: no other rule's query has it.
+    return lambda: (len(graph.requests), sum("TriggerResults" in r.query for r in la.requests))
+
+
+def _two_runs(settings: Any, clients: Any, hook: Any, out_dir: Path, out: Any, seed_queries: Any) -> int:
+    from shared.runtime.wiring import build_detector
+    from shared.workbench.cli import print_report
+    from shared.workbench.preview import card_text, write_preview
+
+    print("\n== Run 1 ==", file=out)
+    first = build_detector(settings, clients).run(only_due=False)
+    print_report(first, out)
+    if seed_queries is not None:
+        in_defender, in_workspace = seed_queries()
+        print(f"Seed rule: {in_defender} query to Defender advanced hunting, {in_workspace} to the workspace", file=out)
+    cards = hook.cards()
+    for card in cards:
+        print("\n" + card_text(card), file=out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = write_preview(cards, "kqlwatch demo: cards posted to Teams", out_dir / "cards.html")
+    print(f"\n{len(cards)} card(s) posted; HTML preview (adaptivecards renderer): {page}", file=out)
+
+    print("\n== Run 2 (five minutes later, same data) ==", file=out)
+    later = build_detector(settings, clients, clock=lambda: datetime.now(timezone.utc) + timedelta(minutes=5))
+    second = later.run(only_due=False)
+    print_report(second, out)
+    reposted = len(hook.cards()) - len(cards)
+    print(f"{reposted} card(s) posted by run 2: every hit was already alerted once.", file=out)
+    print("\nStopping the stand-ins.", file=out)
+    return EXIT_OK if first.ok and second.ok and reposted == 0 else EXIT_FAILED
+
+
+def _defender_setup(
+    stack: ExitStack, la: Any, rows: list[dict[str, Any]], now: datetime, out: Any
+) -> tuple[Any, dict[str, str]]:
+    """Issue 15: the Graph stand-in serves the same rows as advanced hunting would (Timestamp, no workspace
+    columns), and the seed rule, copied into a temporary rules folder, says `kqlwatch.source: defender`."""
+    import shutil
+    import tempfile
+
+    from shared.standins.graph import GraphStandIn
+
+    graph = stack.enter_context(GraphStandIn(ca=la._ca, token=la.token))  # one CA: REQUESTS_CA_BUNDLE trusts both
+    graph.ingest("EmailEvents", rows, at=now)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kqlwatch-demo-rules-")))
+    shutil.copytree(ROOT / "rules", folder, dirs_exist_ok=True)
+    seed = folder / "accepted-domain-dmarc-temperror.yaml"
+    seed.write_text(seed.read_text(encoding="utf-8").replace("kqlwatch:\n", "kqlwatch:\n  source: defender\n", 1))
+    print(
+        f"Defender XDR advanced hunting (Graph stand-in, HTTPS) serves the same rows; the seed rule runs there "
+        f"(kqlwatch.source: defender): {graph.endpoint}/v1.0/security/runHuntingQuery",
+        file=out,
+    )
+    return graph, {"KQLWATCH_GRAPH_ENDPOINT": graph.endpoint, "KQLWATCH_RULES_DIR": str(folder)}
 
 
 @contextmanager

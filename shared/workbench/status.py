@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -197,7 +198,14 @@ def _windows(rules: Sequence[Any]) -> dict[str, str]:
     """Each rule's window mode and why (issue 13)."""
     from shared.rules.ingestion import for_rule
 
-    return {r.id: f"{c.mode} ({c.reason})" for r in rules for c in [for_rule(r)]}
+    default = (os.environ.get("KQLWATCH_SOURCE") or "").strip().lower()  # issue 15: Defender rules read Timestamp
+    return {
+        r.id: "timestamp (Defender: no ingestion time)"
+        if (r.source or default) == "defender"
+        else f"{c.mode} ({c.reason})"
+        for r in rules
+        for c in [for_rule(r)]
+    }
 
 
 def _blind(blind: dict[str, datetime]) -> str:

@@ -43,6 +43,21 @@ def test_demo_alerts_every_hit_once_and_renders_a_preview(tmp_path: Path) -> Non
     assert "Message from an Accepted Domain with DMARC TempError" in page
 
 
+def test_demo_can_show_a_defender_sourced_card(tmp_path: Path) -> None:
+    """Issue 15: `kqlwatch demo --defender` runs the seed rule on the Graph stand-in (advanced hunting)."""
+    out = io.StringIO()
+    assert demo(out_dir=tmp_path, stream=out, defender=True) == 0
+    text = out.getvalue()
+    expected = _seed_hits_offline()
+    assert re.search(
+        rf"ok +Message from an Accepted Domain with DMARC TempError: \d+ rows, {expected} new, {expected} delivered",
+        text,
+    )
+    assert "Seed rule: 1 query to Defender advanced hunting, 0 to the workspace" in text
+    assert "0 card(s) posted by run 2" in text
+    assert "Message from an Accepted Domain with DMARC TempError" in (tmp_path / "cards.html").read_text()
+
+
 def test_sample_times_are_moved_into_the_last_hour() -> None:
     now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     rows = sample_rows(now)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from shared.rules.fields import DEFENDER
 from shared.rules.loader import is_guid
 from shared.workbench.validate.model import ERROR, FileResult, Finding, _Checked, _duration, _Query
 from shared.workbench.validate.reference import (
@@ -29,59 +30,83 @@ from shared.workbench.validate.sentinel import (
     _check_tactics,
     _check_techniques,
 )
+from shared.workbench.validate.sources import check_sources, rule_source
 
 if TYPE_CHECKING:
     import yaml
 
 
 def _check_file(path: Path) -> _Checked:
-    import yaml
-
-    from shared.rules.loader import MAX_FILE_BYTES
-    from shared.rules.yamlguard import YamlRefused, bad_scalar_line, check_shape
-
     c = _Checked(FileResult(str(path)))
+    if not _read(c, path):
+        return c
+    parsed = _parse(c)
+    if parsed is None:
+        return c
+    root, doc = parsed
+    c.doc = doc
+    c.nodes = _key_nodes(c, root)
+    _check_schema(c)
+    _check_loadable(c)
+    return c
+
+
+def _read(c: _Checked, path: Path) -> bool:
+    from shared.rules.loader import MAX_FILE_BYTES
+
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             c.error(f"file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}", "file")
-            return c
+            return False
         c.text = path.read_text(encoding="utf-8")
     except OSError as exc:
         c.error(f"cannot read file: {exc.strerror or exc}", "file")
-        return c
+        return False
     except UnicodeDecodeError:
         c.error("file is not UTF-8 text", "file")
-        return c
+        return False
+    return True
+
+
+def _parse(c: _Checked) -> tuple[yaml.MappingNode, dict[str, Any]] | None:
+    """The YAML's root node and document, or None when it cannot be used (the finding is recorded)."""
+    import yaml
+
+    from shared.rules.yamlguard import YamlRefused, bad_scalar_line, check_shape
+
     loader = None
     try:
-        check_shape(
-            c.text, yaml.SafeLoader
-        )  # before building anything: an alias bomb or deep nesting is refused here, fast
+        check_shape(c.text, yaml.SafeLoader)  # before building anything: an alias bomb or deep nesting is refused
         loader = yaml.SafeLoader(c.text)
         root = loader.get_single_node()
         doc = loader.construct_document(root) if root is not None else None
     except YamlRefused as exc:
         c.result.findings.append(Finding(c.result.path, exc.line or 1, 1, ERROR, exc.reason, "yaml"))
-        return c
+        return None
     except (ValueError, OverflowError) as exc:  # a scalar YAML resolves but cannot build (2026-13-45)
         line = bad_scalar_line(c.text) or 1
         c.result.findings.append(Finding(c.result.path, line, 1, ERROR, f"a value YAML cannot read: {str(exc)[:200]}",
                                          "yaml"))  # fmt: skip
-        return c
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         c.result.findings.append(Finding(c.result.path, line, col, ERROR, f"invalid YAML: {problem}", "yaml"))
-        return c
+        return None
     finally:
         if loader is not None:
             loader.dispose()
     if not isinstance(root, yaml.MappingNode) or not isinstance(doc, dict):
         c.error("a rule file must be a YAML mapping (id, name, query, ...)", "yaml", root)
-        return c
-    c.doc = doc
+        return None
+    return root, doc
+
+
+def _key_nodes(c: _Checked, root: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    import yaml
+
     nodes: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for key_node, value_node in root.value:
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
@@ -91,10 +116,7 @@ def _check_file(path: Path) -> _Checked:
             c.error(f"duplicate key '{key}' (first at line {nodes[key][0].start_mark.line + 1}); "
                     "YAML keeps only the last", "yaml", key_node)  # fmt: skip
         nodes[key] = (key_node, value_node)
-    c.nodes = nodes
-    _check_schema(c)
-    _check_loadable(c)
-    return c
+    return nodes
 
 
 def _check_schema(c: _Checked) -> None:
@@ -218,7 +240,11 @@ def _check_loadable(c: _Checked) -> None:
     try:
         rule = parse_rule(c.text, c.result.path)
         choice = for_rule(rule)
-        c.result.window = f"{choice.mode} ({choice.reason})"
+        if rule_source(rule)[0] == DEFENDER:  # issue 15: advanced hunting has no ingestion time
+            c.result.window = "timestamp (Defender: no ingestion time)"
+        else:
+            c.result.window = f"{choice.mode} ({choice.reason})"
+        check_sources(c, rule)
     except RuleError as exc:
         c.result.findings.append(
             Finding(c.result.path, exc.line or 1, 1, ERROR, f"kqlwatch cannot load this rule: {exc.reason}", "kqlwatch")
