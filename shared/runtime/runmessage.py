@@ -71,8 +71,9 @@ def parse(body: str | bytes) -> RunMessage:
     version = data.get("v")
     if version != FORMAT or isinstance(version, bool):
         raise MessageError("v", f"must be {FORMAT}, got {_excerpt(json.dumps(version))}")
+    rule = _guid(data, "rule")
     workspace = "" if data.get("workspace") == "" else _guid(data, "workspace")  # "": Defender, tenant-wide
-    return RunMessage(_guid(data, "rule"), workspace, _time(data, "scheduled"))
+    return RunMessage(rule, workspace, _time(data, "scheduled"))
 
 
 def _guid(data: dict[str, object], name: str) -> str:
