@@ -127,26 +127,10 @@ class Engine:
             detected = {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
         else:
             detected = self._detect(path, fmt, full=schema is None)
-        renamed = {raw: _clean_name(raw) for raw in detected if raw not in ignore and _clean_name(raw) not in ignore}
-        present = {name: raw for raw, name in renamed.items()}
-        columns: dict[str, str] = {}  # name -> Kusto type
-        inferred: list[str] = []
-        if schema is not None:
-            columns.update(_unique(schema))
-        folded = {c.casefold() for c in columns}
-        for raw, name in renamed.items():
-            if name.casefold() not in folded and (schema is None or extra_columns):
-                folded.add(name.casefold())
-                columns[name] = _infer_kind(detected[raw], raw)
-                inferred.append(name)
+        plan = _plan_columns(detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from)
+        columns, sources = plan.columns, plan.sources
         if not columns:
             raise EngineError(f"{path}: no rows to infer {table}'s columns from, and no schema for it")
-        sources = {c: present.get(c) for c in columns}
-        filled: dict[str, str] = {}
-        for target, source in (fill_from or {}).items():
-            if target in columns and sources.get(target) is None and present.get(source) is not None:
-                sources[target] = present[source]
-                filled[target] = source
         self._con.execute(f"DROP TABLE IF EXISTS {_ident(table)}")
         if empty or not any(sources.values()):
             definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in columns.items())
@@ -165,9 +149,9 @@ class Engine:
             name=table,
             rows=int(count[0]) if count else 0,
             columns=columns,
-            inferred=tuple(inferred),
+            inferred=plan.inferred,
             missing=tuple(c for c in columns if sources.get(c) is None),
-            filled=filled,
+            filled=plan.filled,
         )
 
     def first_non_object(self, path: str, *, array: bool) -> tuple[int, str] | None:
@@ -231,6 +215,44 @@ class LoadedTable:
     inferred: tuple[str, ...] = ()  # columns typed by inference (not in the schema)
     missing: tuple[str, ...] = ()  # schema columns the file does not have (empty / null)
     filled: dict[str, str] = field(default_factory=dict)  # column -> the file column it was filled from
+
+
+@dataclass(frozen=True)
+class _ColumnPlan:
+    columns: dict[str, str]  # name -> Kusto type, in table order
+    sources: dict[str, str | None]  # name -> the file's column it is read from (None: absent)
+    inferred: tuple[str, ...]
+    filled: dict[str, str]
+
+
+def _plan_columns(
+    detected: Mapping[str, str],
+    schema: Mapping[str, str] | None,
+    *,
+    extra_columns: bool,
+    ignore: Collection[str],
+    fill_from: Mapping[str, str] | None,
+) -> _ColumnPlan:
+    """The table's columns (the schema's, then the file's others when kept) and where each is read from."""
+    renamed = {raw: _clean_name(raw) for raw in detected if raw not in ignore and _clean_name(raw) not in ignore}
+    present = {name: raw for raw, name in renamed.items()}
+    columns: dict[str, str] = {}
+    inferred: list[str] = []
+    if schema is not None:
+        columns.update(_unique(schema))
+    folded = {c.casefold() for c in columns}
+    for raw, name in renamed.items():
+        if name.casefold() not in folded and (schema is None or extra_columns):
+            folded.add(name.casefold())
+            columns[name] = _infer_kind(detected[raw], raw)
+            inferred.append(name)
+    sources = {c: present.get(c) for c in columns}
+    filled: dict[str, str] = {}
+    for target, source in (fill_from or {}).items():
+        if target in columns and sources.get(target) is None and present.get(source) is not None:
+            sources[target] = present[source]
+            filled[target] = source
+    return _ColumnPlan(columns, sources, tuple(inferred), filled)
 
 
 def file_format(path: str) -> str:

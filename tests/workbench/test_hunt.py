@@ -23,7 +23,7 @@ from shared.standins.teams import WebhookReceiver
 from shared.workbench.cli import main
 from shared.workbench.demo import SAMPLES, sample_rows
 from shared.workbench.engine import Engine, EngineError, EngineResult
-from shared.workbench.hunt import write_csv as write_csv_output
+from shared.workbench.output import write_csv as write_csv_output
 from tests.conftest import ROOT, SEED_RULE, MakeDetector, delivered_ids, email
 
 SCHEMA = table_schema("EmailEvents") or {}
