@@ -101,7 +101,7 @@ class Engine:
         ignore: Collection[str] = (),
         fill_from: Mapping[str, str] | None = None,
     ) -> LoadedTable:
-        """Create `table` from a JSON Lines / JSON array / CSV file, read and typed by DuckDB itself (no row passes
+        """Create `table` from a JSON Lines / JSON array / CSV / Parquet file, read and typed by DuckDB itself (no row passes
         through Python, so a million rows load in seconds).
 
         With a schema (column -> Kusto type) the table has exactly its columns, typed: missing strings are ""
@@ -115,8 +115,8 @@ class Engine:
         from the file from another (TimeGenerated from Timestamp in an Advanced Hunting export).
         """
         fmt = fmt or file_format(path)
-        if fmt not in ("json", "csv"):
-            raise EngineError(f"{path}: unknown data format {fmt!r} (json or csv)")
+        if fmt not in ("json", "csv", "parquet"):
+            raise EngineError(f"{path}: unknown data format {fmt!r} (json, csv or parquet)")
         try:
             empty = os.path.getsize(path) == 0
         except OSError as exc:
@@ -136,7 +136,10 @@ class Engine:
             definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in columns.items())
             self._con.execute(f"CREATE TABLE {_ident(table)} ({definition})")
         else:
-            select = ", ".join(f"{_convert(sources[c], k, c, fmt)} AS {_ident(c)}" for c, k in columns.items())
+            select = ", ".join(
+                f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or ''))} AS {_ident(c)}"
+                for c, k in columns.items()
+            )
             # Every name, path and value in this SQL is quoted by _ident/_sql_str: it carries no unquoted input.
             source = _reader(path, fmt, columns, sources)
             sql = f"CREATE TABLE {_ident(table)} AS SELECT {select} FROM {source}"  # noqa: S608
@@ -179,6 +182,8 @@ class Engine:
         sample = ", sample_size=-1" if full else ""
         if fmt == "json":
             source = f"read_json({_sql_str(path)}, format='auto'{sample})"
+        elif fmt == "parquet":
+            source = f"read_parquet({_sql_str(path)})"
         else:
             source = f"read_csv({_sql_str(path)}, header=true{sample})"
         try:
@@ -256,15 +261,17 @@ def _plan_columns(
 
 
 def file_format(path: str) -> str:
-    """json or csv, from the file name (`.gz` / `.zst` compression is read transparently)."""
+    """json, csv or parquet, from the file name (`.gz` / `.zst` compression is read transparently)."""
     name = path.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
     for suffix in (".gz", ".zst"):
         name = name.removesuffix(suffix)
     if name.endswith((".csv", ".tsv")):
         return "csv"
     if name.endswith((".json", ".jsonl", ".ndjson")):
         return "json"
-    raise EngineError(f"{path}: cannot tell the format from the name (use .jsonl, .json or .csv)")
+    raise EngineError(f"{path}: cannot tell the format from the name (use .jsonl, .json, .csv or .parquet)")
 
 
 _EMPTY = "('', 'None', 'null')"  # what exports write for a null non-string value (the az CLI writes None)
@@ -322,20 +329,31 @@ def _reader(path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[st
     """read_json/read_csv with every column as text (JSON for dynamic ones from JSON): typed by _convert."""
     if fmt == "csv":
         return f"read_csv({_sql_str(path)}, header=true, all_varchar=true)"
+    if fmt == "parquet":
+        return f"read_parquet({_sql_str(path)})"  # typed already: _convert casts only what differs
     wanted: dict[str, str] = {}
     for column, raw in sources.items():
         if raw is not None:
             wanted[raw] = "JSON" if columns[column] == "dynamic" else "VARCHAR"
     spec = "{" + ", ".join(f"{_sql_str(c)}: {_sql_str(t)}" for c, t in wanted.items()) + "}"
-    return f"read_json({_sql_str(path)}, format='auto', columns={spec})"
+    # records='true': a line that is an array, string or number fails the read, naming its line (the
+    # default would read such a file as one JSON column, i.e. silently no rows).
+    return f"read_json({_sql_str(path)}, format='auto', records='true', columns={spec})"
 
 
-def _convert(raw: str | None, kind: str, column: str, fmt: str) -> str:
-    """SQL turning the file's text for `column` into its Kusto type (DuckDB type `_DUCK_TYPES[kind]`)."""
+def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str = "") -> str:
+    """SQL turning the file's text for `column` into its Kusto type (DuckDB type `_DUCK_TYPES[kind]`).
+    A Parquet column is typed already (`file_type`): kept when it is the type, else converted as text."""
     duck = _DUCK_TYPES.get(kind, "VARCHAR")
     if raw is None:
         return "''" if duck == "VARCHAR" else f"CAST(NULL AS {duck})"
     r = _ident(raw)
+    if fmt == "parquet":
+        if _same_type(file_type, duck):
+            return f"coalesce({r}, '')" if duck == "VARCHAR" else r
+        if duck == "JSON" and file_type != "VARCHAR":
+            return f"to_json({r})"
+        r = f"CAST({r} AS VARCHAR)"
     if duck == "VARCHAR":
         return f"coalesce({r}, '')"
     before, after = _sql_str(f'column {column}: cannot read "'), _sql_str(f'" as {kind}')
@@ -362,6 +380,13 @@ def _convert(raw: str | None, kind: str, column: str, fmt: str) -> str:
     else:
         parsed = f"coalesce(TRY_CAST({value} AS {duck}), {fail})"
     return f"CASE WHEN {r} IS NULL OR {value} IN {_EMPTY} THEN NULL ELSE {parsed} END"
+
+
+def _same_type(file_type: str, duck: str) -> bool:
+    return file_type == duck or (file_type, duck) in (
+        ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"),
+        ("INTEGER", "BIGINT"),
+    )
 
 
 def _first(exc: Exception) -> str:
