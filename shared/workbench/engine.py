@@ -137,7 +137,7 @@ class Engine:
             self._con.execute(f"CREATE TABLE {_ident(table)} ({definition})")
         else:
             select = ", ".join(
-                f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or ''))} AS {_ident(c)}"
+                f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or '', ''))} AS {_ident(c)}"
                 for c, k in columns.items()
             )
             # Every name, path and value in this SQL is quoted by _ident/_sql_str: it carries no unquoted input.
