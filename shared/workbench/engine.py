@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Engine:
 
         self._con = duckdb_kql.connect()
         self._tmp = tempfile.TemporaryDirectory(prefix="kqlwatch-engine-")
+        self._plans: dict[str, tuple[str, dict[str, Any]]] = {}  # query(reuse_plan=True)
 
     def close(self) -> None:
         self._con.close()
@@ -171,6 +173,17 @@ class Engine:
             raise EngineError(f"cannot read {path}: {_first(exc)}") from None
         return (int(found[0]), str(found[1])) if found else None
 
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        """Run SQL on the engine's database (the backtest's views over its source tables). Callers quote
+        every name and value they put in `statement`."""
+        try:
+            return self._con.execute(statement).fetchall()
+        except Exception as exc:  # duckdb.Error
+            raise EngineError(f"the offline engine failed: {_first(exc)}") from None
+
+    def columns(self, table: str) -> list[str]:
+        return [str(row[0]) for row in self.sql(f"DESCRIBE {_ident(table)}")]
+
     def create_table(self, table: str, schema: Mapping[str, str]) -> None:
         """An empty table with these columns (a table a workspace has but the data files do not fill)."""
         definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in _unique(schema).items())
@@ -195,13 +208,19 @@ class Engine:
             return {}  # not objects, or no rows at all (`[]`)
         return found
 
-    def query(self, kql: str, *, now: datetime | None = None) -> EngineResult:
+    def query(self, kql: str, *, now: datetime | None = None, reuse_plan: bool = False) -> EngineResult:
+        """Run `kql`. With `reuse_plan` (a backtest's thousands of runs of one query whose datetime literals
+        move each run), its translation to SQL is kept, keyed by the query with those literals taken out:
+        translating (parsing KQL in Python) costs ~0.2 s, running it over a day of mail a few ms."""
         import duckdb
         import duckdb_kql
         from duckdb_kql.types import kusto_type
 
         try:
-            relation = duckdb_kql.kql(self._con, kql, query_now=now)
+            if reuse_plan and now is not None:
+                relation = self._planned(kql, now)
+            else:
+                relation = duckdb_kql.kql(self._con, kql, query_now=now)
             rows = relation.fetchall()
         except duckdb_kql.KqlUnsupportedError as exc:
             raise EngineError(f"the offline engine does not support this query: {_first(exc)}") from None
@@ -210,6 +229,29 @@ class Engine:
         except duckdb.Error as exc:
             raise EngineError(f"query failed in the offline engine: {_first(exc)}") from None
         return EngineResult(list(relation.columns), [kusto_type(t) for t in relation.types], rows)
+
+    def _planned(self, kql: str, now: datetime) -> Any:
+        from duckdb_kql.engine import _prepare  # the step of duckdb_kql.kql that translates; it then runs con.sql
+
+        values: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            values.append(match.group(1))
+            return f"datetime({_SENTINEL_DAY}.{len(values):06d}Z)"
+
+        template = _DATETIME_LITERAL.sub(placeholder, kql)
+        if template not in self._plans:
+            sql, bound = _prepare(self._con, template, None, query_now=now)
+            sentinels = [f"'{_SENTINEL_DAY}.{n:06d}Z'" for n in range(1, len(values) + 1)]
+            if not all(s in sql for s in sentinels):  # the translator rendered a literal otherwise: no reuse
+                return _run_sql(self._con, *_prepare(self._con, kql, None, query_now=now))
+            self._plans[template] = (sql, bound)
+        sql, bound = self._plans[template]
+        for n, value in enumerate(values, start=1):
+            sql = sql.replace(f"'{_SENTINEL_DAY}.{n:06d}Z'", f"'{value}'")
+        if "kqlnow" in bound:
+            bound = {**bound, "kqlnow": now.astimezone(timezone.utc).replace(tzinfo=None)}
+        return _run_sql(self._con, sql, bound)
 
 
 @dataclass(frozen=True)
@@ -380,6 +422,16 @@ def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str =
     else:
         parsed = f"coalesce(TRY_CAST({value} AS {duck}), {fail})"
     return f"CASE WHEN {r} IS NULL OR {value} IN {_EMPTY} THEN NULL ELSE {parsed} END"
+
+
+# A datetime literal as the ingestion filter and windows write them: digits, T, :, ., Z, space, + and - only, so
+# it can be put back inside an SQL string as it is.
+_DATETIME_LITERAL = re.compile(r"\bdatetime\(\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[0-9T:. Z+-]*?)\s*\)")
+_SENTINEL_DAY = "1901-02-03T04:05:06"
+
+
+def _run_sql(con: Any, sql: str, bound: Mapping[str, Any]) -> Any:
+    return con.sql(sql, params=dict(bound)) if bound else con.sql(sql)
 
 
 def _same_type(file_type: str, duck: str) -> bool:
