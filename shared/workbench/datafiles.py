@@ -141,7 +141,8 @@ def _check_json_lines(engine: Engine, path: Path) -> None:
 
 # A `null` line: the one non-object line DuckDB reads silently (as a row of nulls). DuckDB refuses the others
 # itself, naming the line (read_json with records='true'), so a plain file needs only this C-speed search.
-_NULL_LINE = re.compile(rb"(?:\A|\n)[ \t\r]*null[ \t\r]*(?:\n|\Z)")
+# Searched as "\n" + whole lines: the pattern starts with a literal, which `re` scans for at C speed.
+_NULL_LINE = re.compile(rb"\n[ \t\r]*null[ \t\r]*(?:\n|\Z)")
 
 
 def _scan_json_lines(engine: Engine, path: Path) -> None:
@@ -154,11 +155,13 @@ def _scan_json_lines(engine: Engine, path: Path) -> None:
             start = re.search(rb"\S", head)
             if start and start.group() == b"[" and _check_json_array(engine, path):
                 return
-            carry, chunk, found = b"", head, False
+            # Each block starts with the newline before its first line (the file's start counts as one) and is
+            # searched up to its last newline: whole lines only, the partial last one goes with the next block.
+            carry, chunk, found = b"\n", head, False
             while chunk and not found:
                 block = carry + chunk
-                cut = block.rfind(b"\n") + 1  # whole lines now; the partial last one with the next chunk
-                found = _NULL_LINE.search(block[:cut] if cut else b"") is not None
+                cut = block.rfind(b"\n")
+                found = cut > 0 and _NULL_LINE.search(block, 0, cut) is not None
                 carry = block[cut:]
                 chunk = handle.read(1 << 24)
             found = found or _NULL_LINE.search(carry) is not None

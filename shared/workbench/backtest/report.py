@@ -19,7 +19,7 @@ TOP = 5
 SENDER_COLUMNS = ("SenderFromAddress", "SenderMailFromAddress", "AccountUpn", "UserPrincipalName")
 _CHART_HEIGHT = 160
 _BAR_WIDTH = 18
-_BAR_GAP = 6
+_BAR_GAP = 16  # room for the MM-DD label under each bar
 
 
 def totals(result: Replay) -> dict[str, int]:
