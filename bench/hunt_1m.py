@@ -1,21 +1,27 @@
 """Benchmark `kqlwatch hunt` of the seed rule over a large EmailEvents export (default 1,000,000 rows).
 
-Generates the rows inside DuckDB (seconds, not minutes) as JSON lines and as a CSV export (the Logs blade's
-shape: ` [UTC]` headers, US-style times), then runs the real command, `.venv/bin/kqlwatch hunt`, once per file in
-a child process and reports its load and query times (from hunt's footer), wall time and peak memory (the child's
-ru_maxrss). Run from the repository root:
+Generates the rows inside DuckDB (seconds, not minutes) as JSON lines, as a CSV export (the Logs blade's
+shape: ` [UTC]` headers, US-style times) and as Parquet, then runs the real command, `.venv/bin/kqlwatch hunt`,
+once per file in a child process and reports its load and query times (from hunt's footer), wall time and peak
+memory (the child's ru_maxrss). Side by side, in the same run, it times the loader of `--baseline` (a git
+revision, default `main`: its `shared/` is extracted to a temporary folder and run with the same interpreter).
+Run from the repository root:
 
     .venv/bin/python bench/hunt_1m.py               # 1,000,000 rows
     .venv/bin/python bench/hunt_1m.py --rows 10000  # smoke size
+    .venv/bin/python bench/hunt_1m.py --baseline none   # this checkout only
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -120,20 +126,55 @@ def generate(rows: int, directory: Path, formats: list[str]) -> dict[str, Path]:
             f"{csv_path.stat().st_size / 2**20:,.0f} MiB"
         )
         files["csv"] = csv_path
+    if "parquet" in formats:
+        parquet = directory / "EmailEvents.parquet"
+        started = time.perf_counter()
+        con.execute(f"COPY (SELECT * FROM read_json('{jsonl}')) TO '{parquet}' (FORMAT PARQUET)")  # noqa: S608 - our own temp paths
+        print(
+            f"converted the JSON lines to Parquet in {time.perf_counter() - started:.1f} s: "
+            f"{parquet.stat().st_size / 2**20:,.0f} MiB"
+        )
+        files["parquet"] = parquet
     con.close()
     return files
 
 
-def hunt(path: Path, directory: Path) -> dict[str, float]:
-    """Run `kqlwatch hunt` in a child process: its figures from the footer, its own peak RSS from wait4."""
+def baseline_tree(revision: str, directory: Path) -> Path | None:
+    """`revision`'s shared/ extracted under `directory` (None when the revision is unknown, e.g. a shallow clone)."""
+    target = directory / "baseline"
+    target.mkdir()
+    git = shutil.which("git")
+    if git is None:
+        print("baseline: git not found")
+        return None
+    archive = subprocess.run(
+        [git, "archive", "--format=tar", revision, "shared"], cwd=ROOT, capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        print(f"baseline {revision}: not available ({archive.stderr.decode(errors='replace').strip()[:200]})")
+        return None
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def hunt(path: Path, directory: Path, code: Path | None = None) -> dict[str, float]:
+    """Run `kqlwatch hunt` in a child process: its figures from the footer, its own peak RSS from wait4. With
+    `code`, the `shared/` package found there runs instead of this checkout's."""
     out_path, err_path = directory / "hunt.out", directory / "hunt.err"
+    command = [str(KQLWATCH)]
+    env = dict(os.environ)
+    if code is not None:
+        command = [sys.executable, "-c", "import sys; from shared.workbench.cli import main; sys.exit(main())"]
+        env["PYTHONPATH"] = str(code)
     started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(
-            [str(KQLWATCH), "hunt", str(RULE), "--data", f"EmailEvents={path}", "--format", "jsonl"],
+            [*command, "hunt", str(RULE), "--data", f"EmailEvents={path}", "--format", "jsonl"],
             stdout=out,
             stderr=err,
-            cwd=ROOT,
+            cwd=code or ROOT,
+            env=env,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -160,7 +201,8 @@ def hunt(path: Path, directory: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate (default 1,000,000)")
-    parser.add_argument("--formats", default="jsonl,csv", help="inputs to time: jsonl, csv or both (default)")
+    parser.add_argument("--formats", default="jsonl,csv,parquet", help="inputs to time (default jsonl,csv,parquet)")
+    parser.add_argument("--baseline", default="main", help="git revision whose loader is timed too ('none': skip)")
     parser.add_argument("--keep", type=Path, help="write the files here and keep them (default: a temp folder)")
     args = parser.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -170,16 +212,19 @@ def main() -> int:
         directory = args.keep or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
         files = generate(args.rows, directory, formats)
+        base = baseline_tree(args.baseline, Path(tmp)) if args.baseline != "none" else None
         results = {}
         for fmt in formats:
-            figures = hunt(files[fmt], directory)
-            results[fmt] = figures
-            print(
-                f"kqlwatch hunt ({fmt:5}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
-                f"load {figures['load']:.2f} s, query {figures['query']:.2f} s, "
-                f"command {figures['total']:.2f} s, wall (with start-up) {figures['wall']:.2f} s, "
-                f"peak RSS {figures['peak_mib']:,.0f} MiB"
-            )
+            runs = [("this", None)] + ([(args.baseline, base)] if base is not None and fmt != "parquet" else [])
+            for label, code in runs:
+                figures = hunt(files[fmt], directory, code)
+                results[f"{fmt}/{label}"] = figures
+                print(
+                    f"kqlwatch hunt ({fmt:7} {label:>6}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
+                    f"load {figures['load']:.2f} s, query {figures['query']:.2f} s, "
+                    f"command {figures['total']:.2f} s, wall (with start-up) {figures['wall']:.2f} s, "
+                    f"peak RSS {figures['peak_mib']:,.0f} MiB"
+                )
         if len({r["rows"] for r in results.values()}) > 1:
             print("MISMATCH: the inputs gave different row counts")
             return 1

@@ -3,5 +3,5 @@
 # the HTTPS Log Analytics stand-in and a local Teams receiver, and show the cards it would post.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KQLWATCH_SETUP_INFRA=0 bash scripts/setup.sh
+KQLWATCH_SETUP_INFRA=0 KQLWATCH_SETUP_CHROMIUM=0 bash scripts/setup.sh
 exec .venv/bin/kqlwatch demo "$@"

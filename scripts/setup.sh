@@ -34,3 +34,7 @@ if [ -f requirements-infra.txt ] && [ "${KQLWATCH_SETUP_INFRA:-1}" != 0 ]; then
     echo "$want" > .venv-infra/.kqlwatch-installed
   fi
 fi
+
+# Debian's chromium, unpacked into .cache/chromium for the headless-browser test of the backtest report
+# (KQLWATCH_SETUP_CHROMIUM=0 skips it; the demo does not need it).
+if [ "${KQLWATCH_SETUP_CHROMIUM:-1}" != 0 ]; then bash scripts/install-chromium.sh; fi

@@ -248,6 +248,24 @@ class StateSettings:
     rules_dir: Path
 
 
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    """Only what reading the workspace needs (`kqlwatch backtest --workspace`, `validate --workspace`)."""
+
+    workspace_id: str
+    logs_endpoint: str
+    access_token: str | None = None
+
+
+def load_workspace_settings(env: Mapping[str, str] | None = None) -> WorkspaceSettings:
+    env = os.environ if env is None else env
+    return WorkspaceSettings(
+        workspace_id=_workspaces(env)[0],  # the default workspace (the first of the list)
+        logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
+        access_token=env.get(ACCESS_TOKEN) or None,
+    )
+
+
 def load_state_settings(env: Mapping[str, str] | None = None) -> StateSettings:
     """Only the state settings, validated as load_settings does: no workspace or webhook required."""
     env = os.environ if env is None else env

@@ -251,7 +251,10 @@ class LogAnalyticsStandIn:
                 engine.load_rows(name, visible, schema)
             result = engine.query(_with_ingestion_column(query), now=now)
         keep = [i for i, c in enumerate(result.columns) if c != INGESTED]
-        rows: list[list[Any]] = [[_wire(row[i], result.types[i]) for i in keep] for row in result.rows]
+        hidden = _hidden_schema_rows(query, result.columns)
+        rows: list[list[Any]] = [
+            [_wire(row[i], result.types[i]) for i in keep] for row in result.rows if not hidden(row)
+        ]
         payload: dict[str, Any] = {
             "tables": [
                 {
@@ -286,6 +289,14 @@ def partial_error_body(code: str, message: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _hidden_schema_rows(query: str, columns: list[str]) -> Callable[[tuple[Any, ...]], bool]:
+    """`T | getschema` lists the table's columns as the service has them: not the stand-in's hidden one."""
+    if "ColumnName" not in columns or not any(t.text == "getschema" for t in tokenize(query)):
+        return lambda row: False
+    at = columns.index("ColumnName")
+    return lambda row: row[at] == INGESTED
 
 
 def _with_ingestion_column(query: str) -> str:

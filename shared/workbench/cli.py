@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("shared.workbench.demo", "run the detector locally on the bundled sample data (no Azure)"),
     "hunt": ("shared.workbench.hunt", "run a rule's KQL over local data files"),
     "preview": ("shared.workbench.hunt", "write the cards a rule would post for local data, as HTML"),
+    "backtest": ("shared.workbench.backtest", "replay a rule's schedule over past data through the real pipeline"),
     "validate": ("shared.workbench.validate", "check rule files: Sentinel schema and KQL (Kusto.Language)"),
     "test": ("shared.workbench.ruletest", "run the rules' own test cases"),
     "status": ("shared.workbench.status", "show each rule's last runs and health from the state table"),

@@ -23,7 +23,7 @@ from shared.standins.teams import WebhookReceiver
 from shared.workbench.cli import main
 from shared.workbench.demo import SAMPLES, sample_rows
 from shared.workbench.engine import Engine, EngineError, EngineResult
-from shared.workbench.hunt import write_csv as write_csv_output
+from shared.workbench.output import write_csv as write_csv_output
 from tests.conftest import ROOT, SEED_RULE, MakeDetector, delivered_ids, email
 
 SCHEMA = table_schema("EmailEvents") or {}
@@ -298,6 +298,32 @@ def test_jsonl_csv_and_json_array_inputs_give_the_same_answer(
     assert answers["blade.csv"] == answers["EmailEvents.jsonl"] == answers["hunting.csv"] == answers["az.json"]
 
 
+def test_a_parquet_export_gives_the_same_answer_as_its_json_lines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Parquet (what a Data Explorer / Fabric export or `COPY ... (FORMAT PARQUET)` writes), typed by its own
+    schema: times, numbers and dynamic values come out as from the JSON lines, and Timestamp fills TimeGenerated."""
+    import duckdb
+
+    parquet = tmp_path / "EmailEvents.parquet"
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        # TimeGenerated left out (Advanced Hunting has only Timestamp); AttachmentCount as text, To as a list.
+        keep = "* EXCLUDE (TimeGenerated) REPLACE (CAST(AttachmentCount AS VARCHAR) AS AttachmentCount)"
+        con.execute(f"COPY (SELECT {keep} FROM read_json('{SAMPLES}')) TO '{parquet}' (FORMAT PARQUET)")  # noqa: S608
+    columns = "NetworkMessageId,RecipientEmailAddress,TimeGenerated,SPF,DMARC,To,AttachmentCount"
+    answers = {}
+    for source in (SAMPLES, parquet):
+        code, out, err = run(
+            capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={source}", "--format", "jsonl", "--columns", columns
+        )
+        assert code == 0, err
+        answers[source.suffix] = jsonl_rows(out)
+    assert "TimeGenerated is not in the file: filled from Timestamp" in err
+    assert len(answers[".jsonl"]) == 46
+    assert answers[".parquet"] == answers[".jsonl"]
+
+
 def test_datetimes_are_typed_in_jsonl_and_csv(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     times = {
         "fraction6": "2026-11-20T08:15:02.123000Z",
@@ -385,7 +411,7 @@ def test_engine_loaders_keep_the_schema_and_report_what_they_did(tmp_path: Path)
         engine.create_table("T", {"ISP": "string", "Isp": "string", "N": "long"})
         assert engine.query("T | getschema | project ColumnName").rows == [("ISP",), ("N",)]
         with pytest.raises(EngineError, match="cannot tell the format"):
-            engine.load_file("T", str(tmp_path / "x.parquet"))
+            engine.load_file("T", str(tmp_path / "x.xlsx"))
 
 
 # --- hunt agrees with the detector ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from shared.workbench.cli import main
-from shared.workbench.ruletest import values_equal
+from shared.workbench.ruleexpect import values_equal
 from tests.conftest import ROOT, SEED_RULE
 
 HIT = {

@@ -27,10 +27,15 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--no-kql", action="store_true", help="skip the KQL check (no Node.js needed)")
     parser.add_argument("-l", "--list", action="store_true", help="also print one line per file: its kind and verdict")
     parser.add_argument("--stats", action="store_true", help="also print how often each check fired")
+    parser.add_argument("--workspace", action="store_true", help="check tables and columns against the workspace's "
+                        "own schemas (KQLWATCH_WORKSPACE_ID; read-only), so custom tables validate too")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [rules_folder(os.environ)[1]]  # the folder a run would load
+    from shared.workbench.workspace_schemas import use_workspace
+
+    use_workspace(args.workspace)
     report = validate_paths(paths, kql=not args.no_kql)
     for line in render(report, list_files=args.list, stats=args.stats):
         print(line)

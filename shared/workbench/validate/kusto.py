@@ -28,10 +28,12 @@ KUSTO_PACKAGE = ROOT / "node_modules" / "@kusto" / "language-service-next"
 def check_kql(queries: Sequence[str], *, timeout: float | None = None) -> list[KqlResult]:
     """Check queries with Kusto.Language against the shipped table schemas, in one Node process."""
     from shared.schemas import known_tables, table_schema
+    from shared.workbench.workspace_schemas import workspace_tables
 
     if not queries:
         return []
     tables = {name: table_schema(name) or {} for name in known_tables()}
+    tables.update(workspace_tables(queries))  # `validate --workspace`: the workspace's own schemas win
     return run_kusto_validate(queries, tables, timeout=timeout)
 
 
