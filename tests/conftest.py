@@ -159,10 +159,10 @@ def env(
 MakeDetector = Callable[..., Detector]
 
 
-def fast_tuning(settings: Settings) -> Tuning:
+def fast_tuning(settings: Settings, read_timeout: float = 5) -> Tuning:
     """The real clients with fast retries, the stand-ins' token (never a real Azure credential)."""
     return Tuning(
-        logs={"retry_total": 1, "retry_backoff_factor": 0.01, "read_timeout": 5},
+        logs={"retry_total": 1, "retry_backoff_factor": 0.01, "read_timeout": read_timeout},
         state_retry_total=1,
         teams={"retries": 1, "backoff": 0.01, "min_interval": 0.0, "timeout": (2.0, 2.0)},
         credential=StaticTokenCredential(settings.access_token or ""),
@@ -174,9 +174,9 @@ def make_detector(env: dict[str, str], clock: Clock) -> Iterator[MakeDetector]:
     """Build a Detector wired to the real SDK clients and the stand-ins (fast retries for tests)."""
     opened: list[Any] = []
 
-    def make(settings: Settings | None = None, **overrides: str) -> Detector:
+    def make(settings: Settings | None = None, *, read_timeout: float = 5, **overrides: str) -> Detector:
         settings = settings or load_settings({**env, **overrides})
-        clients = clients_for(settings, fast_tuning(settings))
+        clients = clients_for(settings, fast_tuning(settings, read_timeout))
         opened.extend([clients.logs, clients.store, clients.teams, clients.leases])
         return build_detector(settings, clients, clock)
 

@@ -62,7 +62,8 @@ def test_a_query_that_hangs_past_the_timeout_fails_that_rule_only(
     la.ingest("EmailEvents", [other], at=clock.now - timedelta(minutes=10))
     la.respond(Response(200, b"{}", delay=8))  # the seed rule's query hangs past the 5 s read timeout
     started = time.monotonic()
-    report = make_detector().run(only_due=False)
+    # One rule at a time: the scripted hang answers the first query, which must be the seed rule's.
+    report = make_detector(KQLWATCH_CONCURRENCY="1").run(only_due=False)
     by_name = {o.name: o for o in report.outcomes}
     seed = by_name["Message from an Accepted Domain with DMARC TempError"]
     assert not seed.ok and "query failed" in seed.errors[0]
@@ -356,8 +357,9 @@ def test_20000_hits_bounded_digest_cards_and_all_recorded(
     ]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detector = make_detector(
+        read_timeout=60,  # the stand-in evaluates 20,000 rows in-process: seconds on a busy 2-core machine
         KQLWATCH_WORKSPACE_RESOURCE_ID="/subscriptions/0/resourceGroups/rg/providers/"
-        "Microsoft.OperationalInsights/workspaces/soc"
+        "Microsoft.OperationalInsights/workspaces/soc",
     )
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     outcome = detector.run(only_due=False).outcomes[0]

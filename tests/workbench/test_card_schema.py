@@ -105,6 +105,7 @@ def every_kind_of_card() -> dict[str, dict[str, Any]]:
     cards["notice: overflow (no link)"] = notices.overflow(rule, 475, 19_525, None)
     cards["notice: blind"] = notices.blind(rule, "EmailEvents", WHEN, timedelta(hours=2))
     cards["notice: sighted"] = notices.sighted(rule, "EmailEvents", WHEN, WHEN)
+    cards["notice: poisoned"] = notices.poisoned(rule.name, rule.id, WHEN, rule.path, 5)
     # A rule that fires on silence posts its one hit through the digest like any other (issue 13).
     silence = {
         "Expected": "fewer than 1 row(s)",
