@@ -34,7 +34,7 @@ def test_backtest_from_the_workspace_matches_an_independent_count(
     spec = yaml.safe_load(exclusions.read_text(encoding="utf-8"))["exclusions"]
     for item in spec:
         item["expires"] = date.fromisoformat(item["expires"])
-    expected = expected_days(rows, MONTH_START, timedelta(hours=6), spec)  # type: ignore[arg-type]
+    expected = expected_days(rows, MONTH_START, timedelta(hours=6), spec)
     assert _reported(report) == expected
     assert len(report["days"]) == 30 and report["totals"]["runs"] == 120
     assert sum(a for a, _ in expected.values()) == report["totals"]["alerts"] > 100

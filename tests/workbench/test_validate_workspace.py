@@ -92,5 +92,5 @@ def test_a_table_the_workspace_lacks_is_told_by_the_error_s_fields(
         "SemanticError",
     )
     rule = _rule(tmp_path, CUSTOM_QUERY.replace("MyApp_CL", "Nope_CL"))
-    code, online = _validate(capsys, str(rule), "--workspace")
+    _, online = _validate(capsys, str(rule), "--workspace")
     assert "Nope_CL" in online and "[no-schema]" in online and "cannot read the schema" not in online
