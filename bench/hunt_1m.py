@@ -10,6 +10,7 @@ Run from the repository root:
     .venv/bin/python bench/hunt_1m.py               # 1,000,000 rows
     .venv/bin/python bench/hunt_1m.py --rows 10000  # smoke size
     .venv/bin/python bench/hunt_1m.py --baseline none   # this checkout only
+    .venv/bin/python bench/hunt_1m.py --rule rules/sender-domain-auth-failure-burst.yaml  # a rule that reads 7 columns
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def baseline_tree(revision: str, directory: Path) -> Path | None:
     return target
 
 
-def hunt(path: Path, directory: Path, code: Path | None = None) -> dict[str, float]:
+def hunt(path: Path, directory: Path, code: Path | None = None, rule: Path = RULE) -> dict[str, float]:
     """Run `kqlwatch hunt` in a child process: its figures from the footer, its own peak RSS from wait4. With
     `code`, the `shared/` package found there runs instead of this checkout's."""
     out_path, err_path = directory / "hunt.out", directory / "hunt.err"
@@ -170,7 +171,7 @@ def hunt(path: Path, directory: Path, code: Path | None = None) -> dict[str, flo
     started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(
-            [*command, "hunt", str(RULE), "--data", f"EmailEvents={path}", "--format", "jsonl"],
+            [*command, "hunt", str(rule.resolve()), "--data", f"EmailEvents={path}", "--format", "jsonl"],
             stdout=out,
             stderr=err,
             cwd=code or ROOT,
@@ -203,6 +204,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate (default 1,000,000)")
     parser.add_argument("--formats", default="jsonl,csv,parquet", help="inputs to time (default jsonl,csv,parquet)")
     parser.add_argument("--baseline", default="main", help="git revision whose loader is timed too ('none': skip)")
+    parser.add_argument("--rule", type=Path, default=RULE, help="the rule to hunt with (default: the seed rule)")
     parser.add_argument("--keep", type=Path, help="write the files here and keep them (default: a temp folder)")
     args = parser.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -217,7 +219,7 @@ def main() -> int:
         for fmt in formats:
             runs = [("this", None)] + ([(args.baseline, base)] if base is not None and fmt != "parquet" else [])
             for label, code in runs:
-                figures = hunt(files[fmt], directory, code)
+                figures = hunt(files[fmt], directory, code, args.rule)
                 results[f"{fmt}/{label}"] = figures
                 print(
                     f"kqlwatch hunt ({fmt:7} {label:>6}): {figures['rows']:,.0f} rows out of {args.rows:,}; "

@@ -40,11 +40,17 @@ class RuleError(KqlwatchError):
 
 class QueryError(KqlwatchError):
     """The workspace refused or failed a rule's query. `status` is the HTTP status when there was one: 429 after
-    the SDK's retries means Log Analytics' per-identity limit (5 concurrent queries) held the query too long."""
+    the SDK's retries means Log Analytics' per-identity limit (5 concurrent queries) held the query too long.
+    `code` is the service's error code (`BadArgumentError`), `inner_code` the innermost innererror's (the specific
+    reason: `SemanticError` from the stand-in, `SEM0100` "failed to resolve" from the service), when it sent them."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, inner_code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+        self.inner_code = inner_code
 
 
 class QueryThrottled(QueryError):

@@ -166,7 +166,13 @@ class LogsClient:
                     f"could not get a token for {identity_name(self._credential)} to query workspace "
                     f"{workspace_id}: {_first_line(exc.message)}"
                 ) from None
-            raise QueryError(_http_error(exc, workspace_id, self._credential), status=exc.status_code) from None
+            body = _error_body(exc)
+            raise QueryError(
+                _http_error(exc, workspace_id, self._credential),
+                status=exc.status_code,
+                code=str(body["code"]) if body.get("code") else None,
+                inner_code=_inner_code(body),
+            ) from None
         except ServiceRequestError as exc:
             raise QueryError(f"cannot reach {self._endpoint}: {_first_line(str(exc))}") from None
         except ServiceResponseError as exc:
@@ -198,6 +204,13 @@ def _innermost(error: Any) -> Mapping[str, Any]:
     while isinstance(error, Mapping) and isinstance(error.get("innererror"), Mapping):
         error = error["innererror"]
     return error if isinstance(error, Mapping) else {}
+
+
+def _inner_code(error: Mapping[str, Any]) -> str | None:
+    """The innermost innererror's code (the specific reason), None when the error has no innererror."""
+    if not isinstance(error.get("innererror"), Mapping):
+        return None
+    return str(_innermost(error).get("code") or "") or None
 
 
 def _describe_partial(error: Any) -> tuple[str, bool]:

@@ -67,11 +67,16 @@ def parse_data_arg(text: str) -> DataSpec:
     return DataSpec(stem.group(), Path(text))
 
 
-def load_files(engine: Engine, specs: Sequence[DataSpec], query: str | None = None) -> list[Loaded]:
+def load_files(
+    engine: Engine, specs: Sequence[DataSpec], query: str | None = None, *, prune: bool = False
+) -> list[Loaded]:
     """Load each file into its table (one file per table); then create the other known tables `query` names,
-    empty."""
+    empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); only for
+    a caller that runs exactly `query` afterwards."""
     from shared.schemas import table_schema
+    from shared.workbench.querycolumns import needed_names
 
+    only = needed_names(query) if prune and query is not None else None
     seen: dict[str, Path] = {}
     loaded: list[Loaded] = []
     for spec in specs:
@@ -80,12 +85,14 @@ def load_files(engine: Engine, specs: Sequence[DataSpec], query: str | None = No
         seen[spec.table] = spec.path
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: no such file")
-        loaded.append(load_file(engine, spec, table_schema(spec.table)))
+        loaded.append(load_file(engine, spec, table_schema(spec.table), only))
     create_known_tables(engine, query, skip=seen)
     return loaded
 
 
-def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) -> Loaded:
+def load_file(
+    engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None, only: frozenset[str] | None = None
+) -> Loaded:
     from shared.workbench.engine import EngineError
 
     started = time.perf_counter()
@@ -102,6 +109,7 @@ def load_file(engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None) 
             extra_columns=True,
             ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
             fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
+            only=only,
         )
     except EngineError:
         if is_json:

@@ -95,6 +95,7 @@ class Engine:
         extra_columns: bool = True,
         ignore: Collection[str] = (),
         fill_from: Mapping[str, str] | None = None,
+        only: frozenset[str] | None = None,
     ) -> LoadedTable:
         """Create `table` from a JSON Lines / JSON array / CSV / Parquet file, read and typed by DuckDB itself (no row passes
         through Python, so a million rows load in seconds).
@@ -107,7 +108,8 @@ class Engine:
         column. `extra_columns` keeps file columns the schema lacks, typed as DuckDB infers them. Without a
         schema every column is inferred from the whole file. A ` [UTC]` suffix on a column name is dropped (the
         Logs blade's CSV header); `ignore` names file columns to leave out; `fill_from` fills a column absent
-        from the file from another (TimeGenerated from Timestamp in an Advanced Hunting export).
+        from the file from another (TimeGenerated from Timestamp in an Advanced Hunting export). `only`
+        (case-folded names) loads just those columns: the ones a query can read (querycolumns.needed_names).
         """
         fmt = fmt or file_format(path)
         if fmt not in ("json", "csv", "parquet"):
@@ -122,7 +124,9 @@ class Engine:
             detected = {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
         else:
             detected = self._detect(path, fmt, full=schema is None)
-        plan = _plan_columns(detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from)
+        plan = _plan_columns(
+            detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
+        )
         columns, sources = plan.columns, plan.sources
         if not columns:
             raise EngineError(f"{path}: no rows to infer {table}'s columns from, and no schema for it")

@@ -262,7 +262,7 @@ def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None
     with Engine() as engine:
         started = time.perf_counter()
         try:
-            loaded = load_files(engine, [parse_data_arg(item) for item in data], prepared.query)
+            loaded = load_files(engine, [parse_data_arg(item) for item in data], prepared.query, prune=True)
         except DataError as exc:  # the arguments, not the data in the files
             raise UsageError(str(exc)) from None
         load_seconds = time.perf_counter() - started

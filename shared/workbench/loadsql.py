@@ -38,8 +38,11 @@ def _plan_columns(
     extra_columns: bool,
     ignore: Collection[str],
     fill_from: Mapping[str, str] | None,
+    only: frozenset[str] | None = None,
 ) -> _ColumnPlan:
-    """The table's columns (the schema's, then the file's others when kept) and where each is read from."""
+    """The table's columns (the schema's, then the file's others when kept) and where each is read from.
+    `only` (case-folded names, see querycolumns.needed_names) leaves out the columns no query reads; `inferred`
+    still names every file column the schema lacks (the note is about the file)."""
     renamed = {raw: _clean_name(raw) for raw in detected if raw not in ignore and _clean_name(raw) not in ignore}
     present = {name: raw for raw, name in renamed.items()}
     columns: dict[str, str] = {}
@@ -52,6 +55,8 @@ def _plan_columns(
             folded.add(name.casefold())
             columns[name] = _infer_kind(detected[raw], raw)
             inferred.append(name)
+    if only is not None:  # none left (`T | count` of a file without the window columns): load them all
+        columns = {c: k for c, k in columns.items() if c.casefold() in only} or columns
     sources = {c: present.get(c) for c in columns}
     filled: dict[str, str] = {}
     for target, source in (fill_from or {}).items():

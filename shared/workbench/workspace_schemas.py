@@ -1,8 +1,9 @@
 """`kqlwatch validate --workspace`: the workspace's own table schemas, so custom tables (`*_CL`) and columns
 added to a table validate too. Read-only, through the query API: `T | getschema` for each table the rules
 name (one query per table, the real LogsQueryClient with its retries and time limits). A table the workspace
-does not have answers 400 (the service cannot resolve it): it is left out, and the KQL check reports it as a
-table without a schema, as offline. Offline validation keeps the shipped schemas (shared/schemas)."""
+does not have answers 400 with a semantic (or, for a name that is no table, syntax) error in its innererror
+code (the service cannot resolve it): it is left out, and the KQL check reports it as a table without a schema,
+as offline. Any other refusal is an error naming the table. Offline validation keeps the shipped schemas (shared/schemas)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def fetch_schemas(tables: Sequence[str]) -> dict[str, dict[str, str]]:
                     settings.workspace_id, _GETSCHEMA.format(table=table), end - timedelta(days=1), end
                 )
             except QueryError as exc:
-                if str(exc).startswith("HTTP 400"):  # cannot be resolved: not a table of this workspace
+                if _not_a_table(exc):
                     continue
                 raise KqlwatchError(f"--workspace: cannot read the schema of {table}: {exc}") from None
             columns = {str(r["ColumnName"]): str(r["ColumnType"]).lower() for r in result.rows if r.get("ColumnName")}
@@ -62,6 +63,13 @@ def fetch_schemas(tables: Sequence[str]) -> dict[str, dict[str, str]]:
     finally:
         client.close()
     return schemas
+
+
+def _not_a_table(exc: QueryError) -> bool:
+    """The service could not resolve `NAME | getschema`: NAME is no table of this workspace (read from the
+    error's fields: its status and the innermost innererror code, SemanticError / SEM0100, SyntaxError / SYN...)."""
+    inner = exc.inner_code or ""
+    return exc.status == 400 and (inner in ("SemanticError", "SyntaxError") or inner.startswith(("SEM", "SYN")))
 
 
 _ENABLED: ContextVar[bool] = ContextVar("kqlwatch_validate_workspace", default=False)

@@ -69,3 +69,28 @@ def test_getschema_from_the_stand_in_is_the_service_s_answer(la: LogAnalyticsSta
         ("TimeGenerated", "datetime"),
         ("Action_s", "string"),
     ]
+
+
+def test_a_table_the_workspace_lacks_is_told_by_the_error_s_fields(
+    cli_env: dict[str, str], la: LogAnalyticsStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service's 400 for `NAME | getschema` carries its codes as fields (status, code, inner_code): validate
+    --workspace reads those, not the message text, to leave a table out as "no schema"."""
+    from datetime import datetime, timedelta, timezone
+
+    from shared.errors import QueryError
+    from shared.runtime.loganalytics import LogsClient, StaticTokenCredential
+
+    client = LogsClient(la.endpoint, StaticTokenCredential(la.token))
+    end = datetime.now(timezone.utc)
+    with pytest.raises(QueryError) as raised:
+        client.query("00000000-0000-0000-0000-000000000000", "Nope_CL | getschema", end - timedelta(days=1), end)
+    client.close()
+    assert (raised.value.status, raised.value.code, raised.value.inner_code) == (
+        400,
+        "BadArgumentError",
+        "SemanticError",
+    )
+    rule = _rule(tmp_path, CUSTOM_QUERY.replace("MyApp_CL", "Nope_CL"))
+    _, online = _validate(capsys, str(rule), "--workspace")
+    assert "Nope_CL" in online and "[no-schema]" in online and "cannot read the schema" not in online

@@ -196,11 +196,10 @@ def _period(args: argparse.Namespace, span: tuple[datetime, datetime] | None, ru
     from shared.workbench.hunt import UsageError, parse_now
 
     start, end = parse_now(args.start), parse_now(args.end)
-    if end is None:
-        if span is not None and (start is None or args.days is None):
-            end = _ceil_hour(span[1])
-        elif span is None:
-            end = _floor(datetime.now(timezone.utc), rule.query_frequency)
+    if end is None and span is not None and (start is None or args.days is None):
+        end = _ceil_hour(span[1])
+    elif end is None and start is None:  # --days alone (the workspace): the days up to now
+        end = _floor(datetime.now(timezone.utc), rule.query_frequency)
     if start is None:
         if args.days is not None:
             assert end is not None
