@@ -26,10 +26,10 @@ from shared.standins.dns import DnsStandIn
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
+from tests.paths import ROOT, SEED_RULE, WORKSPACE
 
-ROOT = Path(__file__).resolve().parents[1]
-SEED_RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
-WORKSPACE = "11111111-2222-3333-4444-555555555555"
+__all__ = ["ROOT", "SEED_RULE", "WORKSPACE"]  # re-exported for the integration and workbench tiers
+
 
 _real_getaddrinfo = socket.getaddrinfo
 

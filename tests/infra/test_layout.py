@@ -120,3 +120,12 @@ def test_tests_resolve_loopback_only() -> None:
     with pytest.raises(socket.gaierror):
         socket.getaddrinfo("kqlwatch-no-such-host.invalid", 443)
     assert socket.getaddrinfo("127.0.0.1", 443)
+
+
+def test_the_unit_tier_imports_no_stand_in() -> None:
+    """tests/unit/ runs without a stand-in: it never imports one, nor the fixtures in tests/conftest.py (which
+    start them); its fixed inputs come from tests.paths."""
+    known = set(modules()) | {"tests.conftest", "tests.paths"}
+    for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
+        for name, _ in imports(path, known):
+            assert not name.startswith(("shared.standins", "tests.conftest")), (path.name, name)

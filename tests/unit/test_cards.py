@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from shared.rules.loader import load_rule
 from shared.runtime.cards import MAX_CARD_BYTES, MAX_HITS_PER_CARD, CardContext, build_posts, payload_size
-from tests.conftest import SEED_RULE
+from tests.paths import SEED_RULE
 
 RULE = load_rule(SEED_RULE)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)

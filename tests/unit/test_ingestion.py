@@ -10,7 +10,7 @@ from shared.rules import ingestion
 from shared.rules.loader import load_rule, parse_rule
 from shared.rules.prepare import window_choice, workspace_query
 from shared.runtime.window import FAST_LATENESS, INGESTION_OVERLAP, ingestion_window
-from tests.conftest import SEED_RULE
+from tests.paths import SEED_RULE
 
 M, H = timedelta(minutes=1), timedelta(hours=1)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ from shared.rules.kql import Token, string_literal, string_value, tokenize, top_
 from shared.rules.loader import load_rule
 from shared.rules.params import ParamError, apply_params
 from shared.rules.prepare import prepare_rules
-from tests.conftest import SEED_RULE
+from tests.paths import SEED_RULE
 
 SEED_QUERY = load_rule(SEED_RULE).query
 PIECES = [

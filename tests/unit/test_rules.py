@@ -11,7 +11,7 @@ import pytest
 from shared.errors import RuleError
 from shared.rules.durations import parse_duration
 from shared.rules.loader import load_files, load_rule, load_rules, parse_rule, trigger_met
-from tests.conftest import SEED_RULE
+from tests.paths import SEED_RULE
 
 MINIMAL = "id: 6f0a1f36-3c8c-4a3f-9d0c-2f3a1d2b3c4d\nname: Minimal\nquery: EmailEvents | take 1\n"
 

@@ -14,7 +14,7 @@ from shared.runtime.defender import parse_answer
 from shared.runtime.settings import load_settings
 from shared.runtime.window import DEFENDER_OVERLAP, next_window
 from shared.workbench.validate import validate_paths
-from tests.conftest import SEED_RULE
+from tests.paths import SEED_RULE
 
 BASE = {
     "KQLWATCH_WORKSPACE_ID": "00000000-0000-0000-0000-000000000001",
