@@ -5,23 +5,21 @@ A bad value raises ConfigError naming the setting; the CLI turns it into exit co
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
-from shared.rules.durations import parse_duration
 from shared.rules.fields import DEFENDER, LOG_ANALYTICS, SOURCES
 from shared.rules.loader import DEFAULT_RULES_DIR as DEFAULT_RULES_DIR  # the default the Bicep template repeats
 from shared.rules.loader import RULES_DIR_SETTING, is_guid, rules_folder
 from shared.rules.params import PARAM_PREFIX
 from shared.runtime.cron import read_schedule
 from shared.runtime.redact import redact_url
+from shared.runtime.settingvalues import read_count, read_duration, read_url, read_webhooks, required
 
 __all__ = ["redact_url"]  # re-exported: callers read URLs' redacted form from here
 
@@ -158,21 +156,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # Defender-only tenants have no workspace: then only rules with kqlwatch.source: loganalytics need one.
         workspace_ids=_workspaces(env) if source != DEFENDER or (env.get(WORKSPACE_ID) or "").strip() else (),
         source=source,
-        graph_endpoint=_url(env, GRAPH_ENDPOINT, env.get(GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT),
-        logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
+        graph_endpoint=read_url(env, GRAPH_ENDPOINT, env.get(GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT),
+        logs_endpoint=read_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
         state_connection=_state_connection(env),
         state_table=_table_name(env),
-        webhook_urls=_webhooks(env, TEAMS_WEBHOOK_URL),
-        ops_webhook_urls=_webhooks(env, OPS_WEBHOOK_URL) if (env.get(OPS_WEBHOOK_URL) or "").strip() else (),
+        webhook_urls=read_webhooks(env, TEAMS_WEBHOOK_URL),
+        ops_webhook_urls=read_webhooks(env, OPS_WEBHOOK_URL) if (env.get(OPS_WEBHOOK_URL) or "").strip() else (),
         routes=read_routes(env),
         rules_dir=_rules_dir(env),
         access_token=env.get(ACCESS_TOKEN) or None,
         workspace_resource_ids=_resource_ids(env, _workspaces(env) if (env.get(WORKSPACE_ID) or "").strip() else ()),
-        max_catchup=_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP),
-        max_lateness=_duration(env, MAX_LATENESS, DEFAULT_MAX_LATENESS, MAX_MAX_LATENESS),
-        late_sweep=_duration(env, LATE_SWEEP, DEFAULT_LATE_SWEEP, MAX_LATE_SWEEP),
-        delivery_max_age=_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE, MAX_DELIVERY_MAX_AGE),
-        max_cards_per_run=_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
+        max_catchup=read_duration(env, MAX_CATCHUP, DEFAULT_MAX_CATCHUP, MAX_MAX_CATCHUP),
+        max_lateness=read_duration(env, MAX_LATENESS, DEFAULT_MAX_LATENESS, MAX_MAX_LATENESS),
+        late_sweep=read_duration(env, LATE_SWEEP, DEFAULT_LATE_SWEEP, MAX_LATE_SWEEP),
+        delivery_max_age=read_duration(env, DELIVERY_MAX_AGE, DEFAULT_DELIVERY_MAX_AGE, MAX_DELIVERY_MAX_AGE),
+        max_cards_per_run=read_count(env, MAX_CARDS_PER_RUN, DEFAULT_MAX_CARDS_PER_RUN),
         schedule=read_schedule(env, SCHEDULE, DEFAULT_SCHEDULE),
         params=read_params(env),
         dns_servers=_dns_servers(env),
@@ -195,7 +193,7 @@ def _concurrency(env: Mapping[str, str]) -> int:
 
 def _workspaces(env: Mapping[str, str]) -> tuple[str, ...]:
     """KQLWATCH_WORKSPACE_ID: one workspace GUID, or several comma-separated (issue 15: many workspaces)."""
-    raw = _required(env, WORKSPACE_ID)
+    raw = required(env, WORKSPACE_ID)
     ids = [part.strip() for part in raw.split(",") if part.strip()]
     bad = next((i for i in ids if not is_guid(i)), None)
     if not ids or bad is not None:
@@ -261,7 +259,7 @@ def load_workspace_settings(env: Mapping[str, str] | None = None) -> WorkspaceSe
     env = os.environ if env is None else env
     return WorkspaceSettings(
         workspace_id=_workspaces(env)[0],  # the default workspace (the first of the list)
-        logs_endpoint=_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
+        logs_endpoint=read_url(env, LOGS_ENDPOINT, env.get(LOGS_ENDPOINT) or DEFAULT_LOGS_ENDPOINT),
         access_token=env.get(ACCESS_TOKEN) or None,
     )
 
@@ -305,7 +303,7 @@ def load_queue_connection(env: Mapping[str, str] | None = None) -> str:
     host reads (KQLWATCH_QUEUE_CONNECTION__queueServiceUri). Validated as the state connection is."""
     env = os.environ if env is None else env
     if not (env.get(QUEUE_CONNECTION) or "").strip() and (env.get(QUEUE_SERVICE_URI) or "").strip():
-        return _url(env, QUEUE_SERVICE_URI, env[QUEUE_SERVICE_URI])
+        return read_url(env, QUEUE_SERVICE_URI, env[QUEUE_SERVICE_URI])
     return _storage_connection(env, QUEUE_CONNECTION, "queueendpoint", "QueueEndpoint")
 
 
@@ -316,23 +314,16 @@ def _state_connection(env: Mapping[str, str]) -> str:
 def _storage_connection(env: Mapping[str, str], name: str, endpoint_key: str, endpoint_name: str) -> str:
     """A Table service URL (https; http only for loopback such as Azurite) or a connection string whose
     table endpoint obeys the same rule: state, etags and leases never cross a network in clear text."""
-    value = _required(env, name)
+    value = required(env, name)
     if value.lower().startswith(("https://", "http://")):
-        _url(env, name, value, secret=True)  # a SAS token would be in its query
+        read_url(env, name, value, secret=True)  # a SAS token would be in its query
         return value
     fields = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in value.split(";")) if k.strip()}
     endpoint = fields.get(endpoint_key)
     if endpoint:
-        _url(env, name, endpoint, what=f"its {endpoint_name}")
+        read_url(env, name, endpoint, what=f"its {endpoint_name}")
     elif fields.get("defaultendpointsprotocol", "https").lower() != "https":
         raise ConfigError(name, f"uses DefaultEndpointsProtocol=http with no loopback {endpoint_name}: use https")
-    return value
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = (env.get(name) or "").strip()
-    if not value:
-        raise ConfigError(name, "is not set")
     return value
 
 
@@ -341,69 +332,6 @@ def _table_name(env: Mapping[str, str]) -> str:
     if not _TABLE_NAME.match(value):
         raise ConfigError(STATE_TABLE, "must be 3-63 letters or digits, starting with a letter")
     return value
-
-
-def _duration(env: Mapping[str, str], name: str, default: timedelta, maximum: timedelta) -> timedelta:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = parse_duration(raw, maximum=maximum)
-    except ValueError as exc:
-        raise ConfigError(name, str(exc)) from None
-    if value <= timedelta(0):
-        raise ConfigError(name, "must be positive")
-    return value
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    # str.isdigit() accepts "²" and other digits int() refuses: only ASCII digits, and few of them.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 2 <= int(raw) <= 1000:
-        raise ConfigError(name, f"must be a whole number from 2 to 1000, got {raw!r}")
-    return int(raw)
-
-
-def _url(env: Mapping[str, str], name: str, value: str, *, secret: bool = False, what: str = "") -> str:
-    shown = redact_url(value) if secret else value[:200]
-    subject = f"{what} " if what else ""
-    try:
-        parts = urlsplit(value.strip())
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
-    except ValueError as exc:  # "https://[::1" (unclosed IPv6 bracket), "https://host:99999"
-        raise ConfigError(name, f"{subject}is not a valid URL ({exc}), got {shown!r}") from None
-    if parts.scheme == "https" and host:
-        return value.strip()
-    if parts.scheme == "http" and host and _is_loopback(host):
-        return value.strip()
-    raise ConfigError(name, f"{subject}must be an https:// URL (http only for loopback), got {shown!r}")
-
-
-def _webhooks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    raw = _required(env, name)
-    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
-    if not urls:
-        raise ConfigError(name, "is empty")
-    for url in urls:
-        _url(env, name, url, secret=True)
-        _refuse_retired_connector(name, url)
-    return tuple(dict.fromkeys(urls))
-
-
-def _refuse_retired_connector(name: str, url: str) -> None:
-    """Office 365 connector URLs answered 200 even when delivery failed (and keep their secret in the path):
-    kqlwatch could never tell a lost alert from a delivered one."""
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").lower()
-    if host.endswith(".webhook.office.com") or (host == "outlook.office.com" and parts.path.startswith("/webhook")):
-        raise ConfigError(
-            name,
-            f"is a retired Office 365 connector URL ({redact_url(url)}): create a Teams "
-            'Workflows webhook ("When a Teams webhook request is received") and use its URL',
-        )
 
 
 def read_routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
@@ -415,14 +343,5 @@ def read_routes(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
             name = key[len(ROUTE_PREFIX) :]
             if not _PARAM_NAME.match(name):
                 raise ConfigError(key, "is not a valid route name (letters, digits, _)")
-            routes[name.lower()] = _webhooks(env, key)
+            routes[name.lower()] = read_webhooks(env, key)
     return routes
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
