@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from shared.runtime.settings import load_settings
 from shared.runtime.units import state_id
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.standins.rows import email_row
 from shared.standins.teams import WebhookReceiver
 from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
 
@@ -188,3 +189,32 @@ def test_the_stand_in_refuses_unknown_and_too_many_additional_workspaces_as_the_
     with pytest.raises(QueryError, match="references 102 workspaces; a query can reference at most 101"):
         logs.query(WORKSPACE, "EmailEvents", start, end, additional_workspaces=many)
     assert logs.query(WORKSPACE, "EmailEvents | take 1", start, end, additional_workspaces=many[:100]).rows == []
+
+
+def test_a_union_rule_is_one_queue_message_and_its_worker_runs_the_union(
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    cli_env: dict[str, str],
+    rules_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14's fan-out: dispatch sends one message for the union (rule id, first workspace); the worker rebuilds
+    the same unit and sends one query with the other workspace added."""
+    from shared.runtime import fanout
+    from shared.runtime.runmessage import parse
+
+    now = datetime.now(timezone.utc)
+    la.clock = lambda: datetime.now(timezone.utc)  # the queue functions run on the real clock
+    monkeypatch.setenv("KQLWATCH_WORKSPACE_ID", f"{WORKSPACE},{SECOND}")
+    _union_seed(rules_dir)
+    first, second = email_row(now - timedelta(minutes=15)), email_row(now - timedelta(minutes=15))
+    la.ingest("EmailEvents", [first], at=now - timedelta(minutes=10), workspace=WORKSPACE)
+    la.ingest("EmailEvents", [second], at=now - timedelta(minutes=10), workspace=SECOND)
+    [body] = fanout.dispatch()
+    assert (parse(body).rule_id, parse(body).workspace_id) == (SEED_ID, WORKSPACE)
+    outcome = fanout.run_message(body)
+    assert outcome is not None and outcome.ok and outcome.delivered == 2, outcome
+    assert [(r.workspace, r.workspaces) for r in la.requests if "TriggerResults" in r.query] == [(WORKSPACE, (SECOND,))]
+    assert sorted(_hit_workspaces(hook)) == sorted(
+        [(first["NetworkMessageId"], WORKSPACE), (second["NetworkMessageId"], SECOND)]
+    )
