@@ -211,6 +211,11 @@ class Detector:
             return None, []
         note_partial(result, outcome)
         outcome.rows = len(result.rows)
+        if plan.additional and result.rows and hits.WORKSPACE_COLUMN not in result.columns:
+            outcome.warnings.append(
+                f"kqlwatch.union: the result has no {hits.WORKSPACE_COLUMN} column, so its hits cannot name their "
+                "workspace and the same row in two workspaces is one hit: keep it in the query's output"
+            )
         # A Table Storage failure here fails the rule without saving the run: the next run's window
         # reaches back over this one, and hits already created are pending, so none is lost.
         created, outcome.suppressed = self._record_new_hits(

@@ -218,3 +218,23 @@ def test_a_union_rule_is_one_queue_message_and_its_worker_runs_the_union(
     assert sorted(_hit_workspaces(hook)) == sorted(
         [(first["NetworkMessageId"], WORKSPACE), (second["NetworkMessageId"], SECOND)]
     )
+
+
+def test_a_union_rule_whose_query_drops_tenantid_says_so(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock, rules_dir: Path
+) -> None:
+    seed = _union_seed(rules_dir)
+    seed.write_text(
+        seed.read_text().replace(
+            "  | where DMARC in~ (TriggerResults) or SPF in~ (TriggerResults)\n",
+            "  | where DMARC in~ (TriggerResults) or SPF in~ (TriggerResults)\n"
+            "  | project NetworkMessageId, RecipientEmailAddress, Subject\n",
+            1,
+        )
+    )
+    la.ingest("EmailEvents", [email(clock)], at=clock.now - timedelta(minutes=10), workspace=WORKSPACE)
+    la.add_workspaces(SECOND)
+    report = make_detector(KQLWATCH_WORKSPACE_ID=f"{WORKSPACE},{SECOND}").run(only_due=False)
+    (outcome,) = report.outcomes
+    assert outcome.ok and outcome.new_hits == 1
+    assert any("kqlwatch.union: the result has no TenantId column" in w for w in outcome.warnings), outcome.warnings
