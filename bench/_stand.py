@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -162,9 +162,17 @@ class CountingLogs:
         self._real = real
         self._meters = meters
 
-    def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult:
+    def query(
+        self,
+        workspace_id: str,
+        query: str,
+        start: datetime,
+        end: datetime,
+        *,
+        additional_workspaces: Sequence[str] = (),
+    ) -> QueryResult:
         with self._meters.measure("la.query"):
-            return self._real.query(workspace_id, query, start, end)
+            return self._real.query(workspace_id, query, start, end, additional_workspaces=additional_workspaces)
 
     def close(self) -> None:
         self._real.close()

@@ -32,7 +32,10 @@ _KNOWN_EXTENSION_KEYS = {
     "enrich",
     "source",  # issue 15: defender | loganalytics
     "workspaces",  # issue 15: the Log Analytics workspaces the rule runs against (default KQLWATCH_WORKSPACE_ID)
+    "union",  # issue 15: true = one cross-workspace query (additional_workspaces) instead of one per workspace
 }
+# Log Analytics answers one query over at most 100 workspaces besides the one it is sent to (issue 15).
+MAX_ADDITIONAL_WORKSPACES = 100
 WINDOW_MODES = ("ingestion", "timegenerated")  # kqlwatch.window (issue 13); unset: chosen by shared.rules.ingestion
 # kqlwatch.source (issue 15): where the rule's query runs; unset = KQLWATCH_SOURCE (default loganalytics).
 DEFENDER, LOG_ANALYTICS = "defender", "loganalytics"
@@ -188,6 +191,7 @@ def _extension_fields(d: _Doc, extension: Mapping[str, Any], rule_id: str, query
         "window": _choice(d, extension, "window", WINDOW_MODES),
         "source": _choice(d, extension, "source", SOURCES),
         "workspaces": _workspaces(d, extension),
+        "union": _union(d, extension),
         "silence_after": _silence_after(extension, where),
         "enrich": parse_enrich(extension.get("enrich"), query, where),  # issue 16
     }
@@ -226,6 +230,27 @@ def _workspaces(d: _Doc, extension: Mapping[str, Any]) -> tuple[str, ...]:
     if not isinstance(items, list) or not items or not all(isinstance(i, str) and is_guid(i.strip()) for i in items):
         raise d.fail(f"{NAMESPACE}.workspaces must be a list of workspace GUIDs (customerId)")
     return tuple(dict.fromkeys(i.strip().lower() for i in items))
+
+
+def _union(d: _Doc, extension: Mapping[str, Any]) -> bool:
+    """kqlwatch.union: true runs the rule as ONE query to its first workspace with the others as
+    additional_workspaces (one state, each row's TenantId naming its workspace); at most 1 + 100 workspaces."""
+    value = extension.get("union", False)
+    if not isinstance(value, bool):
+        raise d.fail(f"{NAMESPACE}.union must be true or false, not {str(value)[:40]!r}")
+    listed = extension.get("workspaces")
+    if value and isinstance(listed, list) and len(set(listed)) > MAX_ADDITIONAL_WORKSPACES + 1:
+        raise d.fail(union_limit_reason(len(set(listed)), f"{NAMESPACE}.workspaces"))
+    return value
+
+
+def union_limit_reason(count: int, listed_in: str) -> str:
+    """THE message for a union over too many workspaces (the rule file at load, KQLWATCH_WORKSPACE_ID at run)."""
+    return (
+        f"{NAMESPACE}.union: {count} workspaces in {listed_in}; one cross-workspace query reads at most "
+        f"{MAX_ADDITIONAL_WORKSPACES + 1} (the first and {MAX_ADDITIONAL_WORKSPACES} additional): split the list "
+        f"or drop {NAMESPACE}.union to run one query per workspace"
+    )
 
 
 def _duration(doc: Mapping[str, Any], key: str, default: timedelta, where: str) -> timedelta:

@@ -45,6 +45,7 @@ class Rule:
     enrich: tuple[str, ...] = ()  # kqlwatch.enrich (issue 16): e.g. ("mail-auth-dns",), see shared.rules.enrich
     source: str = ""  # kqlwatch.source (issue 15): defender | loganalytics; "" = KQLWATCH_SOURCE
     workspaces: tuple[str, ...] = ()  # kqlwatch.workspaces (issue 15): () = every KQLWATCH_WORKSPACE_ID
+    union: bool = False  # kqlwatch.union (issue 15): one cross-workspace query over the workspaces, not one each
 
 
 def trigger_met(rule: Rule, count: int) -> bool:

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from shared.rules.loader import Rule
 from shared.runtime.dnsevidence import evidence_blocks  # issue 16
+from shared.runtime.hits import WORKSPACE_COLUMN
 from shared.runtime.sanitize import clean, format_time, scrub_surrogates, truncate
 
 MAX_HITS_PER_CARD = 25
@@ -189,6 +190,10 @@ def _hit_lines(rule: Rule, hit: Mapping[str, Any], limit: int, compact: bool) ->
         if "NetworkMessageId" in hit or "Subject" in hit
         else _generic_lines(hit, limit)
     )
+    if rule.union:  # issue 15: one cross-workspace query: each hit says which workspace it came from
+        lines.insert(
+            1, _rich([_run(_joined([("Workspace", clean(hit.get(WORKSPACE_COLUMN), 60, defang_text=False))]))])
+        )
     if rule.custom_details:
         details = [(clean(name, 40), clean(hit.get(column), limit)) for name, column in rule.custom_details.items()]
         lines.append(_rich([_run(_joined(details))]))

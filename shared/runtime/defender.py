@@ -11,7 +11,7 @@ a bounded exponential backoff when not. Advanced hunting has no ingestion time, 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -112,8 +112,19 @@ class DefenderClient:
     def close(self) -> None:
         self._session.close()
 
-    def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult:
-        """`workspace_id` is not used: advanced hunting is tenant-wide (the identity's tenant)."""
+    def query(
+        self,
+        workspace_id: str,
+        query: str,
+        start: datetime,
+        end: datetime,
+        *,
+        additional_workspaces: Sequence[str] = (),
+    ) -> QueryResult:
+        """`workspace_id` is not used: advanced hunting is tenant-wide (the identity's tenant), so it has no
+        additional workspaces either (a Defender-sourced rule is one unit, never a kqlwatch.union)."""
+        if additional_workspaces:
+            raise QueryError("Defender advanced hunting is tenant-wide: it has no additional workspaces to union")
         body = {"Query": query, "Timespan": f"{_stamp(start)}/{_stamp(end)}"}
         headers = {"Authorization": f"Bearer {self._token()}", "Content-Type": "application/json; charset=utf-8"}
         try:

@@ -8,7 +8,6 @@ sources.py (blind spots), health.py (failing / recovered / expired-exclusion not
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from shared.errors import KqlwatchError, QueryError
 from shared.rules.enrich import MAIL_AUTH_DNS
 from shared.rules.fields import DEFENDER
-from shared.rules.loader import Rule, trigger_met
+from shared.rules.loader import Rule
 from shared.rules.prepare import PreparedRule
 from shared.runtime import dnsevidence, hits, notices
 from shared.runtime.cards import query_link
@@ -34,6 +33,7 @@ from shared.runtime.planning import RunPlan, load_prepared, plan_run
 from shared.runtime.querying import MAX_SPLITS, MIN_SPLIT, LogsApi, note_partial, timed_query
 from shared.runtime.runlease import ACQUIRED, Claim, RunLeases, release_op
 from shared.runtime.settings import Settings
+from shared.runtime.silence import record_silence
 from shared.runtime.sources import TABLE_PROBE_EVERY, TABLE_PROBE_SPAN, SourceWatch
 from shared.runtime.store import (
     DROPPED,
@@ -206,18 +206,23 @@ class Detector:
     ) -> tuple[QueryResult | None, list[Hit]]:
         """Query the window and create the hits this run is first to see (silence included)."""
         window = plan.window
-        result = timed_query(self._client(plan), plan.workspace, plan.query, window, outcome)
+        result = timed_query(self._client(plan), plan.workspace, plan.query, window, outcome, plan.additional)
         if result is None:
             return None, []
         note_partial(result, outcome)
         outcome.rows = len(result.rows)
+        if plan.additional and result.rows and hits.WORKSPACE_COLUMN not in result.columns:
+            outcome.warnings.append(
+                f"kqlwatch.union: the result has no {hits.WORKSPACE_COLUMN} column, so its hits cannot name their "
+                "workspace and the same row in two workspaces is one hit: keep it in the query's output"
+            )
         # A Table Storage failure here fails the rule without saving the run: the next run's window
         # reaches back over this one, and hits already created are pending, so none is lost.
         created, outcome.suppressed = self._record_new_hits(
             rule, state, result, Window(plan.ledger_from, window.end), now, lease_until
         )
         if result.partial_error is None:
-            created += self._record_silence(rule, state, result, window, now, lease_until)
+            created += record_silence(self.store, rule, state, result, window, now, self.run_id, lease_until)
         outcome.new_hits = len(created)
         outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
         return result, created
@@ -380,42 +385,3 @@ class Detector:
         if MAIL_AUTH_DNS not in prepared.rule.enrich:
             return ()
         return dnsevidence.card_evidence(dnsevidence.evidence_for(prepared.query, [h.row for h in hits], self.dns))
-
-    # --- silence: triggers met by zero rows (issue 13) ---
-
-    def _record_silence(
-        self, rule: Rule, state: RuleState, result: QueryResult, window: Window, now: datetime, lease_until: datetime
-    ) -> list[Hit]:
-        """A trigger met by an empty result (LessThan N, Equal 0, NotEqual k > 0) is one hit per silence: its
-        identity is the rule and the run the silence began, so later runs of the same silence find it in the
-        ledger. With suppressionDuration or kqlwatch.realert.window set, a silence still lasting after that
-        long alerts again (one more identity per elapsed window)."""
-        if result.rows or not trigger_met(rule, 0):
-            state.silence_since = None
-            return []
-        since = state.silence_since = state.silence_since or now
-        every = rule.suppression or rule.realert_window
-        repeat = int((now - since) / every) if every else 0
-        key = hashlib.sha256(f"silence\x00{rule.id}\x00{since.isoformat()}\x00{repeat}".encode()).hexdigest()
-        row = {
-            "Expected": f"{_OPERATOR_WORDS.get(rule.trigger_operator, rule.trigger_operator)} "
-            f"{rule.trigger_threshold} row(s)",
-            "Found": "0 rows",
-            "SilentSince": since,
-            "WindowStart": window.start,
-            "WindowEnd": window.end,
-        }
-        hit = Hit(key, row, first_seen=now, lease_owner=self.run_id, lease_until=lease_until)
-        return self.store.insert_new(rule.id, [hit])
-
-
-_OPERATOR_WORDS = {
-    "gt": "more than",
-    "GreaterThan": "more than",
-    "lt": "fewer than",
-    "LessThan": "fewer than",
-    "eq": "exactly",
-    "Equal": "exactly",
-    "ne": "other than",
-    "NotEqual": "other than",
-}

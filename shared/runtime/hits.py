@@ -23,6 +23,9 @@ Row = TypeVar("Row", bound=Mapping[str, Any])
 # EmailEvents emits a new row when a message's verdict or location changes; the message-recipient
 # pair is what a SOC wants to hear about once.
 EMAIL_IDENTITY = ("NetworkMessageId", "RecipientEmailAddress")
+# Issue 15, kqlwatch.union: Log Analytics sets every row's TenantId to its workspace's id (customerId), so in one
+# cross-workspace result it says where the row came from: the same row in two workspaces is two hits.
+WORKSPACE_COLUMN = "TenantId"
 
 
 def identity_columns(
@@ -67,6 +70,8 @@ def collapse(
     per identity - the same identity twice in one result (e.g. a verdict change) keeps the latest row, in
     first-seen order."""
     key = identity_columns(columns, time_columns, dedupe_key=rule.dedupe_key, entity_columns=rule.entity_columns)
+    if rule.union and WORKSPACE_COLUMN in columns and WORKSPACE_COLUMN not in key:
+        key = (*key, WORKSPACE_COLUMN)
     if not rows or not trigger_met(rule, len(rows)):
         return key, {}
     missing = [c for c in (*key, *rule.realert_key) if c not in columns]

@@ -145,7 +145,17 @@ class LogsClient:
     def close(self) -> None:
         self._client.close()
 
-    def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult:
+    def query(
+        self,
+        workspace_id: str,
+        query: str,
+        start: datetime,
+        end: datetime,
+        *,
+        additional_workspaces: Sequence[str] = (),
+    ) -> QueryResult:
+        """`additional_workspaces` (issue 15, kqlwatch.union): the SDK sends them as the body's `workspaces`, and the
+        service answers the union of all of them, each row's TenantId its workspace's id."""
         from azure.core.exceptions import (
             HttpResponseError,
             ServiceRequestError,
@@ -157,7 +167,11 @@ class LogsClient:
         started = time.monotonic()
         try:
             response = self._client.query_workspace(
-                workspace_id, query, timespan=(start, end), server_timeout=self.server_timeout
+                workspace_id,
+                query,
+                timespan=(start, end),
+                server_timeout=self.server_timeout,
+                additional_workspaces=list(additional_workspaces) or None,
             )
         except HttpResponseError as exc:
             if exc.response is None:

@@ -7,8 +7,8 @@ from datetime import date, datetime
 
 from shared.errors import RuleError
 from shared.rules import ingestion
-from shared.rules.fields import DEFENDER, LOG_ANALYTICS
-from shared.rules.loader import load_exclusion_files, load_rules
+from shared.rules.fields import DEFENDER, LOG_ANALYTICS, MAX_ADDITIONAL_WORKSPACES, NAMESPACE, union_limit_reason
+from shared.rules.loader import Rule, load_exclusion_files, load_rules
 from shared.rules.prepare import PreparedRule, prepare_rules, window_choice
 from shared.runtime.settings import Settings
 from shared.runtime.store import RuleState
@@ -33,6 +33,7 @@ class RunPlan:
     since: IngestionWindow | None = None  # ingestion mode only
     source: str = LOG_ANALYTICS  # issue 15: which client runs the query
     workspace: str = ""  # issue 15: the workspace it reads ("" on Defender: tenant-wide)
+    additional: tuple[str, ...] = ()  # issue 15, kqlwatch.union: the other workspaces of one cross-workspace query
 
     @property
     def ledger_from(self) -> datetime:
@@ -64,6 +65,7 @@ def plan_run(
     if settings.source_of(rule.source) == DEFENDER:
         return _defender_plan(settings, prepared, choice, state, now)
     workspace = workspace or settings.workspace_id
+    additional = union_workspaces(settings, rule, workspace)
     if choice.mode != ingestion.INGESTION:
         window = next_window(
             now,
@@ -72,7 +74,7 @@ def plan_run(
             last_end=state.last_window_end,
             max_catchup=settings.max_catchup,
         )
-        return RunPlan(choice, window, prepared.query, workspace=workspace)
+        return RunPlan(choice, window, prepared.query, workspace=workspace, additional=additional)
     since = ingestion_window(
         now,
         period=rule.query_period,
@@ -83,7 +85,20 @@ def plan_run(
         sweep_every=settings.late_sweep,
     )
     query = ingestion.with_ingestion_filter(prepared.query, choice.tables, since.since)
-    return RunPlan(choice, since.timespan, query, since, workspace=workspace)
+    return RunPlan(choice, since.timespan, query, since, workspace=workspace, additional=additional)
+
+
+def union_workspaces(settings: Settings, rule: Rule, workspace: str) -> tuple[str, ...]:
+    """kqlwatch.union: the workspaces besides `workspace` that its one query reads (additional_workspaces).
+    More than the service's 100 is the rule's error, naming its file and key, before anything is sent."""
+    if not rule.union:
+        return ()
+    listed = rule.workspaces or settings.workspace_ids
+    additional = tuple(w for w in dict.fromkeys(listed) if w != workspace)
+    if len(additional) > MAX_ADDITIONAL_WORKSPACES:
+        where = f"{NAMESPACE}.workspaces" if rule.workspaces else "KQLWATCH_WORKSPACE_ID"
+        raise RuleError(rule.path, union_limit_reason(len(additional) + 1, where), key=NAMESPACE)
+    return additional
 
 
 def _defender_plan(

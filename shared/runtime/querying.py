@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -20,21 +21,36 @@ MIN_SPLIT = timedelta(minutes=1)
 
 
 class LogsApi(Protocol):
-    def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult: ...
+    # additional_workspaces (issue 15, kqlwatch.union): one cross-workspace query; only Log Analytics has them.
+    def query(
+        self,
+        workspace_id: str,
+        query: str,
+        start: datetime,
+        end: datetime,
+        *,
+        additional_workspaces: Sequence[str] = (),
+    ) -> QueryResult: ...
 
 
 def query_window(
-    logs: LogsApi, workspace_id: str, query: str, start: datetime, end: datetime, depth: int = 0
+    logs: LogsApi,
+    workspace_id: str,
+    query: str,
+    start: datetime,
+    end: datetime,
+    depth: int = 0,
+    additional: Sequence[str] = (),
 ) -> QueryResult:
     """Query the window. A truncated result (row/size limit) is re-queried as two halves rather than
     losing rows; any other partial error is returned as it is: splitting would not help."""
-    result = logs.query(workspace_id, query, start, end)
+    result = logs.query(workspace_id, query, start, end, additional_workspaces=additional)
     if not result.truncated or depth >= MAX_SPLITS or end - start <= MIN_SPLIT:
         return result
     middle = start + (end - start) / 2
     log.warning("truncated result for %s..%s (%s): querying the halves", start, end, result.partial_error)
-    first = query_window(logs, workspace_id, query, start, middle, depth + 1)
-    second = query_window(logs, workspace_id, query, middle, end, depth + 1)
+    first = query_window(logs, workspace_id, query, start, middle, depth + 1, additional)
+    second = query_window(logs, workspace_id, query, middle, end, depth + 1, additional)
     columns = first.columns or second.columns
     partial = [r for r in (first, second) if r.partial_error is not None]
     return QueryResult(
@@ -48,12 +64,17 @@ def query_window(
 
 
 def timed_query(
-    logs: LogsApi, workspace_id: str, query: str, window: Window, outcome: RuleOutcome
+    logs: LogsApi,
+    workspace_id: str,
+    query: str,
+    window: Window,
+    outcome: RuleOutcome,
+    additional: Sequence[str] = (),
 ) -> QueryResult | None:
     """The window's result, or None when the query failed; the time it took goes into the outcome."""
     started = time.monotonic()
     try:
-        return query_window(logs, workspace_id, query, window.start, window.end)
+        return query_window(logs, workspace_id, query, window.start, window.end, additional=additional)
     except QueryError as exc:
         if exc.status == 429:
             # Issue 14: the identity's 5 concurrent queries were busy past the service's 3-minute queue (and the

@@ -5,7 +5,8 @@ The state store is keyed by rule id (its partition). So that a second workspace 
 for any workspace but the default one (the first of KQLWATCH_WORKSPACE_ID) runs under a derived id,
 uuid5(rule id, workspace id): stable, a GUID like any rule id, and distinct per workspace. The default
 workspace keeps the rule's own id, so existing state carries on. The unit's rule name says which workspace,
-so its cards, notices and `kqlwatch status` name it. A Defender-sourced rule is tenant-wide: one unit.
+so its cards, notices and `kqlwatch status` name it. A Defender-sourced rule is tenant-wide: one unit; so is a
+rule with kqlwatch.union (one cross-workspace query, its rows' TenantId naming their workspaces).
 A queue message for a unit (issue 14's fan-out) carries the rule id and the workspace; the state id follows."""
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def run_units(prepared: list[PreparedRule], settings: Settings) -> list[RunUnit]
         rule = item.rule
         if settings.source_of(rule.source) == DEFENDER:
             units.append(RunUnit(item, "", rule.id))
+            continue
+        if rule.union:
+            # kqlwatch.union: ONE unit under the rule's own id; its query goes to the first workspace with the
+            # others as additional_workspaces (planning.union_workspaces), and each row's TenantId names its own.
+            first = (rule.workspaces or settings.workspace_ids or ("",))[0]
+            units.append(RunUnit(item, first, rule.id))
             continue
         for workspace in rule.workspaces or settings.workspace_ids or ("",):
             sid = state_id(rule.id, workspace, settings.workspace_id)

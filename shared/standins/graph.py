@@ -28,7 +28,8 @@ from typing import Any
 
 from shared.schemas import known_tables, table_schema
 from shared.standins._http import LoopbackServer, Request, Response
-from shared.standins.loganalytics import _header, _infer_schema, _parse_time, _timespan
+from shared.standins.lawire import _infer_schema, _parse_time, _timespan
+from shared.standins.loganalytics import _header
 from shared.workbench.engine import Engine, EngineError
 
 PATH = "/v1.0/security/runHuntingQuery"

@@ -23,14 +23,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shared.rules.durations import parse_duration, parse_time
 from shared.rules.kql import tokenize
 from shared.schemas import known_tables, table_schema
 from shared.standins._http import LoopbackServer, Request, Response
+from shared.standins.lawire import _in_span, _infer_schema, _parse_time, _timespan, _wire
 from shared.workbench.engine import Engine, EngineError
 
 INGESTED = "_IngestedAt"
@@ -39,6 +39,7 @@ _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
 DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
 CONCURRENT_PER_IDENTITY = 5  # queries one identity runs at once; the rest are queued
 QUEUE_WAIT = 180.0  # seconds a queued query waits for a slot before 429
+MAX_ADDITIONAL = 100  # workspaces a query may name in its body's `workspaces`, besides the path's
 TRUNCATION_CODE = "-2133196797"  # E_QUERY_RESULT_SET_TOO_LARGE
 GENERIC_DETAIL = "Something went wrong processing your query on the server."
 
@@ -58,6 +59,7 @@ class QueryLog:
     timespan: str | None
     authorization: str
     prefer: str = ""
+    workspaces: tuple[str, ...] = ()  # issue 15: the body's `workspaces` (additional_workspaces), as sent
 
 
 class LogAnalyticsStandIn:
@@ -73,6 +75,8 @@ class LogAnalyticsStandIn:
         self.clock = clock
         self._tables: dict[str, list[dict[str, Any]]] = {}
         self._scoped: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (workspace, table) -> rows
+        # Issue 15: the workspaces a cross-workspace query may name (ingest(workspace=) and add_workspaces add).
+        self.known_workspaces: set[str] = set()
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
         self.row_cap: int | None = None  # answer a partial result past this many rows
@@ -131,6 +135,8 @@ class LogAnalyticsStandIn:
         when = at or self.clock()
         with self._lock:
             # Issue 15: rows of one workspace are kept apart; rows without one are in every workspace.
+            if workspace:
+                self.known_workspaces.add(workspace.lower())
             stored = (
                 self._scoped.setdefault((workspace.lower(), table), [])
                 if workspace
@@ -143,11 +149,17 @@ class LogAnalyticsStandIn:
                 item.setdefault(INGESTED, when)
                 stored.append(item)
 
+    def add_workspaces(self, *workspaces: str) -> None:
+        """Workspaces that exist (and the identity may read) without rows of their own."""
+        with self._lock:
+            self.known_workspaces.update(w.lower() for w in workspaces)
+
     def reset(self) -> None:
         """Forget all data, requests and scripted answers."""
         with self._lock:
             self._tables.clear()
             self._scoped.clear()
+            self.known_workspaces.clear()
             self.requests.clear()
             self._script.clear()
             self.row_cap = None
@@ -174,23 +186,50 @@ class LogAnalyticsStandIn:
         body = request.json()
         auth = _header(request, "authorization")
         prefer = _header(request, "prefer")
+        listed = body.get("workspaces") or []
+        sent = tuple(str(w) for w in listed) if isinstance(listed, list) else (str(listed),)
         with self._lock:
-            self.requests.append(QueryLog(match.group(1), body.get("query", ""), body.get("timespan"), auth, prefer))
+            self.requests.append(
+                QueryLog(match.group(1), body.get("query", ""), body.get("timespan"), auth, prefer, sent)
+            )
             scripted = self._script.popleft() if self._script else None
         if scripted is not None:
             return scripted
         if auth != f"Bearer {self.token}":
             return _error(401, "AuthorizationRequiredError", "Valid authentication was not provided")
+        scope = self._scope(match.group(1).lower(), listed)
+        if isinstance(scope, Response):
+            return scope
         if not self._take_slot(auth):
             with self._lock:
                 self.throttled += 1
             return _error(429, "ThrottledError", "Too many concurrent requests for this user: retry later")
         try:
-            return self._answer(body, prefer, match.group(1).lower())
+            return self._answer(body, prefer, scope)
         finally:
             with self._slots:
                 self._running[auth] -= 1
                 self._slots.notify_all()
+
+    def _scope(self, workspace: str, listed: Any) -> tuple[str, ...] | Response:
+        """The workspaces a query reads: the path's, then the body's `workspaces` (a cross-workspace query, at most
+        MAX_ADDITIONAL of them, each one that exists), else the service's 400 naming the fault."""
+        if not isinstance(listed, list) or not all(isinstance(w, str) and w for w in listed):
+            return _bad_request("BadRequest", "'workspaces' must be a list of workspace identifiers")
+        if len(listed) > MAX_ADDITIONAL:
+            return _bad_request(
+                "TooManyResourcesError",
+                f"The query references {len(listed) + 1} workspaces; a query can reference at most "
+                f"{MAX_ADDITIONAL + 1} (the workspace queried and {MAX_ADDITIONAL} in 'workspaces')",
+            )
+        with self._lock:
+            unknown = [w for w in listed if w.lower() not in self.known_workspaces]
+        if unknown:
+            return _bad_request(
+                "FailedToResolveWorkspace",
+                f"Failed to resolve workspace '{unknown[0][:100]}': it does not exist or the caller may not read it",
+            )
+        return tuple(dict.fromkeys([workspace, *(w.lower() for w in listed)]))
 
     def _take_slot(self, identity: str) -> bool:
         """One of the identity's concurrent slots, waiting up to queue_wait for one (False: none came free)."""
@@ -205,7 +244,7 @@ class LogAnalyticsStandIn:
             self.max_concurrent = max(self.max_concurrent, self._running[identity])
         return True
 
-    def _answer(self, body: dict[str, Any], prefer: str, workspace: str) -> Response:
+    def _answer(self, body: dict[str, Any], prefer: str, scope: tuple[str, ...]) -> Response:
         """The query's answer, after the time it takes (spent holding its slot, as a running query does)."""
         wait = _wait(prefer)
         takes = self.query_seconds if self.slow_query is None or self.slow_query in body.get("query", "") else 0.0
@@ -216,30 +255,32 @@ class LogAnalyticsStandIn:
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
-            return self._evaluate(body.get("query", ""), start, end, now, workspace)
+            return self._evaluate(body.get("query", ""), start, end, now, scope)
         except EngineError as exc:
-            return _error(
-                400, "BadArgumentError", "The request had some invalid properties", inner=("SemanticError", str(exc))
-            )
+            return _bad_request("SemanticError", str(exc))
         except ValueError as exc:
-            return _error(
-                400,
-                "BadArgumentError",
-                "The request had some invalid properties",
-                inner=("BadRequest", f"bad request: {exc}"),
-            )
+            return _bad_request("BadRequest", f"bad request: {exc}")
+
+    def _tables_of(self, scope: tuple[str, ...], named: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The named tables' rows in the scope's workspaces (a cross-workspace query reads their union), each row
+        with its workspace's id as TenantId, as Log Analytics sets it."""
+        # Every table with a shipped schema exists (empty), as it does in a workspace with the connector.
+        tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables() if name in named}
+        with self._lock:
+            for workspace in scope:
+                for name in named:
+                    rows = [*self._tables.get(name, ()), *self._scoped.get((workspace, name), ())]
+                    tenant = "TenantId" in dict(table_schema(name) or _infer_schema(rows))
+                    if rows:
+                        copied = [{**r, "TenantId": workspace} for r in rows] if tenant else rows
+                        tables[name] = tables.get(name, []) + copied
+        return tables
 
     def _evaluate(
-        self, query: str, start: datetime | None, end: datetime | None, now: datetime, workspace: str = ""
+        self, query: str, start: datetime | None, end: datetime | None, now: datetime, scope: tuple[str, ...] = ("",)
     ) -> Response:
-        with self._lock:
-            # Every table with a shipped schema exists (empty), as it does in a workspace with the connector.
-            tables: dict[str, list[dict[str, Any]]] = {name: [] for name in known_tables()}
-            tables.update({name: list(rows) for name, rows in self._tables.items()})
-            for (scope, name), scoped in self._scoped.items():
-                if scope == workspace:
-                    tables[name] = tables.get(name, []) + scoped
         named = {t.text for t in tokenize(query) if t.kind == "ident"}
+        tables = self._tables_of(scope, named)
         with Engine() as engine:
             for name, table_rows in tables.items():
                 if name not in named:
@@ -317,76 +358,6 @@ def _with_ingestion_column(query: str) -> str:
     return "".join(out)
 
 
-def _timespan(value: str | None, now: datetime) -> tuple[datetime | None, datetime | None]:
-    if not value:
-        return None, None
-    if "/" in value:
-        first, second = value.split("/", 1)
-        if first.upper().startswith("P"):
-            return _parse_time(second) - parse_duration(first), _parse_time(second)
-        if second.upper().startswith("P"):
-            return _parse_time(first), _parse_time(first) + parse_duration(second)
-        return _parse_time(first), _parse_time(second)
-    return now - parse_duration(value), now
-
-
-def _in_span(value: Any, start: datetime | None, end: datetime | None) -> bool:
-    if start is None or not isinstance(value, datetime):
-        return start is None
-    return start <= value <= (end or value)
-
-
-def _parse_time(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, str) and value:
-        return parse_time(value)
-    return value
-
-
-def _infer_schema(rows: list[dict[str, Any]]) -> dict[str, str]:
-    schema: dict[str, str] = {}
-    for row in rows[:100]:
-        for key, value in row.items():
-            if key not in schema:
-                schema[key] = (
-                    "datetime"
-                    if isinstance(value, datetime)
-                    else "bool"
-                    if isinstance(value, bool)
-                    else "long"
-                    if isinstance(value, int)
-                    else "real"
-                    if isinstance(value, float)
-                    else "dynamic"
-                    if isinstance(value, (dict, list))
-                    else "string"
-                )
-    return schema
-
-
-def _wire(value: Any, kind: str) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if isinstance(value, timedelta):
-        return _timespan_text(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
-
-
-def _timespan_text(value: timedelta) -> str:
-    """As Kusto prints a timespan: [-][d.]hh:mm:ss[.fffffff] (`00:05:00`, `1.00:00:00`)."""
-    sign = "-" if value < timedelta(0) else ""
-    ticks = abs(value) // timedelta(microseconds=1) * 10
-    seconds, fraction = divmod(ticks, 10_000_000)
-    days, seconds = divmod(seconds, 86_400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    text = f"{sign}{f'{days}.' if days else ''}{hours:02d}:{minutes:02d}:{seconds:02d}"
-    return text + (f".{fraction:07d}" if fraction else "")
-
-
 def _wait(prefer: str) -> float:
     match = _WAIT.search(prefer)
     return float(match.group(1)) if match else DEFAULT_WAIT
@@ -394,6 +365,10 @@ def _wait(prefer: str) -> float:
 
 def _header(request: Request, name: str) -> str:
     return next((v for k, v in request.headers.items() if k.lower() == name), "")
+
+
+def _bad_request(code: str, message: str) -> Response:
+    return _error(400, "BadArgumentError", "The request had some invalid properties", inner=(code, message))
 
 
 def _error(status: int, code: str, message: str, *, inner: tuple[str, str] | None = None) -> Response:

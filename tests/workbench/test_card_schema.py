@@ -87,6 +87,13 @@ def every_kind_of_card() -> dict[str, dict[str, Any]]:
     big = [email(Subject="é" * 100_000 + str(i), NetworkMessageId=f"id-{i}") for i in range(30)]
     add("big", build_posts(CardContext(rule, total=len(big), query_link=link), big))
     cards["compact"] = build_post(CardContext(rule, total=1), HOSTILE_EMAILS, 0, 1, compact=True)
+    # Issue 15, kqlwatch.union: each hit names its workspace (TenantId), a hostile one included.
+    union = dataclasses.replace(rule, union=True)
+    tenants = [
+        {**e, "TenantId": pieces if i == 0 else f"{i:08d}-2222-4333-8444-555555555555"}
+        for i, e in enumerate(HOSTILE_EMAILS)
+    ]
+    add("union", build_posts(CardContext(union, total=len(tenants), query_link=link), tenants))
     exclusion = Exclusion(
         rule.id,
         "Partner relay <b>",
@@ -204,3 +211,10 @@ def test_non_ascii_digests_fit_however_teams_counts() -> None:
     for post in posts:
         assert len(json.dumps(post.payload, ensure_ascii=True, separators=(",", ":"))) <= MAX_CARD_BYTES
         assert len(json.dumps(post.payload, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_CARD_BYTES
+
+
+def test_a_union_card_names_each_hits_workspace_as_inert_text() -> None:
+    text = str(CARDS["union[0]"])
+    assert (
+        text.count("Workspace: ") == len(HOSTILE_EMAILS) and "Workspace: 00000001-2222-4333-8444-555555555555" in text
+    )

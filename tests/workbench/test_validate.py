@@ -450,3 +450,17 @@ def test_the_corpus_loads_and_validates(everything: tuple[Path, Report]) -> None
     # Real upstream defects the checks find.
     assert "identifier 'IpAddress' is not valid for entity type IP" in out
     assert "The function 'replace' expects 3 arguments. [KS119]" in out
+
+
+def test_validate_accepts_kqlwatch_union_and_names_a_bad_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: kqlwatch.union (one cross-workspace query) is a known key; a value that is not a boolean is named."""
+    path = tmp_path / "seed.yaml"
+    path.write_text(SEED_RULE.read_text().replace("kqlwatch:\n", "kqlwatch:\n  union: true\n", 1))
+    assert cli.main(["validate", "--no-kql", str(path)]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    path.write_text(SEED_RULE.read_text().replace("kqlwatch:\n", "kqlwatch:\n  union: sometimes\n", 1))
+    assert cli.main(["validate", "--no-kql", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:" in out and "kqlwatch.union must be true or false, not 'sometimes'" in out
