@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import ssl
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -84,3 +86,31 @@ class LoopbackServer:
         self._stop.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+class HttpsServer:
+    """A LoopbackServer over TLS, its certificate from a throwaway CA (trustme): clients trust `ca_file`, as a
+    user trusts a custom CA (REQUESTS_CA_BUNDLE). Stand-ins that should be trusted together share one `ca`."""
+
+    def __init__(self, handler: Callable[[Request], Response], *, prefix: str, ca: Any = None) -> None:
+        import trustme
+
+        self.ca = ca or trustme.CA()
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
+        self.ca_file = str(Path(self._dir.name) / "ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        self._server = LoopbackServer(handler, ssl_context=context)
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self._server.port}"
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._dir.cleanup()

@@ -15,22 +15,19 @@ limit, not its exact text.
 
 from __future__ import annotations
 
-import ssl
-import tempfile
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from shared.schemas import known_tables, table_schema
-from shared.standins._http import LoopbackServer, Request, Response
+from shared.standins._http import HttpsServer, Request, Response
 from shared.standins.lawire import _infer_schema, _parse_time, _timespan
 from shared.standins.loganalytics import _header
-from shared.workbench.engine import Engine, EngineError
+from shared.workbench.engine import INGESTED, Engine, EngineError
 
 PATH = "/v1.0/security/runHuntingQuery"
 RETENTION = timedelta(days=30)
@@ -57,7 +54,6 @@ CPU_LIMIT_MESSAGE = (
     "Query execution was throttled: the tenant used up its CPU quota for the current 15-minute cycle. "
     "Try again after the cycle ends."
 )
-_INGESTED = "_IngestedAt"  # when a row becomes queryable (hidden; never answered)
 
 
 class GraphStandIn:
@@ -68,8 +64,6 @@ class GraphStandIn:
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         ca: Any = None,  # a trustme.CA to issue the certificate from (share the Log Analytics stand-in's)
     ) -> None:
-        import trustme
-
         self.token = token
         self.clock = clock
         self._tables: dict[str, list[dict[str, Any]]] = {}
@@ -79,26 +73,19 @@ class GraphStandIn:
         self.row_cap: int | None = None  # cut results at this many rows, silently (the real limit is 100,000)
         self.capitalised = False  # answer with `Schema`/`Results`/`Name`/`Type`, as some docs show
         self.query_seconds = 0.0  # every query takes this long before answering (timeouts)
-        self._ca = ca or trustme.CA()
-        cert = self._ca.issue_cert("127.0.0.1", "localhost")
-        self._dir = tempfile.TemporaryDirectory(prefix="kqlwatch-graph-")
-        self.ca_file = str(Path(self._dir.name) / "ca.pem")
-        self._ca.cert_pem.write_to_path(self.ca_file)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        self._server = LoopbackServer(self._handle, ssl_context=context)
+        self._https = HttpsServer(self._handle, prefix="kqlwatch-graph-", ca=ca)
+        self._ca, self.ca_file = self._https.ca, self._https.ca_file
 
     @property
     def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self._server.port}"
+        return self._https.endpoint
 
     def start(self) -> GraphStandIn:
-        self._server.start()
+        self._https.start()
         return self
 
     def stop(self) -> None:
-        self._server.stop()
-        self._dir.cleanup()
+        self._https.stop()
 
     def __enter__(self) -> GraphStandIn:
         return self.start()
@@ -117,7 +104,7 @@ class GraphStandIn:
             for row in rows:
                 item = {k: v for k, v in row.items() if k not in WORKSPACE_ONLY_COLUMNS}
                 item["Timestamp"] = _parse_time(row.get("Timestamp") or row.get("TimeGenerated"))
-                item[_INGESTED] = when
+                item[INGESTED] = when
                 stored.append(item)
 
     def reset(self) -> None:
@@ -168,9 +155,9 @@ class GraphStandIn:
         with Engine() as engine:
             for name, table_rows in tables.items():
                 visible = [
-                    {k: v for k, v in r.items() if k != _INGESTED}
+                    {k: v for k, v in r.items() if k != INGESTED}
                     for r in table_rows
-                    if r[_INGESTED] <= now and isinstance(r["Timestamp"], datetime) and start <= r["Timestamp"] <= end
+                    if r[INGESTED] <= now and isinstance(r["Timestamp"], datetime) and start <= r["Timestamp"] <= end
                 ]
                 engine.load_rows(name, visible, defender_schema(name) or _infer_schema(table_rows))
             result = engine.query(query, now=now)

@@ -16,7 +16,6 @@ guids as strings, dynamic values as JSON text.
 from __future__ import annotations
 
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -24,16 +23,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from shared.rules.kql import tokenize
 from shared.schemas import known_tables, table_schema
-from shared.standins._http import LoopbackServer, Request, Response
+from shared.standins._http import HttpsServer, Request, Response
 from shared.standins.lawire import _in_span, _infer_schema, _parse_time, _timespan, _wire
-from shared.workbench.engine import Engine, EngineError
+from shared.workbench.engine import INGESTED, Engine, EngineError, with_ingestion_column
 
-INGESTED = "_IngestedAt"
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
 _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
 DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
@@ -69,8 +66,6 @@ class LogAnalyticsStandIn:
         token: str = "local-test-token",  # noqa: S107 - the stand-in's own throwaway token
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
-        import trustme
-
         self.token = token
         self.clock = clock
         self._tables: dict[str, list[dict[str, Any]]] = {}
@@ -95,29 +90,20 @@ class LogAnalyticsStandIn:
         self._running: dict[str, int] = {}
         self._slots = threading.Condition()
         self._stopping = threading.Event()
-        self._ca = trustme.CA()
-        cert = self._ca.issue_cert("127.0.0.1", "localhost")
-        self._dir = tempfile.TemporaryDirectory(prefix="kqlwatch-la-")
-        self.ca_file = str(Path(self._dir.name) / "ca.pem")
-        self._ca.cert_pem.write_to_path(self.ca_file)
-        import ssl
-
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        self._server = LoopbackServer(self._handle, ssl_context=context)
+        self._https = HttpsServer(self._handle, prefix="kqlwatch-la-")
+        self._ca, self.ca_file = self._https.ca, self._https.ca_file
 
     @property
     def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self._server.port}"
+        return self._https.endpoint
 
     def start(self) -> LogAnalyticsStandIn:
-        self._server.start()
+        self._https.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.stop()
-        self._dir.cleanup()
+        self._https.stop()
 
     def __enter__(self) -> LogAnalyticsStandIn:
         return self.start()
@@ -290,7 +276,7 @@ class LogAnalyticsStandIn:
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
-            result = engine.query(_with_ingestion_column(query), now=now)
+            result = engine.query(with_ingestion_column(query), now=now)
         keep = [i for i, c in enumerate(result.columns) if c != INGESTED]
         hidden = _hidden_schema_rows(query, result.columns)
         rows: list[list[Any]] = [
@@ -338,24 +324,6 @@ def _hidden_schema_rows(query: str, columns: list[str]) -> Callable[[tuple[Any, 
         return lambda row: False
     at = columns.index("ColumnName")
     return lambda row: row[at] == INGESTED
-
-
-def _with_ingestion_column(query: str) -> str:
-    """ingestion_time() -> the hidden column (the engine has no such function)."""
-    tokens = tokenize(query, comments=True)
-    out, last = [], 0
-    for i, tok in enumerate(tokens):
-        if (
-            tok.text == "ingestion_time"
-            and i + 2 < len(tokens)
-            and tokens[i + 1].text == "("
-            and tokens[i + 2].text == ")"
-        ):
-            out.append(query[last : tok.start])
-            out.append(INGESTED)
-            last = tokens[i + 2].end
-    out.append(query[last:])
-    return "".join(out)
 
 
 def _wait(prefer: str) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -92,10 +93,18 @@ class Gate:
     def __init__(self, real: LogsApi, arrived: threading.Barrier) -> None:
         self.real, self.arrived = real, arrived
 
-    def query(self, workspace_id: str, query: str, start: datetime, end: datetime) -> QueryResult:
+    def query(
+        self,
+        workspace_id: str,
+        query: str,
+        start: datetime,
+        end: datetime,
+        *,
+        additional_workspaces: Sequence[str] = (),
+    ) -> QueryResult:
         with contextlib.suppress(threading.BrokenBarrierError):
             self.arrived.wait()
-        return self.real.query(workspace_id, query, start, end)
+        return self.real.query(workspace_id, query, start, end, additional_workspaces=additional_workspaces)
 
 
 def test_two_concurrent_idle_runs_of_one_rule_advance_its_window_once(

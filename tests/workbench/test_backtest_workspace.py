@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.standins.loganalytics import INGESTED, LogAnalyticsStandIn
+from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.workbench.engine import INGESTED
 from tests.workbench.test_backtest import MONTH_START, _reported, backtest, expected_days, write_month
 
 

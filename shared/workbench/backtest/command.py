@@ -178,7 +178,8 @@ def _load_files(engine: Engine, data: Sequence[str], query: str) -> dict[str, st
 
 
 def _data_span(engine: Engine, tables: Sequence[str]) -> tuple[datetime, datetime] | None:
-    from shared.workbench.backtest.replay import INGESTED, SOURCE_PREFIX, _ident
+    from shared.workbench.backtest.replay import SOURCE_PREFIX, _ident
+    from shared.workbench.engine import INGESTED
 
     spans = []
     for table in tables:

@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.rules.kql import tokenize
+from shared.workbench.engine import INGESTED, with_ingestion_column
 
 if TYPE_CHECKING:
     from shared.rules.exclusions import Exclusion
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from shared.runtime.teams import PostResult
     from shared.workbench.engine import Engine
 
-INGESTED = "_IngestedAt"  # the hidden ingestion-time column ingestion_time() reads
 SOURCE_PREFIX = "__backtest_"
 WEBHOOK = "https://backtest.invalid/webhook"  # never connected to: RecordingPoster records instead
 OPS_WEBHOOK = "https://backtest.invalid/ops"  # kqlwatch's own notices: told apart from alert cards by URL
@@ -125,24 +124,6 @@ def load_sources(engine: Engine, tables: Mapping[str, str], delay: timedelta) ->
             f"FROM {_ident(table)}"
         )
         engine.sql(f"DROP TABLE {_ident(table)}")
-
-
-def with_ingestion_column(query: str) -> str:
-    """ingestion_time() -> the hidden column (the offline engine has no such function)."""
-    tokens = tokenize(query, comments=True)
-    out, last = [], 0
-    for i, tok in enumerate(tokens):
-        if (
-            tok.text == "ingestion_time"
-            and i + 2 < len(tokens)
-            and tokens[i + 1].text == "("
-            and tokens[i + 2].text == ")"
-        ):
-            out.append(query[last : tok.start])
-            out.append(INGESTED)
-            last = tokens[i + 2].end
-    out.append(query[last:])
-    return "".join(out)
 
 
 # --- the replay --------------------------------------------------------------------------------------------

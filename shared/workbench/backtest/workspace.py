@@ -47,7 +47,7 @@ def fetch(engine: Engine, rule: Rule, query: str, period: Period) -> dict[str, s
     from shared.runtime.loganalytics import LogsClient, make_credential
     from shared.runtime.settings import DEFAULT_MAX_LATENESS, load_workspace_settings
     from shared.schemas import table_schema
-    from shared.workbench.backtest.replay import INGESTED
+    from shared.workbench.engine import INGESTED
 
     settings = load_workspace_settings()
     client = LogsClient(settings.logs_endpoint, make_credential(settings.access_token))
