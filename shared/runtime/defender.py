@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ReadTimeoutError
-from urllib3.util.retry import Retry
+from urllib3.exceptions import ReadTimeoutError
 
 from shared.errors import PermissionMissing, QueryError, QueryThrottled
 from shared.rules.durations import parse_time
+from shared.runtime.httpretry import CappedRetry
 from shared.runtime.loganalytics import QueryResult, StaticTokenCredential, identity_name
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ PERMISSION = "ThreatHunting.Read.All"
 PATH = "/v1.0/security/runHuntingQuery"
 ROW_LIMIT = 100_000  # advanced hunting returns at most this many rows, cut silently: as many means "maybe more"
 SERVICE_TIMEOUT = 180.0  # advanced hunting stops a query after 3 minutes
-MAX_RETRY_AFTER = 30.0  # a longer Retry-After (a spent CPU quota) defers to the next run instead of blocking this one
 _KUSTO_TYPES = {
     "datetime": "datetime",
     "string": "string",
@@ -50,25 +49,6 @@ _KUSTO_TYPES = {
     "guid": "guid",
     "timespan": "timespan",
 }
-
-
-class _CappedRetry(Retry):
-    """urllib3 Retry that hands back the 429 (rather than sleeping) when told to wait longer than the cap."""
-
-    def increment(
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: Any = None,
-        error: Exception | None = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
-    ) -> _CappedRetry:
-        if response is not None:
-            retry_after = self.get_retry_after(response)
-            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
-                raise MaxRetryError(_pool, url or "", None)  # raise_on_status is off: urllib3 returns the response
-        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 class DefenderClient:
@@ -92,7 +72,7 @@ class DefenderClient:
         self._credential = credential
         self._timeout = (10.0, read_timeout)
         self.row_limit = row_limit
-        retry = _CappedRetry(
+        retry = CappedRetry(
             total=retry_total,
             connect=retry_total,
             read=0,  # a read timeout: the query ran (and spent CPU quota) for 3 minutes; the next run tries again

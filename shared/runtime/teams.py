@@ -16,16 +16,15 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ReadTimeoutError
-from urllib3.util.retry import Retry
+from urllib3.exceptions import ReadTimeoutError
 
 from shared.runtime import redact
 from shared.runtime.cards import encode
+from shared.runtime.httpretry import CappedRetry
 from shared.runtime.settings import redact_url
 
 MIN_INTERVAL = 0.3  # seconds between posts to one webhook (< 4/s)
 MAX_PER_SECOND = 4  # Teams Workflows webhooks: 4 requests per second each
-MAX_RETRY_AFTER = 30.0  # a longer Retry-After defers to the next run instead of blocking this one
 TIMEOUT = (5.0, 20.0)  # connect, read
 # The body is UTF-8 (subjects are not ASCII): say so, as msteams-docs asks.
 HEADERS = {"Content-Type": "application/json; charset=utf-8"}
@@ -47,26 +46,6 @@ class PostResult:
     rejected: bool = False  # 400/413: the card itself was refused; resending the same card will not help
 
 
-class _CappedRetry(Retry):
-    """urllib3 Retry that gives up (rather than sleeps) when told to wait longer than MAX_RETRY_AFTER."""
-
-    def increment(
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: Any = None,
-        error: Exception | None = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
-    ) -> _CappedRetry:
-        if response is not None:
-            retry_after = self.get_retry_after(response)
-            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
-                # urllib3 hands back the 429 response itself when raise_on_status is off.
-                raise MaxRetryError(_pool, url or "", None)
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
-
 class TeamsClient:
     def __init__(
         self,
@@ -77,7 +56,7 @@ class TeamsClient:
         timeout: tuple[float, float] = TIMEOUT,
         verify: str | bool = True,
     ) -> None:
-        retry = _CappedRetry(
+        retry = CappedRetry(
             total=retries,
             connect=retries,
             read=0,  # a read timeout may mean Teams got the post: let the next run decide, not a blind resend

@@ -78,7 +78,9 @@ def test_the_package_imports_with_only_requirements_txt(tmp_path: Path) -> None:
         "-c",
         "constraints.txt",
     ]
-    done = subprocess.run(install, cwd=package, capture_output=True, text=True, timeout=600, check=False)
+    # Not the Log Analytics stand-in's CA (tests set REQUESTS_CA_BUNDLE for it): pip must trust the package index.
+    pip_env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    done = subprocess.run(install, cwd=package, capture_output=True, text=True, timeout=600, check=False, env=pip_env)
     assert done.returncode == 0, done.stderr[-2000:]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
