@@ -57,6 +57,10 @@ class Azurite:
                 "--disableTelemetry",
                 "--silent",
                 "--skipApiVersionCheck",
+                # Azure's front ends keep an idle connection for minutes (4 min load-balancer idle timeout);
+                # Azurite's default of 5 s closes pooled connections mid-run, and a batch POST sent on one that
+                # is closing is reset (the SDK does not retry POST): a fault the real service does not show.
+                *(["--tableKeepAliveTimeout", "240"] if self.service == "table" else []),  # azurite-queue has none
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
