@@ -16,12 +16,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from shared.errors import PermissionMissing, QueryError, QueryThrottled
 from shared.rules.durations import parse_time
-from shared.runtime.httpretry import CappedRetry
+from shared.runtime.httpretry import post_session
 from shared.runtime.loganalytics import QueryResult, StaticTokenCredential, identity_name
 
 if TYPE_CHECKING:
@@ -72,22 +71,8 @@ class DefenderClient:
         self._credential = credential
         self._timeout = (10.0, read_timeout)
         self.row_limit = row_limit
-        retry = CappedRetry(
-            total=retry_total,
-            connect=retry_total,
-            read=0,  # a read timeout: the query ran (and spent CPU quota) for 3 minutes; the next run tries again
-            status=retry_total,
-            status_forcelist=(429, 500, 502, 503, 504),
-            allowed_methods=frozenset({"POST"}),  # the hunting POST only reads
-            backoff_factor=retry_backoff_factor,
-            backoff_max=30,
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
-        self._session = requests.Session()
-        self._session.mount("https://", HTTPAdapter(max_retries=retry))
-        self._session.mount("http://", HTTPAdapter(max_retries=retry))
-        self._session.verify = verify
+        # No retry after a read timeout: the query ran (and spent CPU quota) for 3 minutes; the next run tries again.
+        self._session = post_session(retries=retry_total, backoff=retry_backoff_factor, backoff_max=30, verify=verify)
 
     def close(self) -> None:
         self._session.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
@@ -30,3 +32,25 @@ class CappedRetry(Retry):
                 # urllib3 hands back the 429 response itself when raise_on_status is off.
                 raise MaxRetryError(_pool, url or "", None)
         return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def post_session(*, retries: int, backoff: float, backoff_max: float, verify: str | bool) -> requests.Session:
+    """A session whose POSTs are retried on connect errors, 429 and 5xx (CappedRetry), never after a read
+    timeout: the service may have acted on the request (a card posted, a query's quota spent)."""
+    retry = CappedRetry(
+        total=retries,
+        connect=retries,
+        read=0,
+        status=retries,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"POST"}),
+        backoff_factor=backoff,
+        backoff_max=backoff_max,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.verify = verify
+    return session

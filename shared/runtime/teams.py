@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from shared.runtime import redact
 from shared.runtime.cards import encode
-from shared.runtime.httpretry import CappedRetry
+from shared.runtime.httpretry import post_session
 from shared.runtime.settings import redact_url
 
 MIN_INTERVAL = 0.3  # seconds between posts to one webhook (< 4/s)
@@ -56,22 +55,8 @@ class TeamsClient:
         timeout: tuple[float, float] = TIMEOUT,
         verify: str | bool = True,
     ) -> None:
-        retry = CappedRetry(
-            total=retries,
-            connect=retries,
-            read=0,  # a read timeout may mean Teams got the post: let the next run decide, not a blind resend
-            status=retries,
-            status_forcelist=(429, 500, 502, 503, 504),
-            allowed_methods=frozenset({"POST"}),
-            backoff_factor=backoff,
-            backoff_max=20,
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
-        self._session = requests.Session()
-        self._session.mount("https://", HTTPAdapter(max_retries=retry))
-        self._session.mount("http://", HTTPAdapter(max_retries=retry))
-        self._session.verify = verify
+        # No retry after a read timeout: Teams may have got the post; the next run decides, not a blind resend.
+        self._session = post_session(retries=retries, backoff=backoff, backoff_max=20, verify=verify)
         self._timeout = timeout
         self._limiter = WebhookRateLimiter(min_interval)
 
