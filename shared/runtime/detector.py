@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from shared.errors import KqlwatchError, QueryError
@@ -25,16 +25,17 @@ from shared.rules.prepare import PreparedRule
 from shared.runtime import dnsevidence, hits, notices
 from shared.runtime.cards import query_link
 from shared.runtime.delivery import Delivery, Poster
-from shared.runtime.health import NOTICE_INTERVAL, Notifier, report_expired_exclusions, update_health
+from shared.runtime.health import NOTICE_INTERVAL, report_expired_exclusions, update_health
 from shared.runtime.hits import short_hash
 from shared.runtime.loganalytics import QueryResult
 from shared.runtime.outcome import RuleOutcome, RunReport
 from shared.runtime.planning import RunPlan, load_prepared, plan_run
 from shared.runtime.querying import MAX_SPLITS, MIN_SPLIT, LogsApi, note_partial, timed_query
-from shared.runtime.runlease import ACQUIRED, Claim, RunLeases, release_op
+from shared.runtime.runguard import GuardedPoster, HeldRun, RunGuard
+from shared.runtime.runlease import ACQUIRED, LeaseLost, RunLeases
 from shared.runtime.settings import Settings
 from shared.runtime.silence import record_silence
-from shared.runtime.sources import TABLE_PROBE_EVERY, TABLE_PROBE_SPAN, SourceWatch
+from shared.runtime.sources import TABLE_PROBE_EVERY, TABLE_PROBE_SPAN
 from shared.runtime.store import (
     DROPPED,
     Hit,
@@ -46,7 +47,7 @@ from shared.runtime.store import (
     lease_is_free,
 )
 from shared.runtime.units import run_units
-from shared.runtime.window import Window, is_due, next_sweep_mark
+from shared.runtime.window import is_due, next_sweep_mark
 
 # Re-exported: callers (the wiring, the CLI, tests, the bench) take a run's vocabulary from here.
 __all__ = [
@@ -72,14 +73,6 @@ HIT_RETENTION = timedelta(days=14)  # beyond the furthest a window reaches back
 RUN_RETENTION = timedelta(days=30)
 
 
-@dataclass
-class _Hold:
-    """A run lease being held by one rule's run: released by the run's save, or else after the run."""
-
-    claim: Claim
-    released: bool = False
-
-
 class Detector:
     def __init__(
         self,
@@ -101,8 +94,6 @@ class Detector:
         self.clock = clock
         self.run_id = uuid.uuid4().hex[:12]
         self.dns = dnsevidence.RunLookups(settings.dns_servers)  # issue 16: one cache and budget per run
-        self.notifier = Notifier(teams, settings.ops_webhooks)
-        self.sources = SourceWatch(store, logs, settings.workspace_id, self.notifier)
 
     def run(self, *, only_due: bool) -> RunReport:
         self.dns = dnsevidence.RunLookups(self.settings.dns_servers)  # issue 16
@@ -128,36 +119,24 @@ class Detector:
     ) -> RuleOutcome:
         """One rule's run under its run lease (runlease.py): a second worker on the rule, or a duplicate of a
         message whose run already happened (`scheduled` given), does nothing."""
-        if self.leases is None:
-            return self.run_rule(prepared, only_due=only_due, workspace=workspace)
-        rule = prepared.rule
-        now = self.clock()
-        try:
-            claim = self.leases.acquire(rule.id, scheduled, self.run_id, now, now + LEASE)
-        except KqlwatchError as exc:
-            return RuleOutcome(rule.id, rule.name, ok=False, errors=[str(exc)])
-        if claim.status != ACQUIRED:
-            outcome = RuleOutcome(rule.id, rule.name, skipped=claim.describe(), held_until=claim.until)
-            log.info(json.dumps(outcome.log_line(), default=str))
-            return outcome
-        hold = _Hold(claim)
-        outcome = self.run_rule(prepared, only_due=only_due, hold=hold, workspace=workspace)
-        if not hold.released:  # nothing saved (not due, deferred, or failed before saving): just end the lease
-            try:
-                self.leases.release(claim, completed=False)
-            except KqlwatchError as exc:  # the lease ends by itself: the next run after it proceeds
-                outcome.warnings.append(str(exc))
-        return outcome
+        return self.run_rule(prepared, only_due=only_due, workspace=workspace, scheduled=scheduled)
 
     def run_rule(
-        self, prepared: PreparedRule, *, only_due: bool = False, hold: _Hold | None = None, workspace: str = ""
+        self,
+        prepared: PreparedRule,
+        *,
+        only_due: bool = False,
+        workspace: str = "",
+        scheduled: datetime | None = None,
     ) -> RuleOutcome:
         rule = prepared.rule
         outcome = RuleOutcome(rule.id, rule.name)
         started = time.monotonic()
         now = self.clock()
         try:
-            self._run_rule(prepared, outcome, now, only_due, started, hold, workspace)
+            self._run_rule(prepared, outcome, now, only_due, started, workspace, scheduled)
+        except LeaseLost as exc:  # another run took the rule before this one wrote anything: not a failure
+            outcome.ran, outcome.skipped = False, str(exc)
         except KqlwatchError as exc:
             outcome.ok = False
             outcome.errors.append(str(exc))
@@ -166,7 +145,7 @@ class Detector:
             outcome.ok = False
             outcome.errors.append(f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
-        if outcome.ran or outcome.errors:
+        if outcome.ran or outcome.errors or outcome.skipped:
             log.log(logging.INFO if outcome.ok else logging.ERROR, json.dumps(outcome.log_line(), default=str))
         return outcome
 
@@ -177,32 +156,61 @@ class Detector:
         now: datetime,
         only_due: bool,
         started: float,
-        hold: _Hold | None = None,
-        workspace: str = "",
+        workspace: str,
+        scheduled: datetime | None,
     ) -> None:
         rule = prepared.rule
-        snap = self.store.snapshot(rule.id)
-        state = snap.state
-        if only_due and not is_due(now, state.last_run, rule.query_frequency):
+        guard, snap = RunGuard.read(self.store, self.leases, rule.id, scheduled, self.run_id, now + LEASE)
+        claim = guard.claim(now)
+        if claim.status != ACQUIRED:
+            outcome.skipped, outcome.held_until = claim.describe(), claim.until
             return
+        if only_due and not is_due(now, snap.state.last_run, rule.query_frequency):
+            return
+        run = HeldRun.bind(guard, self.store, self.teams, self.logs, self.settings)
+        try:
+            if snap.old_hits:
+                run.store.adopt_old_hits(rule.id, snap)
+            self._run_held(prepared, snap, outcome, now, started, workspace, run)
+        finally:
+            guard.finish(outcome)
+
+    def _run_held(
+        self,
+        prepared: PreparedRule,
+        snap: Snapshot,
+        outcome: RuleOutcome,
+        now: datetime,
+        started: float,
+        workspace: str,
+        run: HeldRun,
+    ) -> None:
+        rule, state = prepared.rule, snap.state
         outcome.ran = True
         plan = plan_run(self.settings, prepared, state, now, workspace)
         outcome.window, outcome.window_mode = plan.window, plan.choice.mode
         outcome.ingested_since = plan.since.since if plan.since else None
         lease_until = now + LEASE
-        report_expired_exclusions(self.notifier, self.store, prepared, now, outcome)
-        result, created = self._query_and_record(rule, plan, state, now, lease_until, outcome)
+        report_expired_exclusions(run.notifier, run.store, prepared, now, outcome)
+        result, created = self._query_and_record(rule, plan, state, now, lease_until, outcome, run.store)
         if outcome.throttled:
             return  # deferred (issue 14): nothing recorded, the state stays as it was, the next run reads it
-        claimed = self._claim_older(rule, snap, created, now, lease_until, outcome)
+        claimed = self._claim_older(rule, snap, created, now, lease_until, outcome, run)
         # Delivery failures defer hits to the next run; they do not fail the rule.
         to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
-        outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan)
+        outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan, run)
         outcome.warnings.extend(problems)
-        self._record_run(rule, plan, result, state, len(created), now, started, outcome, hold)
+        self._record_run(rule, plan, result, state, len(created), now, started, outcome, run)
 
     def _query_and_record(
-        self, rule: Rule, plan: RunPlan, state: RuleState, now: datetime, lease_until: datetime, outcome: RuleOutcome
+        self,
+        rule: Rule,
+        plan: RunPlan,
+        state: RuleState,
+        now: datetime,
+        lease_until: datetime,
+        outcome: RuleOutcome,
+        store: StateStore,
     ) -> tuple[QueryResult | None, list[Hit]]:
         """Query the window and create the hits this run is first to see (silence included)."""
         window = plan.window
@@ -218,11 +226,12 @@ class Detector:
             )
         # A Table Storage failure here fails the rule without saving the run: the next run's window
         # reaches back over this one, and hits already created are pending, so none is lost.
-        created, outcome.suppressed = self._record_new_hits(
-            rule, state, result, Window(plan.ledger_from, window.end), now, lease_until
+        recorded = hits.record_new(
+            store, rule, state, self._hits(rule, result, now, lease_until), plan.ledger_from, now
         )
+        created, outcome.suppressed = recorded.created, recorded.suppressed
         if result.partial_error is None:
-            created += record_silence(self.store, rule, state, result, window, now, self.run_id, lease_until)
+            created += record_silence(store, rule, state, result, window, now, self.run_id, lease_until)
         outcome.new_hits = len(created)
         outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
         return result, created
@@ -239,7 +248,14 @@ class Detector:
         return self.logs
 
     def _claim_older(
-        self, rule: Rule, snap: Snapshot, created: list[Hit], now: datetime, lease_until: datetime, outcome: RuleOutcome
+        self,
+        rule: Rule,
+        snap: Snapshot,
+        created: list[Hit],
+        now: datetime,
+        lease_until: datetime,
+        outcome: RuleOutcome,
+        run: HeldRun,
     ) -> list[Hit]:
         """Hits earlier runs could not deliver: drop the ones too old, claim the rest (unless another run holds
         them)."""
@@ -248,9 +264,9 @@ class Detector:
         self._report_held(snap.pending, created_keys, now, outcome)
         too_old = [h for h in older if expired(h, now, self.settings.delivery_max_age)]
         if too_old:
-            self._drop(rule, too_old, outcome)
+            self._drop(rule, too_old, outcome, run)
         retry = [replace(h, lease_owner=self.run_id, lease_until=lease_until) for h in older if h not in too_old]
-        return self.store.update_hits(rule.id, retry) if retry else []
+        return run.store.update_hits(rule.id, retry) if retry else []
 
     def _record_run(
         self,
@@ -262,7 +278,7 @@ class Detector:
         now: datetime,
         started: float,
         outcome: RuleOutcome,
-        hold: _Hold | None = None,
+        run: HeldRun,
     ) -> None:
         window = plan.window
         state.last_run = now
@@ -275,11 +291,11 @@ class Detector:
             if plan.since:
                 state.last_sweep_end = next_sweep_mark(plan.since, state.last_sweep_end)
         state.window_mode = plan.choice.mode
-        self.sources.watch(rule, plan, result, state, now, outcome)
-        update_health(self.notifier, rule, state, outcome, now)
+        run.sources.watch(rule, plan, result, state, now, outcome)
+        update_health(run.notifier, rule, state, outcome, now)
         if state.last_purge is None or now - state.last_purge >= PURGE_EVERY:
             reach = max(self.settings.max_catchup, rule.query_period) + self.settings.max_lateness
-            self.store.purge(rule.id, hits_before=now - reach - HIT_RETENTION, runs_before=now - RUN_RETENTION)
+            run.store.purge(rule.id, hits_before=now - reach - HIT_RETENTION, runs_before=now - RUN_RETENTION)
             state.last_purge = now
         record = RunRecord(
             started=now,
@@ -293,23 +309,22 @@ class Detector:
             errors=outcome.errors + outcome.warnings,
             duration_ms=int((time.monotonic() - started) * 1000),
         )
-        self._save(rule, state, record, hold)
+        self._save(rule, state, record, run.guard)
 
-    def _save(self, rule: Rule, state: RuleState, record: RunRecord, hold: _Hold | None) -> None:
-        """The state and the run record, with the run lease's release in the same transaction: the window moves
-        (and the scheduled run is marked done) only while this run still holds the rule."""
+    def _save(self, rule: Rule, state: RuleState, record: RunRecord, guard: RunGuard) -> None:
+        """The state (with the run lease released) and the run record in one transaction, conditional on the
+        state row as this run read it or its lease wrote it: the window moves, and the scheduled run is marked
+        done, only while no other run changed the rule."""
         from azure.data.tables import TableTransactionError
 
         try:
-            self.store.save_run(rule.id, state, record, extra=[release_op(hold.claim, completed=True)] if hold else ())
+            self.store.save_run(rule.id, state, record, guard.save_op)
         except TableTransactionError as exc:
-            if hold is None or not str(exc).lstrip().startswith("2"):  # not the lease op (index 2): not ours
+            lost = guard.save_lost(exc)
+            if lost is None:
                 raise
-            raise KqlwatchError(
-                "the run outlived its run lease and another run took the rule over: this run saved nothing"
-            ) from None
-        if hold:
-            hold.released = True
+            raise lost from None
+        guard.saved = True
 
     def _report_held(self, pending: list[Hit], created_keys: set[str], now: datetime, outcome: RuleOutcome) -> None:
         """Pending hits another run holds (still running, or killed mid-delivery): say so, with when the lease
@@ -326,15 +341,6 @@ class Detector:
 
     # --- hits ---
 
-    def _record_new_hits(
-        self, rule: Rule, state: RuleState, result: QueryResult, window: Window, now: datetime, lease_until: datetime
-    ) -> tuple[list[Hit], int]:
-        """Create the hits this run is first to see; returns those to deliver, and how many were suppressed."""
-        recorded = hits.record_new(
-            self.store, rule, state, self._hits(rule, result, now, lease_until), window.start, now
-        )
-        return recorded.created, recorded.suppressed
-
     def _hits(self, rule: Rule, result: QueryResult, now: datetime, lease_until: datetime) -> list[Hit]:
         _, by_key = hits.collapse(rule, result.columns, result.time_columns, result.rows)
         return [
@@ -342,19 +348,21 @@ class Detector:
             for key, row in by_key.items()
         ]
 
-    def _drop(self, rule: Rule, hits: list[Hit], outcome: RuleOutcome) -> None:
-        dropped = self.store.update_hits(rule.id, hits, Status=DROPPED)
+    def _drop(self, rule: Rule, hits: list[Hit], outcome: RuleOutcome, run: HeldRun) -> None:
+        dropped = run.store.update_hits(rule.id, hits, Status=DROPPED)
         outcome.dropped = len(dropped)
         outcome.ok = False
         age = str(self.settings.delivery_max_age)
         outcome.errors.append(
             f"dropped {len(dropped)} hit(s) undelivered for over {age}: " + ", ".join(h.key[:12] for h in dropped[:10])
         )
-        self.notifier.notify(notices.dropped(rule, len(dropped), [h.key for h in dropped], age), outcome)
+        run.notifier.notify(notices.dropped(rule, len(dropped), [h.key for h in dropped], age), outcome)
 
     # --- delivery ---
 
-    def _deliver(self, prepared: PreparedRule, hits: list[Hit], plan: RunPlan) -> tuple[int, int, list[str]]:
+    def _deliver(
+        self, prepared: PreparedRule, hits: list[Hit], plan: RunPlan, run: HeldRun
+    ) -> tuple[int, int, list[str]]:
         if not hits:
             return 0, 0, []
         rule = prepared.rule
@@ -367,8 +375,8 @@ class Detector:
         # while they were recorded); Delivery claims under it, bounded, and releases what it does not deliver.
         delivery = Delivery(
             rule,
-            self.store,
-            self.teams,
+            run.store,
+            GuardedPoster(self.teams, run.guard.take),
             self.clock,
             self.settings.max_cards_per_run,
             self.clock() + LEASE,

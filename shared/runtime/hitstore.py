@@ -13,29 +13,23 @@ dropped or suppressed). Lots and the state row are one RowKey range: the run's s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.runtime.lots import LOT_PREFIX, LOT_SIZE, PENDING_RANGE, Lot, LotChange, change_patch, lot_entity, lot_from
+from shared.runtime.hitreads import HitReads
+from shared.runtime.lots import LOT_SIZE, Lot, LotChange, change_patch, lot_entity
 from shared.runtime.lots import new_lot_id as _new_lot_id
 from shared.runtime.rows import (
     DELIVERED,
     DROPPED,
     PENDING,
-    STATE_ROW,
     Hit,
-    RuleState,
-    Snapshot,
     _hit_entity,
-    _hit_from,
     _hit_patch,
-    _state_from,
 )
 from shared.runtime.tableio import BATCH, chunks, error_code, state_errors
-from shared.runtime.upgrade import lots_for_old_hits
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -54,100 +48,11 @@ class _LotWrite:
     etag: str | None
 
 
-class HitStore:
-    """The hit half of StateStore (shared.runtime.store): everything about hits and their delivery."""
+class HitStore(HitReads):
+    """The hit half of StateStore (shared.runtime.store): everything about hits and their delivery. Every
+    public write first calls `_guard` (the run's lease, shared.runtime.runguard: taken before a run writes)."""
 
     _table: TableClient
-
-    # --- reading ---
-
-    def snapshot(self, rule_id: str) -> Snapshot:
-        """The rule's state and its pending hits (rows not fetched: see load_rows), in one range query."""
-        snap = Snapshot(RuleState())
-        for entity in self._state_range(rule_id):
-            if entity["RowKey"] == STATE_ROW:
-                snap.state = _state_from(entity)
-                if not entity.get("HitShape"):  # written before lots: its pending hits get lots, once
-                    snap.pending.extend(
-                        h for lot in lots_for_old_hits(self._table, rule_id) for h in _pending_hits(lot)
-                    )
-            elif entity["RowKey"].startswith(LOT_PREFIX):
-                snap.pending.extend(_pending_hits(lot_from(entity)))
-        return snap
-
-    def pending_lots(self, rule_id: str) -> list[Lot]:
-        return [lot_from(e) for e in self._state_range(rule_id) if e["RowKey"].startswith(LOT_PREFIX)]
-
-    def _state_range(self, rule_id: str) -> list[Any]:
-        lo, hi = PENDING_RANGE
-        with state_errors(f"read state of rule {rule_id}"):
-            return list(
-                self._table.query_entities(
-                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                    parameters={"pk": rule_id, "lo": lo, "hi": hi},
-                )
-            )
-
-    def known_keys(self, rule_id: str, since: datetime) -> set[str]:
-        """Keys of hits first seen since `since`: lets a run skip creating what it already knows."""
-        with state_errors(f"read hits of rule {rule_id}"):
-            return {
-                e["RowKey"]
-                for e in self._table.query_entities(
-                    "PartitionKey eq @pk and RowKey lt @tilde and FirstSeen ge @since",
-                    parameters={"pk": rule_id, "tilde": "~", "since": since},
-                    select=["RowKey"],
-                )
-            }
-
-    def load_rows(self, rule_id: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[Hit]]:
-        """(hits with their rows, orphans): the rows of pending hits read from the index, one point read each
-        (only the hits a card will show need one). An orphan's lot names it but its entity is missing or was
-        recorded by another lot (a run killed while recording): it is not this lot's to deliver."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        loaded: list[Hit] = []
-        orphans: list[Hit] = []
-        for hit in hits:
-            if hit.row_loaded:
-                loaded.append(hit)
-                continue
-            with state_errors(f"read a hit of rule {rule_id}"):
-                try:
-                    entity = self._table.get_entity(rule_id, hit.key)
-                except ResourceNotFoundError:
-                    orphans.append(hit)
-                    continue
-            if hit.lot is not None and entity.get("Lot") not in (None, hit.lot.id):
-                orphans.append(hit)
-                continue
-            stored = _hit_from(entity)
-            loaded.append(
-                replace(hit, row=stored.row, truncated=stored.truncated, store_note=stored.store_note, row_loaded=True)
-            )
-        return loaded, orphans
-
-    def pending_leases(self) -> dict[str, list[datetime | None]]:
-        """Every rule's pending hits, as the end of the lease each is held under (None: free to deliver)."""
-        out: dict[str, list[datetime | None]] = {}
-        with state_errors("read pending hits"):
-            for e in self._table.query_entities("Kind eq @lot", parameters={"lot": "lot"}):
-                lot = lot_from(e)
-                out.setdefault(e["PartitionKey"], []).extend([lot.lease_until] * len(lot.unsettled()))
-        return out
-
-    def hits(self, rule_id: str) -> Iterator[Hit]:
-        """Every hit of the rule as it stands: pending while a lot lists it unsettled, else settled."""
-        pending = {lot.keys[s]: lot for lot in self.pending_lots(rule_id) for s in lot.unsettled()}
-        with state_errors(f"read hits of rule {rule_id}"):
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk and RowKey lt @tilde", parameters={"pk": rule_id, "tilde": "~"}
-            ):
-                hit = _hit_from(entity)
-                lot = pending.get(hit.key)
-                if hit.status == PENDING and (lot is None or entity.get("Lot") not in (None, lot.id)):
-                    hit = replace(hit, status=DELIVERED)
-                yield hit
 
     # --- recording ---
 
@@ -155,6 +60,9 @@ class HitStore:
         """Create the hits; return those this call created (an existing key means another run or an earlier
         one already owns that hit). Pending hits are recorded in lots of LOT_SIZE, each lot in the same
         transaction as its hits; they share the lease of the first hit (the run recording them)."""
+        if not hits:
+            return []
+        self._guard()
         if status != PENDING:
             return self._insert_plain(rule_id, hits, status)
         lots: list[tuple[Lot, Sequence[Hit]]] = []
@@ -252,6 +160,9 @@ class HitStore:
         """Write the hits' lease and delivery fields (Status=delivered|dropped settles them), conditional on
         the etag each carries (a pending hit's is its lot's). Returns the hits written, with new etags; a hit
         another run changed is left out."""
+        if not hits:
+            return []
+        self._guard()
         status = changes.get("Status")
         laid = [h for h in hits if h.lot is not None]
         plain = [h for h in hits if h.lot is None]
@@ -266,6 +177,9 @@ class HitStore:
     def save_delivery(self, rule_id: str, hits: Sequence[Hit], settled: set[str]) -> list[Hit]:
         """Record delivery (and leases) per lot: one write per lot these hits are in, 100 lots a transaction;
         a lot all of whose hits are settled is deleted. `settled`: keys delivered everywhere (or dropped)."""
+        if not hits:
+            return []
+        self._guard()
         plain = [h for h in hits if h.lot is None]
         out: list[Hit] = []
         if plain:
@@ -348,25 +262,6 @@ class HitStore:
             ]
             with state_errors(f"update hits of rule {rule_id}"):
                 self._table.submit_transaction(ops)
-
-
-def _pending_hits(lot: Lot) -> list[Hit]:
-    return [
-        Hit(
-            lot.keys[slot],
-            {},
-            first_seen=lot.first_seen,
-            delivered_to=lot.delivered_to(slot),
-            attempts=lot.attempts,
-            etag=lot.etag,
-            lease_owner=lot.lease_owner,
-            lease_until=lot.lease_until,
-            lot=lot,
-            slot=slot,
-            row_loaded=False,
-        )
-        for slot in lot.unsettled()
-    ]
 
 
 def _lot_writes(hits: Sequence[Hit], settled: set[str]) -> list[_LotWrite]:

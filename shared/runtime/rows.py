@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from shared.runtime.lots import Lot
+from shared.runtime.runlease import RunMark
 from shared.runtime.sanitize import scrub_surrogates, utf16_units
 
 STATE_ROW = "~state"
@@ -105,6 +106,10 @@ class RuleState:
 class Snapshot:
     state: RuleState
     pending: list[Hit] = field(default_factory=list)
+    # Issue 14: the state row's etag and the run lease on it (shared.runtime.runlease); None: no state row yet.
+    etag: str | None = None
+    lease: RunMark = field(default_factory=RunMark)
+    old_hits: bool = False  # the state row predates lots: its pending hits get lots first (read_snapshot)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,27 @@
-"""The lease of a rule's run (issue 14): one entity per rule in its partition, RowKey `~lease`.
+"""The lease of a rule's run (issue 14), kept on the rule's `~state` row: `RunOwner`, `RunUntil`, `RunDone`.
 
-A queue message is delivered at least once, and two workers may hold messages for one rule at once. Before a
-run touches the rule, it takes the lease: a conditional write (create, or update on the etag it read), so of two
-workers exactly one wins and the other ends at once ("held by run X until T"), its message done: the holder, or
-after a crash the next dispatched run once the lease has ended, covers the window (windows reach back to the
-last successful one). Releasing records `Done` = the scheduled time of the run that completed: a duplicate of a
-message whose run already happened finds Done >= its scheduled time and does nothing, so no window advances
-twice and nothing is posted twice. Hits keep their own leases (store.py): the run lease only decides who runs.
+A queue message is delivered at least once, and two workers may hold messages for one rule at once. Of two runs
+of one rule exactly one may write: every write of the state row is conditional on the etag the run read with
+its snapshot (shared.runtime.runguard), so the lease costs no operation of its own on an idle run:
+
+- the snapshot returns the lease fields: a message whose scheduled time is not after `RunDone` is a duplicate of
+  a run that happened (nothing runs), and a rule whose `RunUntil` is in the future is held by the run named in
+  `RunOwner` ("held by run X until T": that run, or the next after it, covers the window);
+- a run with nothing to write saves its state and run record in one transaction conditional on that etag (a
+  rule's first run *creates* the row): if another run changed the rule meanwhile, the save fails and this run
+  saved nothing, so nothing is lost or doubled;
+- a run about to write anything else (hits, lots, notices, the purge) first takes the lease: a conditional
+  write of `RunOwner`/`RunUntil` on that etag (`take`); its save is then conditional on the lease's etag.
+
+Releasing writes `RunDone` = the scheduled time of the run that completed. Hits keep their own leases (lots).
+Before this, the lease was its own row (`~lease`, fields Owner/Until/Done): a state row without `RunDone` is
+read with that old row once (`old_mark`), so a message queued before the deploy is still recognised as done.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,20 +33,45 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kqlwatch")
 
-LEASE_ROW = "~lease"
+STATE_ROW = "~state"  # the rule's state row (shared.runtime.rows.STATE_ROW): the lease lives on it
+OLD_LEASE_ROW = "~lease"  # the lease's own row before it moved onto the state row: read once per rule
+OWNER_FIELD, UNTIL_FIELD, DONE_FIELD = "RunOwner", "RunUntil", "RunDone"
 ACQUIRED, BUSY, DONE = "acquired", "busy", "done"
-_NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)  # Table Storage has no null: "no lease" is the epoch
+NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)  # Table Storage has no null: "no lease" is the epoch
+
+
+class LeaseLost(Exception):
+    """Another run changed the rule after this run read it and before this run wrote anything: this run leaves
+    the rule to it. Not a failure (and so not a KqlwatchError): nothing was written, so nothing is lost."""
+
+
+@dataclass(frozen=True)
+class RunMark:
+    """The lease fields as read with the state row."""
+
+    owner: str = ""
+    until: datetime | None = None
+    done: datetime | None = None  # the scheduled time of the last completed run
+    present: bool = True  # False: a state row written before the lease moved onto it (see old_mark)
+
+
+def mark_from(entity: Mapping[str, Any]) -> RunMark:
+    return RunMark(
+        str(entity.get(OWNER_FIELD) or ""),
+        _utc(entity.get(UNTIL_FIELD)),
+        _utc(entity.get(DONE_FIELD)),
+        present=DONE_FIELD in entity,
+    )
 
 
 @dataclass(frozen=True)
 class Claim:
-    status: str  # ACQUIRED | BUSY | DONE
+    status: str  # ACQUIRED (free to run) | BUSY | DONE
     rule_id: str
     scheduled: datetime | None  # None: `run --once` (no message, so no duplicate to recognise)
     owner: str = ""  # BUSY: who holds it
     until: datetime | None = None  # BUSY: when that lease ends
     done: datetime | None = None  # the scheduled time of the last completed run
-    etag: str | None = None  # ACQUIRED: the lease entity's etag, for the release
 
     def describe(self) -> str:
         if self.status == DONE and self.scheduled is not None:
@@ -47,83 +82,121 @@ class Claim:
         return "acquired"
 
 
+def judge(mark: RunMark, rule_id: str, scheduled: datetime | None, now: datetime) -> Claim:
+    """Whether this run may go on, from the lease fields alone (no operation). A lease still running is
+    another run's, whoever it names: a run reads the rule once, before it could have taken it itself."""
+    if scheduled is not None and mark.done is not None and mark.done >= scheduled:
+        return Claim(DONE, rule_id, scheduled, done=mark.done)
+    if mark.owner and mark.until is not None and mark.until > now:
+        return Claim(BUSY, rule_id, scheduled, owner=mark.owner, until=mark.until, done=mark.done)
+    return Claim(ACQUIRED, rule_id, scheduled, done=mark.done)
+
+
+def held_fields(owner: str, until: datetime, done: datetime | None) -> dict[str, Any]:
+    return {OWNER_FIELD: owner, UNTIL_FIELD: until, DONE_FIELD: done or NEVER}
+
+
+def released_fields(done: datetime | None, scheduled: datetime | None) -> dict[str, Any]:
+    """The lease fields a completed run saves: free, and done up to its scheduled time."""
+    finished = max(scheduled, done or NEVER) if scheduled is not None else done
+    return {OWNER_FIELD: "", UNTIL_FIELD: NEVER, DONE_FIELD: finished or NEVER}
+
+
 class RunLeases:
+    """The lease's own operations on the state table: taking it, ending it without a save, the upgrade read."""
+
     def __init__(self, table: TableClient) -> None:
         self._table = table
 
     def close(self) -> None:
         self._table.close()
 
-    def acquire(self, rule_id: str, scheduled: datetime | None, owner: str, now: datetime, until: datetime) -> Claim:
+    def take(self, rule_id: str, etag: str | None, create: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:
+        """Write the lease fields on the state row, conditional on `etag` (None: the rule has no state row yet,
+        so create it from `create`: of two first runs one creates it). Returns the row's new etag; raises
+        LeaseLost when another run wrote the row first."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        fields = {"Owner": owner, "Until": until, "Scheduled": scheduled or now}
+        keys = {"PartitionKey": rule_id, "RowKey": STATE_ROW}
         with _lease_errors(rule_id):
             try:
-                entity: Any = self._table.get_entity(rule_id, LEASE_ROW)
-            except ResourceNotFoundError:
-                try:
-                    meta = self._table.create_entity(
-                        {"PartitionKey": rule_id, "RowKey": LEASE_ROW, "Kind": "runlease", "Done": _NEVER, **fields}
+                if etag is None:
+                    meta = self._table.create_entity({**create, **keys, **fields})
+                else:
+                    meta = self._table.update_entity(
+                        {**keys, **fields},
+                        mode=UpdateMode.MERGE,
+                        etag=etag,
+                        match_condition=MatchConditions.IfNotModified,
                     )
-                except ResourceExistsError:  # another worker created it between our read and our write
-                    return Claim(BUSY, rule_id, scheduled)
-                return Claim(ACQUIRED, rule_id, scheduled, etag=meta.get("etag"))
-            done = _utc(entity.get("Done"))
-            holder, held_until = str(entity.get("Owner") or ""), _utc(entity.get("Until"))
-            if scheduled is not None and done is not None and done >= scheduled:
-                return Claim(DONE, rule_id, scheduled, done=done)
-            if holder and holder != owner and held_until is not None and held_until > now:
-                return Claim(BUSY, rule_id, scheduled, owner=holder, until=held_until, done=done)
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                raise LeaseLost(
+                    "another run of this rule changed it after this run read it: that run covers the window"
+                ) from None
+        return meta.get("etag")
+
+    def release(self, rule_id: str, etag: str | None) -> bool:
+        """End a lease taken by a run that then saved nothing (it failed, or deferred). False when the lease was
+        no longer ours (the run outlived it and another run took the rule over)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        patch = {"PartitionKey": rule_id, "RowKey": STATE_ROW, OWNER_FIELD: "", UNTIL_FIELD: NEVER}
+        with _lease_errors(rule_id):
             try:
-                meta = self._table.update_entity(
-                    {"PartitionKey": rule_id, "RowKey": LEASE_ROW, **fields},
-                    mode=UpdateMode.MERGE,
-                    etag=entity.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
+                self._table.update_entity(
+                    patch, mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified
                 )
-            except ResourceModifiedError:  # another worker took it between our read and our write
-                return Claim(BUSY, rule_id, scheduled)
-        return Claim(ACQUIRED, rule_id, scheduled, done=done, etag=meta.get("etag"))
-
-    def release(self, claim: Claim, *, completed: bool) -> bool:
-        """End the lease on its own (a run that saved nothing). False when the lease was no longer ours (the run
-        outlived it and another took over)."""
-        from azure.core.exceptions import ResourceModifiedError
-
-        _, patch, options = release_op(claim, completed=completed)
-        with _lease_errors(claim.rule_id):
-            try:
-                self._table.update_entity(patch, **options)
-            except ResourceModifiedError:
-                log.warning("run lease of rule %s was taken over before this run released it", claim.rule_id)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                log.warning("run lease of rule %s was taken over before this run released it", rule_id)
                 return False
         return True
 
+    def old_mark(self, rule_id: str) -> RunMark:
+        """The lease as the release before this one kept it (its own `~lease` row): read once per rule, when the
+        state row has no lease fields yet; the next save writes them there."""
+        from azure.core.exceptions import ResourceNotFoundError
 
-def release_op(claim: Claim, *, completed: bool) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The release as an operation of the run's save transaction (store.save_run): conditional on the lease's
-    etag, so a run that lost its lease (it outlived it and another run took over) saves nothing at all."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
+        with _lease_errors(rule_id):
+            try:
+                entity: Any = self._table.get_entity(rule_id, OLD_LEASE_ROW)
+            except ResourceNotFoundError:
+                return RunMark()
+        return RunMark(str(entity.get("Owner") or ""), _utc(entity.get("Until")), _utc(entity.get("Done")))
 
-    patch: dict[str, Any] = {"PartitionKey": claim.rule_id, "RowKey": LEASE_ROW, "Owner": "", "Until": _NEVER}
-    if completed and claim.scheduled is not None:
-        patch["Done"] = max(claim.scheduled, claim.done or _NEVER)
-    return (
-        "update",
-        patch,
-        {"mode": UpdateMode.MERGE, "etag": claim.etag, "match_condition": MatchConditions.IfNotModified},
-    )
+    def acquire(self, rule_id: str, scheduled: datetime | None, owner: str, now: datetime, until: datetime) -> Claim:
+        """Read the lease and take it if free, in one step (what a run does across its snapshot and its first
+        write; for tools and tests that hold a rule from outside a run)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.runtime.rows import RuleState, _state_fields
+
+        with _lease_errors(rule_id):
+            try:
+                entity: Any = self._table.get_entity(rule_id, STATE_ROW)
+            except ResourceNotFoundError:
+                entity = None
+        mark = mark_from(entity) if entity is not None else RunMark()
+        claim = judge(mark, rule_id, scheduled, now)
+        if claim.status != ACQUIRED:
+            return claim
+        etag = entity.metadata["etag"] if entity is not None else None
+        create = {"Kind": "state", **_state_fields(RuleState())}
+        try:
+            self.take(rule_id, etag, create, held_fields(owner, until, mark.done))
+        except LeaseLost:
+            return Claim(BUSY, rule_id, scheduled)
+        return claim
 
 
 def _utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         return None
     value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return None if value <= _NEVER else value
+    return None if value <= NEVER else value
 
 
 class _lease_errors:
@@ -134,13 +207,11 @@ class _lease_errors:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> Literal[False]:
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
-        if (
-            exc is None
-            or not isinstance(exc, AzureError)
-            or isinstance(exc, ResourceExistsError | ResourceModifiedError)
-        ):
+        if exc is None or not isinstance(exc, AzureError):
+            return False
+        if isinstance(exc, ResourceExistsError | ResourceModifiedError | ResourceNotFoundError):
             return False
         from shared.runtime.redact import redact_text
 

@@ -15,8 +15,9 @@ A run owns a lot's hits while its lease (LeaseOwner/LeaseUntil) holds; every lot
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,12 @@ __all__ = [
 
 log = logging.getLogger("kqlwatch.state")
 
+StateOp = Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the state row's operation in a run's save transaction
+
+
+def _unguarded() -> None:
+    """A store not bound to one run (tools, `kqlwatch status`, tests): writes need no lease."""
+
 
 def connect(connection: str, table_name: str, *, retry_total: int = 3, credential: Any = None) -> TableClient:
     """A TableClient from an Azurite/account connection string, or from a Table service URL with Entra ID."""
@@ -122,6 +129,15 @@ class StateStore(HitStore):
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._table_ready = False  # created (or found) once per process, not once per run
+        self._guard: Callable[[], None] = _unguarded
+
+    def guarded(self, take: Callable[[], None]) -> StateStore:
+        """This store for one rule run (issue 14): `take` (the run lease, shared.runtime.runguard) is called
+        before every write of the rule's partition - hits, lots, marks, notices, the purge - so a run writes
+        only once it holds the rule. The same client; the process's other runs are not affected."""
+        view = copy.copy(self)
+        view._guard = take
+        return view
 
     def close(self) -> None:
         self._table.close()
@@ -162,6 +178,8 @@ class StateStore(HitStore):
             {"PartitionKey": rule_id, "RowKey": ENTITY_PREFIX + k, "Kind": "entity", "LastAlerted": when}
             for k in sorted(set(entity_keys))
         ]
+        if entities:
+            self._guard()
         for start in range(0, len(entities), BATCH):
             with _state_errors(f"record entities of rule {rule_id}"):
                 self._table.submit_transaction(
@@ -172,6 +190,7 @@ class StateStore(HitStore):
         """True exactly once per (rule, notice), across runs and concurrent runs."""
         from azure.core.exceptions import ResourceExistsError
 
+        self._guard()  # the notice is posted only by a run that holds the rule: the lease first
         with _state_errors(f"record a notice of rule {rule_id}"):
             try:
                 self._table.create_entity(
@@ -213,6 +232,7 @@ class StateStore(HitStore):
         """Delete settled hits first seen before `hits_before`, entity marks and run records older than their
         cut-offs. Pending hits (those a lot lists unsettled) are never touched: they are still to be delivered
         (or reported dropped)."""
+        self._guard()
         pending = {lot.keys[s] for lot in self.pending_lots(rule_id) for s in lot.unsettled()}
         query = (
             # The SDK's @name substitution needs a space after each name.
@@ -238,9 +258,10 @@ class StateStore(HitStore):
 
     # --- run bookkeeping ---
 
-    def save_run(self, rule_id: str, state: RuleState, record: RunRecord, extra: Sequence[Any] = ()) -> None:
-        """The rule's state and this run's record, in one transaction (with `extra` operations of the same
-        partition: issue 14's run-lease release, so the window advances only while the run still holds it)."""
+    def save_run(self, rule_id: str, state: RuleState, record: RunRecord, state_op: StateOp | None = None) -> list[Any]:
+        """The rule's state and this run's record, in one transaction. `state_op` makes the state row's
+        operation (issue 14, shared.runtime.runguard: conditional on the etag the run read or its lease wrote, so
+        the window advances only while no other run changed the rule); default an unconditional replace."""
         from azure.data.tables import UpdateMode
 
         state_entity = {"PartitionKey": rule_id, "RowKey": STATE_ROW, "Kind": "state", **_state_fields(state)}
@@ -259,14 +280,10 @@ class StateStore(HitStore):
             "Errors": errors_json(record.errors),
             "DurationMs": record.duration_ms,
         }
+        state_row = _drop_none(state_entity)
+        first = state_op(state_row) if state_op else ("upsert", state_row, {"mode": UpdateMode.REPLACE})
         with _state_errors(f"save run of rule {rule_id}"):
-            self._table.submit_transaction(
-                [
-                    ("upsert", _drop_none(state_entity), {"mode": UpdateMode.REPLACE}),
-                    ("upsert", _drop_none(run_entity)),
-                    *extra,
-                ]
-            )
+            return self._table.submit_transaction([first, ("upsert", _drop_none(run_entity))])
 
     def runs(self, rule_id: str, limit: int = 20) -> list[dict[str, Any]]:
         with _state_errors(f"read runs of rule {rule_id}"):

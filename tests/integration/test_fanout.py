@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 
 from shared.runtime import fanout
-from shared.runtime.runlease import LEASE_ROW
+from shared.runtime.runlease import OWNER_FIELD, UNTIL_FIELD
 from shared.runtime.runmessage import RunMessage
-from shared.runtime.store import StateStore, connect
+from shared.runtime.store import STATE_ROW, StateStore, connect
+from shared.standins._http import Response
 from shared.standins.azurite import Azurite, free_port
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.rows import email_row
@@ -170,33 +171,60 @@ def test_a_rule_held_by_another_worker_is_left_to_it(
     assert hook.received() == []
 
 
-def test_a_worker_killed_mid_rule_is_picked_up_cleanly_after_its_lease(
+def _kill_when(proc: subprocess.Popen[str], reached: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not reached() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reached(), f"the worker never {what}"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+def test_a_worker_killed_mid_query_held_nothing_and_the_next_run_delivers_at_once(
     queue_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver, real_time: datetime
 ) -> None:
+    """A run takes the rule's lease only before its first write: killed in its query, it held nothing, so the
+    next dispatched run need not wait out a lease (it did, 10 minutes, before the lease moved onto ~state)."""
     row = email_row(real_time - timedelta(minutes=15))
     la.ingest("EmailEvents", [row], at=real_time - timedelta(minutes=10))
     la.query_seconds = 60.0  # the worker sits in its query...
     assert queuecmd.dispatch(queue_env["KQLWATCH_QUEUE_CONNECTION"]) == 1
-    proc = worker(queue_env)
-    deadline = time.monotonic() + 60
-    while not la.requests and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert la.requests, "the worker never queried"
-    proc.send_signal(signal.SIGKILL)  # ... and is killed there, holding the rule's run lease
-    proc.communicate(timeout=30)
+    _kill_when(worker(queue_env), lambda: bool(la.requests), "queried")  # ... and is killed there
     la.query_seconds = 0.0
     store = store_for(queue_env)
+    assert queuecmd.dispatch(queue_env["KQLWATCH_QUEUE_CONNECTION"]) == 1
+    code, _, err = finish(worker(queue_env))
+    assert code == 0, err[-2000:]
+    assert delivered_ids(hook) == [row["NetworkMessageId"]]
+    [rule_id] = [e["PartitionKey"] for e in store._table.query_entities("RowKey eq @r", parameters={"r": STATE_ROW})]
+    assert len(store.runs(rule_id)) == 1
+    store.close()
+
+
+def test_a_worker_killed_mid_post_holding_the_lease_is_picked_up_cleanly_after_it(
+    queue_env: dict[str, str], la: LogAnalyticsStandIn, hook: WebhookReceiver, real_time: datetime
+) -> None:
+    row = email_row(real_time - timedelta(minutes=15))
+    la.ingest("EmailEvents", [row], at=real_time - timedelta(minutes=10))
+    hook.respond("soc", Response(503, delay=60))  # the worker's post hangs (the flow never ran)...
+    assert queuecmd.dispatch(queue_env["KQLWATCH_QUEUE_CONNECTION"]) == 1
+    _kill_when(worker(queue_env), lambda: hook.attempts["soc"] >= 1, "posted")  # ... and it is killed there
+    store = store_for(queue_env)
     table = store._table
-    [rule_id] = [e["PartitionKey"] for e in table.query_entities("RowKey eq @r", parameters={"r": LEASE_ROW})]
+    [state] = list(table.query_entities("RowKey eq @r", parameters={"r": STATE_ROW}))
+    rule_id = state["PartitionKey"]
+    assert state[OWNER_FIELD] and state[UNTIL_FIELD] > datetime.now(timezone.utc)  # it held the rule's lease
     # The next dispatch's run, while the lease holds: left alone (nothing posted, nothing saved).
     assert queuecmd.dispatch(queue_env["KQLWATCH_QUEUE_CONNECTION"]) == 1
     code, _, err = finish(worker(queue_env))
     assert code == 0, err[-2000:]
     assert hook.received() == [] and store.runs(rule_id) == []
-    # The lease ends (time passes: we move its end into the past rather than wait 10 minutes).
-    table.update_entity(
-        {"PartitionKey": rule_id, "RowKey": LEASE_ROW, "Until": datetime.now(timezone.utc) - timedelta(seconds=1)}
-    )
+    # Both leases end (time passes: we move their ends into the past rather than wait 10 minutes): the run's
+    # on ~state, and the delivery lease on the hit's lot.
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    table.update_entity({"PartitionKey": rule_id, "RowKey": STATE_ROW, UNTIL_FIELD: past})
+    for lot in table.query_entities("PartitionKey eq @pk and Kind eq @lot", parameters={"pk": rule_id, "lot": "lot"}):
+        table.update_entity({"PartitionKey": rule_id, "RowKey": lot["RowKey"], "LeaseUntil": past})
     assert queuecmd.dispatch(queue_env["KQLWATCH_QUEUE_CONNECTION"]) == 1
     code, _, err = finish(worker(queue_env))
     assert code == 0, err[-2000:]

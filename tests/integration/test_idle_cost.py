@@ -5,20 +5,24 @@ HTTPS Log Analytics stand-in, the Teams receiver."""
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.runtime.detector import Detector, LogsApi, load_prepared
 from shared.runtime.loganalytics import QueryResult
+from shared.runtime.store import DELIVERED, STATE_ROW, Hit
 from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
-from tests.conftest import WORKSPACE, MakeDetector
+from tests.conftest import SEED_RULE, WORKSPACE, MakeDetector
 
 # Every call of the TableClient that is a round-trip to Table Storage (a query page is one: these are one page).
 _ROUND_TRIPS = frozenset(
@@ -64,26 +68,83 @@ def count_state_ops(detector: Detector) -> Counter[str]:
     return counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="today 4 (lease read + lease write + snapshot + save); the design in docs/reliability.md "
-    "'Idle runs: the cost of the run lease' brings it to 2",
-)
-def test_an_idle_run_in_a_warm_worker_costs_at_most_two_state_operations(
-    make_detector: MakeDetector, clock: Clock, la: LogAnalyticsStandIn, hook: WebhookReceiver
+def seed_copies(rules_dir: Path, count: int) -> None:
+    """`count` copies of the seed rule (own id and name) in place of it."""
+    text = SEED_RULE.read_text()
+    (rules_dir / SEED_RULE.name).unlink()
+    for i in range(count):
+        body = re.sub(r"(?m)^id: .*$", f"id: {uuid.uuid4()}", text, count=1)
+        body = re.sub(r"(?m)^name: .*$", f"name: Seed copy {i:02d}", body, count=1)
+        (rules_dir / f"copy-{i:02d}.yaml").write_text(body)
+
+
+@pytest.mark.parametrize(("rules", "stored_hits"), [(1, 0), (10, 0), (1, 300)])
+def test_an_idle_run_in_a_warm_worker_costs_two_state_operations_per_rule(
+    make_detector: MakeDetector,
+    clock: Clock,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    rules_dir: Path,
+    rules: int,
+    stored_hits: int,
 ) -> None:
+    """The snapshot (state row, run lease, pending lots: one range query) and the save transaction (state with
+    the lease released, run record). Before the lease moved onto ~state: 4 (its read and its write as well)."""
+    if rules > 1:
+        seed_copies(rules_dir, rules)
     detector = make_detector()
     detector.store.ensure_table()  # once per process, as run_rule's worker does
-    (prepared,), _ = load_prepared(detector.settings, clock().date())
-    # Warm: the table exists, the day's purge is done, the rule has run once.
-    first = detector.run_leased(prepared, clock(), workspace=WORKSPACE)
-    assert first.ok and first.ran, first.log_line()
+    prepared, _ = load_prepared(detector.settings, clock().date())
+    assert len(prepared) == rules
+    for one in prepared:  # stored hits (delivered earlier) sit in the rule's partition: the snapshot skips them
+        old = [Hit(f"{i:064x}", {"n": i}, first_seen=clock()) for i in range(stored_hits)]
+        assert len(detector.store.insert_new(one.rule.id, old, status=DELIVERED)) == stored_hits
+    # Warm: the table exists, the day's purge is done, each rule has run once.
+    assert all(detector.run_leased(p, clock(), workspace=WORKSPACE).ran for p in prepared)
     clock.advance(timedelta(minutes=5))
     counts = count_state_ops(detector)
-    outcome = detector.run_leased(prepared, clock(), workspace=WORKSPACE)
-    assert outcome.ok and outcome.ran and outcome.new_hits == 0, outcome.log_line()
+    outcomes = [detector.run_leased(p, clock(), workspace=WORKSPACE) for p in prepared]
+    assert all(o.ok and o.ran and o.new_hits == 0 and not o.warnings for o in outcomes), [
+        o.log_line() for o in outcomes
+    ]
     assert hook.received() == []
-    assert sum(counts.values()) <= 2, dict(counts)
+    assert counts == Counter({"query_entities": rules, "submit_transaction": rules}), dict(counts)
+    for one in prepared:  # and the runs did what a run does: the window moved, one more run record
+        assert len(detector.store.runs(one.rule.id)) == 2
+
+
+def test_a_deploy_over_the_old_lease_row_keeps_done_and_reads_it_once(
+    make_detector: MakeDetector, clock: Clock, la: LogAnalyticsStandIn, hook: WebhookReceiver
+) -> None:
+    """State written before the lease moved onto ~state: the lease was its own row `~lease` (Owner, Until,
+    Done). A message queued before the deploy is still a duplicate; the next save carries Done over, and the
+    old row is never read again."""
+    from azure.data.tables import UpdateMode
+
+    detector = make_detector()
+    detector.store.ensure_table()
+    (prepared,), _ = load_prepared(detector.settings, clock().date())
+    rule_id = prepared.rule.id
+    scheduled = clock()
+    assert detector.run_leased(prepared, scheduled, workspace=WORKSPACE).ran
+    table = detector.store._table
+    # The old shape: the state row without the lease fields, the lease in its own row, done up to `scheduled`.
+    old_state = {k: v for k, v in table.get_entity(rule_id, STATE_ROW).items() if not k.startswith("Run")}
+    table.upsert_entity(old_state, mode=UpdateMode.REPLACE)
+    table.create_entity(
+        {"PartitionKey": rule_id, "RowKey": "~lease", "Kind": "runlease", "Owner": "", "Done": scheduled}
+    )
+    clock.advance(timedelta(minutes=5))
+    queried = len(la.requests)
+    again = detector.run_leased(prepared, scheduled, workspace=WORKSPACE)  # the message, delivered again
+    assert not again.ran and "already ran" in again.skipped and len(la.requests) == queried
+    assert detector.run_leased(prepared, clock(), workspace=WORKSPACE).ran
+    assert table.get_entity(rule_id, STATE_ROW)["RunDone"] == clock()
+    clock.advance(timedelta(minutes=5))
+    counts = count_state_ops(detector)
+    assert detector.run_leased(prepared, clock(), workspace=WORKSPACE).ran
+    assert counts == Counter({"query_entities": 1, "submit_transaction": 1}), dict(counts)  # no ~lease read
+    assert hook.received() == []
 
 
 class Gate:

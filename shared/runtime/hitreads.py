@@ -1,0 +1,147 @@
+"""Table Storage reads of hits: a rule's snapshot (its state row, the run lease on it, its pending lots, in one
+range query), the rows of pending hits, known keys, and every hit for `kqlwatch status`. The half of HitStore
+(shared.runtime.hitstore) that never writes, but for the one-time upgrade of state written before lots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.runtime.lots import LOT_PREFIX, PENDING_RANGE, Lot, lot_from
+from shared.runtime.rows import DELIVERED, PENDING, STATE_ROW, Hit, RuleState, Snapshot, _hit_from, _state_from
+from shared.runtime.runlease import mark_from
+from shared.runtime.tableio import state_errors
+from shared.runtime.upgrade import lots_for_old_hits
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+
+class HitReads:
+    _table: TableClient
+    _guard: Callable[[], None]  # called before every write of the rule's partition (the run lease, issue 14)
+
+    # --- reading ---
+
+    def snapshot(self, rule_id: str) -> Snapshot:
+        """The rule's state and its pending hits (rows not fetched: see load_rows), in one range query; state
+        written before lots first gets its lots (a write: the detector does it under the run lease instead)."""
+        snap = self.read_snapshot(rule_id)
+        if snap.old_hits:
+            self.adopt_old_hits(rule_id, snap)
+        return snap
+
+    def read_snapshot(self, rule_id: str) -> Snapshot:
+        """The rule's state, the run lease on it with the row's etag (issue 14), and its pending hits: one range
+        query, no write."""
+        snap = Snapshot(RuleState())
+        for entity in self._state_range(rule_id):
+            if entity["RowKey"] == STATE_ROW:
+                snap.state = _state_from(entity)
+                snap.etag = entity.metadata.get("etag")
+                snap.lease = mark_from(entity)
+                snap.old_hits = not entity.get("HitShape")  # written before lots: its pending hits get lots, once
+            elif entity["RowKey"].startswith(LOT_PREFIX):
+                snap.pending.extend(_pending_hits(lot_from(entity)))
+        return snap
+
+    def adopt_old_hits(self, rule_id: str, snap: Snapshot) -> None:
+        """Put the pending hits of state written before lots into lots (shared.runtime.upgrade), once."""
+        self._guard()
+        snap.pending.extend(h for lot in lots_for_old_hits(self._table, rule_id) for h in _pending_hits(lot))
+        snap.old_hits = False
+
+    def pending_lots(self, rule_id: str) -> list[Lot]:
+        return [lot_from(e) for e in self._state_range(rule_id) if e["RowKey"].startswith(LOT_PREFIX)]
+
+    def _state_range(self, rule_id: str) -> list[Any]:
+        lo, hi = PENDING_RANGE
+        with state_errors(f"read state of rule {rule_id}"):
+            return list(
+                self._table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                    parameters={"pk": rule_id, "lo": lo, "hi": hi},
+                )
+            )
+
+    def known_keys(self, rule_id: str, since: datetime) -> set[str]:
+        """Keys of hits first seen since `since`: lets a run skip creating what it already knows."""
+        with state_errors(f"read hits of rule {rule_id}"):
+            return {
+                e["RowKey"]
+                for e in self._table.query_entities(
+                    "PartitionKey eq @pk and RowKey lt @tilde and FirstSeen ge @since",
+                    parameters={"pk": rule_id, "tilde": "~", "since": since},
+                    select=["RowKey"],
+                )
+            }
+
+    def load_rows(self, rule_id: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[Hit]]:
+        """(hits with their rows, orphans): the rows of pending hits read from the index, one point read each
+        (only the hits a card will show need one). An orphan's lot names it but its entity is missing or was
+        recorded by another lot (a run killed while recording): it is not this lot's to deliver."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        loaded: list[Hit] = []
+        orphans: list[Hit] = []
+        for hit in hits:
+            if hit.row_loaded:
+                loaded.append(hit)
+                continue
+            with state_errors(f"read a hit of rule {rule_id}"):
+                try:
+                    entity = self._table.get_entity(rule_id, hit.key)
+                except ResourceNotFoundError:
+                    orphans.append(hit)
+                    continue
+            if hit.lot is not None and entity.get("Lot") not in (None, hit.lot.id):
+                orphans.append(hit)
+                continue
+            stored = _hit_from(entity)
+            loaded.append(
+                replace(hit, row=stored.row, truncated=stored.truncated, store_note=stored.store_note, row_loaded=True)
+            )
+        return loaded, orphans
+
+    def pending_leases(self) -> dict[str, list[datetime | None]]:
+        """Every rule's pending hits, as the end of the lease each is held under (None: free to deliver)."""
+        out: dict[str, list[datetime | None]] = {}
+        with state_errors("read pending hits"):
+            for e in self._table.query_entities("Kind eq @lot", parameters={"lot": "lot"}):
+                lot = lot_from(e)
+                out.setdefault(e["PartitionKey"], []).extend([lot.lease_until] * len(lot.unsettled()))
+        return out
+
+    def hits(self, rule_id: str) -> Iterator[Hit]:
+        """Every hit of the rule as it stands: pending while a lot lists it unsettled, else settled."""
+        pending = {lot.keys[s]: lot for lot in self.pending_lots(rule_id) for s in lot.unsettled()}
+        with state_errors(f"read hits of rule {rule_id}"):
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk and RowKey lt @tilde", parameters={"pk": rule_id, "tilde": "~"}
+            ):
+                hit = _hit_from(entity)
+                lot = pending.get(hit.key)
+                if hit.status == PENDING and (lot is None or entity.get("Lot") not in (None, lot.id)):
+                    hit = replace(hit, status=DELIVERED)
+                yield hit
+
+
+def _pending_hits(lot: Lot) -> list[Hit]:
+    return [
+        Hit(
+            lot.keys[slot],
+            {},
+            first_seen=lot.first_seen,
+            delivered_to=lot.delivered_to(slot),
+            attempts=lot.attempts,
+            etag=lot.etag,
+            lease_owner=lot.lease_owner,
+            lease_until=lot.lease_until,
+            lot=lot,
+            slot=slot,
+            row_loaded=False,
+        )
+        for slot in lot.unsettled()
+    ]
