@@ -1,0 +1,244 @@
+"""Issue 14: the run lease on ~state (shared.runtime.runlease, runguard). An idle run costs no lease operation
+(test_idle_cost.py); what the lease guarantees must hold all the same:
+
+- a run with work takes the lease before it writes or posts anything: when another run changes the rule
+  between this run's snapshot and its first write (a rival), this run writes nothing and posts nothing (it is
+  skipped), and the next run does the work, once - for new hits, pending lots, a silence hit, the notices
+  "failing", "recovered", blind and back, and the daily purge;
+- two runs of one rule at the same moment, with work or on the rule's first run (no state row yet): one runs.
+
+Real SDK TableClient on Azurite, the HTTPS Log Analytics stand-in, the Teams receiver.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.runtime.detector import Detector, RuleOutcome, load_prepared
+from shared.runtime.store import STATE_ROW
+from shared.standins._http import Response
+from shared.standins.clock import Clock
+from shared.standins.loganalytics import LogAnalyticsStandIn
+from shared.standins.teams import WebhookReceiver
+from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
+from tests.integration.test_idle_cost import Gate
+from tests.integration.test_no_row_missed import SILENCE_RULE
+
+M = timedelta(minutes=1)
+BROKEN = Response.of_json(400, {"error": {"code": "BadArgumentError", "message": "Failed to resolve table"}})
+
+
+class Rival:
+    """A proxy around the real TableClient: right after the run has read its snapshot, another run saves the
+    rule (its state row changes, so its etag does). Everything else is forwarded."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.struck = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def query_entities(self, query_filter: str, **kwargs: Any) -> Any:
+        rows = list(self._real.query_entities(query_filter, **kwargs))
+        parameters = kwargs.get("parameters") or {}
+        if not self.struck and parameters.get("lo") == STATE_ROW:  # the snapshot's range query
+            self.struck = True
+            from azure.data.tables import UpdateMode
+
+            rival = {"PartitionKey": parameters["pk"], "RowKey": STATE_ROW, "Kind": "state", "HitShape": 2}
+            self._real.upsert_entity({**rival, "Rival": "another run saved"}, mode=UpdateMode.MERGE)
+        return rows
+
+
+@dataclass
+class Scene:
+    make: MakeDetector
+    clock: Clock
+    la: LogAnalyticsStandIn
+    hook: WebhookReceiver
+    rules_dir: Path
+
+    def detector(self) -> Detector:
+        return self.make(KQLWATCH_OPS_WEBHOOK_URL=self.hook.url("ops"))
+
+    def run(self, *, rival: bool = False) -> tuple[RuleOutcome, Detector]:
+        detector = self.detector()
+        detector.store.ensure_table()  # once per process, as run_rule's worker does
+        if rival:
+            detector.store._table = Rival(detector.store._table)  # type: ignore[assignment]
+        (prepared,), _ = load_prepared(detector.settings, self.clock().date())
+        return detector.run_leased(prepared, self.clock(), workspace=WORKSPACE), detector
+
+    def partition(self, detector: Detector, rule_id: str) -> dict[str, str]:
+        """Every entity of the rule but its state row, with its etag: what a run's writes would change."""
+        table = detector.store._table
+        found = table.query_entities("PartitionKey eq @pk", parameters={"pk": rule_id})
+        return {e["RowKey"]: e.metadata["etag"] for e in found if e["RowKey"] != STATE_ROW}
+
+
+def _titles(hook: WebhookReceiver, name: str) -> list[str]:
+    return [str(card) for card in hook.cards(name)]
+
+
+def _new_hits(s: Scene) -> None:
+    s.la.ingest("EmailEvents", [email(s.clock)], at=s.clock.now - 10 * M)
+
+
+def _pending(s: Scene) -> None:
+    _new_hits(s)
+    s.hook.always("soc", Response(503))
+    outcome, _ = s.run()
+    assert outcome.deferred == 1, outcome.log_line()
+    s.hook.always("soc", None)
+    s.clock.advance(5 * M)
+
+
+def _silence(s: Scene) -> None:
+    (s.rules_dir / "accepted-domain-dmarc-temperror.yaml").unlink()
+    (s.rules_dir / "silence.yaml").write_text(SILENCE_RULE, encoding="utf-8")
+
+
+def _failing_twice(s: Scene) -> None:
+    for _ in range(2):
+        s.la.respond(BROKEN)
+        assert not s.run()[0].ok
+        s.clock.advance(5 * M)
+    s.la.respond(BROKEN, BROKEN)  # the rival's run, then the next
+
+
+def _failing_notified(s: Scene) -> None:
+    for _ in range(3):
+        s.la.respond(BROKEN)
+        s.run()
+        s.clock.advance(5 * M)
+    assert len(s.hook.cards("ops")) == 1  # "failing", after the third
+
+
+def _quiet(s: Scene) -> None:
+    s.la.ingest("EmailEvents", [email(s.clock, EmailDirection="Outbound")], at=s.clock.now - 4 * 60 * M)
+
+
+def _quiet_then_back(s: Scene) -> None:
+    _quiet(s)
+    s.run()
+    assert len(s.hook.cards("ops")) == 1  # "cannot see"
+    s.la.ingest("EmailEvents", [email(s.clock, EmailDirection="Outbound")], at=s.clock.now)
+    s.clock.advance(65 * M)  # the next hourly probe sees the new row
+
+
+def _purge_due(s: Scene) -> None:
+    s.run()
+    s.clock.advance(timedelta(days=31))  # the first run's record is past its 30 days; the daily purge is due
+
+
+def _posted(name: str, text: str) -> Callable[[Scene], bool]:
+    return lambda s: sum(text in t for t in _titles(s.hook, name)) == 1
+
+
+def _purged(s: Scene) -> bool:
+    detector = s.detector()
+    rule_id = next(iter(detector.store.rule_states()))
+    runs = detector.store.runs(rule_id)
+    return len(runs) == 1 and runs[0]["Started"] > s.clock.now - timedelta(days=1)  # the old record gone
+
+
+SCENES = {
+    "new hits": (_new_hits, lambda s: len(delivered_ids(s.hook)) == 1),
+    "pending lots": (_pending, lambda s: len(delivered_ids(s.hook)) == 1),
+    "silence hit": (_silence, _posted("soc", "fewer than 1 row(s)")),
+    "failing notice": (_failing_twice, _posted("ops", "rule failing")),
+    "recovered notice": (_failing_notified, _posted("ops", "rule recovered")),
+    "blind notice": (_quiet, _posted("ops", "cannot see: EmailEvents")),
+    "back notice": (_quiet_then_back, _posted("ops", "can see again: EmailEvents")),
+    "daily purge": (_purge_due, _purged),
+}
+
+
+@pytest.mark.parametrize("scene", list(SCENES))
+def test_a_run_with_work_takes_the_lease_before_it_writes_or_posts_anything(
+    scene: str,
+    make_detector: MakeDetector,
+    clock: Clock,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    rules_dir: Path,
+) -> None:
+    s = Scene(make_detector, clock, la, hook, rules_dir)
+    setup, done = SCENES[scene]
+    setup(s)
+    posted = len(hook.received())
+    probe = s.detector()
+    probe.store.ensure_table()
+    (prepared,), _ = load_prepared(probe.settings, clock().date())
+    before = s.partition(probe, prepared.rule.id)
+    outcome, _ = s.run(rival=True)
+    # Another run saved the rule after this run read it: this one wrote nothing, posted nothing (a failing
+    # query still says so in its outcome).
+    assert not outcome.ran and "another run" in outcome.skipped, outcome.log_line()
+    assert len(hook.received()) == posted
+    assert s.partition(probe, prepared.rule.id) == before
+    assert not done(s)
+    # The next run does the work, once.
+    clock.advance(5 * M)
+    outcome, _ = s.run()
+    assert outcome.ran and not outcome.skipped, outcome.log_line()
+    assert done(s), [t[:200] for t in _titles(hook, "ops") + _titles(hook, "soc")]
+
+
+def _race(first: Detector, second: Detector, scheduled: Any) -> list[RuleOutcome]:
+    """Both runs of one message at the same moment: each reaches Log Analytics before either may go on."""
+    (prepared,), _ = load_prepared(first.settings, scheduled.date())
+    arrived = threading.Barrier(2, timeout=3)
+    for detector in (first, second):
+        detector.logs = Gate(detector.logs, arrived)
+    outcomes: list[RuleOutcome] = []
+    threads = [
+        threading.Thread(target=lambda d=d: outcomes.append(d.run_leased(prepared, scheduled, workspace=WORKSPACE)))
+        for d in (first, second)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outcomes) == 2
+    assert all(not o.errors for o in outcomes), [o.log_line() for o in outcomes]
+    return outcomes
+
+
+@pytest.mark.parametrize("first_run", [True, False], ids=["first-run", "warm"])
+@pytest.mark.parametrize("with_hit", [True, False], ids=["hit", "idle"])
+def test_two_runs_of_one_rule_at_the_same_moment_run_it_once(
+    first_run: bool,
+    with_hit: bool,
+    make_detector: MakeDetector,
+    clock: Clock,
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+) -> None:
+    """Two workers hold one message (at-least-once delivery): one runs, one is skipped - on the rule's first
+    run too, when neither finds a state row (one creates it), and when there is a hit to record and post."""
+    first, second = make_detector(), make_detector()
+    first.store.ensure_table()
+    (prepared,), _ = load_prepared(first.settings, clock().date())
+    rule_id = prepared.rule.id
+    if not first_run:
+        assert first.run_leased(prepared, clock(), workspace=WORKSPACE).ran
+        clock.advance(5 * M)
+    if with_hit:
+        la.ingest("EmailEvents", [email(clock, Subject="once")], at=clock.now - 2 * M)
+    outcomes = _race(first, second, clock())
+    ran = [o for o in outcomes if o.ran]
+    assert len(ran) == 1 and sum(1 for o in outcomes if o.skipped) == 1, [o.log_line() for o in outcomes]
+    state = first.store.snapshot(rule_id).state
+    assert ran[0].window is not None and state.last_window_end == ran[0].window.end
+    assert state.runs == (1 if first_run else 2) and len(first.store.runs(rule_id)) == state.runs
+    assert len(delivered_ids(hook)) == (1 if with_hit else 0)
+    assert len(list(first.store.hits(rule_id))) == (1 if with_hit else 0)
