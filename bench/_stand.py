@@ -78,16 +78,32 @@ class Meters:
     # a child of its own), and it includes the worker threads azure-core starts to encode a batch transaction.
     cpu_clock: Callable[[], float] = time.process_time
 
+    # Each measurement's (start, end): with rules run side by side, waits summed over threads exceed the wall
+    # time; `busy` is the wall time during which at least one of them was under way.
+    spans: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+
     @contextmanager
     def measure(self, name: str, *, count: bool = True) -> Iterator[None]:
         wall, cpu = time.perf_counter(), self.cpu_clock()
         try:
             yield
         finally:
+            end = time.perf_counter()
             meter = self.by_name[name]
-            meter.wall += time.perf_counter() - wall
+            meter.wall += end - wall
             meter.cpu += self.cpu_clock() - cpu
             meter.count += 1 if count else 0
+            self.spans[name].append((wall, end))  # list.append is atomic: safe from the rules' threads
+
+    def busy(self, *prefixes: str) -> float:
+        """Wall time during which at least one measurement of these prefixes was under way (overlaps once)."""
+        spans = sorted(s for name, found in list(self.spans.items()) if name.startswith(prefixes) for s in found)
+        total, reach = 0.0, float("-inf")
+        for start, end in spans:
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
 
     def total(self, prefix: str) -> Meter:
         out = Meter()
@@ -107,6 +123,7 @@ class Meters:
 
     def reset(self) -> None:
         self.by_name.clear()
+        self.spans.clear()
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         return {k: {"count": v.count, "wall": v.wall, "cpu": v.cpu} for k, v in self.by_name.items()}
