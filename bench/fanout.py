@@ -5,7 +5,8 @@ processes, each running up to 5 rules at once, as a Functions instance with host
 newBatchThreshold 1 does). Every way runs against the same stand-ins: the HTTPS Log Analytics stand-in (which,
 like the service, runs 5 queries per identity at once and queues the rest), Azurite's Table and Queue services.
 The bound: N / 5 x latency (Log Analytics' per-identity limit). Also: Table Storage operations per rule of an
-idle run in a warm worker, the run lease included (a counting proxy around every TableClient).
+idle run in a warm worker (a counting proxy around every TableClient, the run lease's included: it lives on the
+state row, so an idle run's are the snapshot and the save).
 
     .venv/bin/python bench/fanout.py                       # 200 rules x 1 s (the issue's figure; ~8 min here)
     .venv/bin/python bench/fanout.py --rules 20 --workers 1,4   # scaled down (~1 min)
@@ -80,7 +81,8 @@ def cycle(env: dict[str, str], la: LogAnalyticsStandIn, mode: str, workers: int 
 
 
 def child_idle(config: dict[str, Any]) -> dict[str, Any]:
-    """A warm worker's idle run: state operations per rule (run lease, snapshot, save) after a first run."""
+    """A warm worker's idle run: state operations per rule (the snapshot, with the run lease on the state row, and
+    the save) after a first run."""
     meters = _stand.Meters()
     detector = _stand.wire(_stand.settings_from(config["env"]), meters)
     try:

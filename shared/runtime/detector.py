@@ -172,8 +172,10 @@ class Detector:
             if snap.old_hits:
                 run.store.adopt_old_hits(rule.id, snap)
             self._run_held(prepared, snap, outcome, now, started, workspace, run)
-        finally:
+        except Exception:  # not `finally`: a run killed mid-post (BaseException) keeps holding, as SIGKILL does
             guard.finish(outcome)
+            raise
+        guard.finish(outcome)
 
     def _run_held(
         self,

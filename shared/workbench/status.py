@@ -115,7 +115,7 @@ def _rule_row(
     killed mid-delivery recorded no run, and its hits wait under its lease until the time shown."""
     held = [lease for lease in leases if lease is not None and lease > now]
     leased = f"{len(held)} until {_text(max(held))}" if held else "0"
-    if state is None:
+    if state is None or state.last_run is None:  # no row, or only the row a first run's lease created (issue 14)
         health = "run never finished" if leases else "-"
         return [
             name,

@@ -77,7 +77,7 @@ class Scene:
         (prepared,), _ = load_prepared(detector.settings, self.clock().date())
         return detector.run_leased(prepared, self.clock(), workspace=WORKSPACE), detector
 
-    def partition(self, detector: Detector, rule_id: str) -> dict[str, str]:
+    def partition(self, detector: Detector, rule_id: str) -> dict[str, str | None]:
         """Every entity of the rule but its state row, with its etag: what a run's writes would change."""
         table = detector.store._table
         found = table.query_entities("PartitionKey eq @pk", parameters={"pk": rule_id})
@@ -150,7 +150,10 @@ def _purged(s: Scene) -> bool:
     return len(runs) == 1 and runs[0]["Started"] > s.clock.now - timedelta(days=1)  # the old record gone
 
 
-SCENES = {
+Setup = Callable[[Scene], None]
+Done = Callable[[Scene], bool]
+
+SCENES: dict[str, tuple[Setup, Done]] = {
     "new hits": (_new_hits, lambda s: len(delivered_ids(s.hook)) == 1),
     "pending lots": (_pending, lambda s: len(delivered_ids(s.hook)) == 1),
     "silence hit": (_silence, _posted("soc", "fewer than 1 row(s)")),
