@@ -12,7 +12,6 @@ says what the lease is). Moved out of detector.py, which sequences the run.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from shared.runtime.settings import Settings
 from shared.runtime.sources import SourceWatch
 from shared.runtime.store import StateStore
 from shared.runtime.teams import PostResult
-
-log = logging.getLogger("kqlwatch")
 
 
 @dataclass
