@@ -245,3 +245,49 @@ def test_two_runs_of_one_rule_at_the_same_moment_run_it_once(
     assert state.runs == (1 if first_run else 2) and len(first.store.runs(rule_id)) == state.runs
     assert len(delivered_ids(hook)) == (1 if with_hit else 0)
     assert len(list(first.store.hits(rule_id))) == (1 if with_hit else 0)
+
+
+class HeldPost:
+    """A poster whose first post waits until the test lets it go, then fails as a Teams outage would (no answer):
+    the run sits in its delivery, holding the rule's lease, for as long as the test needs."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.arrived, self.go = real, threading.Event(), threading.Event()
+
+    def post(self, url: str, payload: Any) -> Any:
+        from shared.runtime.teams import PostResult
+
+        if not self.arrived.is_set():
+            self.arrived.set()
+            self.go.wait(60)
+            return PostResult(False, None, "no answer (test)")
+        return self.real.post(url, payload)
+
+
+def test_a_run_that_outlives_its_lease_saves_nothing_and_the_run_that_took_over_delivers_once(
+    make_detector: MakeDetector, clock: Clock, la: LogAnalyticsStandIn, hook: WebhookReceiver
+) -> None:
+    """A run holding the lease sits in a post past the lease's end; the next run takes the rule over (the lease
+    and the hit's lot lease have ended) and delivers. The first run's save, conditional on its lease's etag,
+    then fails: it saved nothing, so the window advanced once and the hit was recorded and delivered once."""
+    slow, fresh = make_detector(), make_detector()
+    slow.store.ensure_table()
+    (prepared,), _ = load_prepared(slow.settings, clock().date())
+    la.ingest("EmailEvents", [email(clock)], at=clock.now - 10 * M)
+    held = HeldPost(slow.teams)
+    slow.teams = held
+    outcomes: list[RuleOutcome] = []
+    thread = threading.Thread(target=lambda: outcomes.append(slow.run_leased(prepared, clock(), workspace=WORKSPACE)))
+    thread.start()
+    assert held.arrived.wait(60), "the first run never posted"
+    clock.advance(11 * M)  # past both of its leases (10 minutes)
+    took_over = fresh.run_leased(prepared, clock(), workspace=WORKSPACE)
+    held.go.set()
+    thread.join(60)
+    [late] = outcomes
+    assert took_over.ran and took_over.delivered == 1, took_over.log_line()
+    assert late.ran and any("outlived its run lease" in e for e in late.errors), late.log_line()
+    assert len(delivered_ids(hook)) == 1
+    state = fresh.store.snapshot(prepared.rule.id).state
+    assert took_over.window is not None and state.last_window_end == took_over.window.end
+    assert state.runs == 1 and len(fresh.store.runs(prepared.rule.id)) == 1
