@@ -273,7 +273,7 @@ def measure_size(
     child = run_child("kqlwatch", {"env": env})
     out["process_wall"] = time.perf_counter() - started
     meters = _stand.Meters.from_dict(child["meters"])
-    arrivals = hook.arrivals.get("soc", [])
+    arrivals = hook.accepted.get("soc", [])
     out["kqlwatch"] = {
         **{k: child[k] for k in ("wall", "cpu", "thread_cpu", "threads", "maxrss_mb", "hwm_mb", "outcome")},
         **_split(meters),
@@ -322,7 +322,7 @@ def measure_size(
     base = run_child("baseline", {"env": env, "sample": sample})
     bmeters = _stand.Meters.from_dict(base["meters"])
     per_hit = base["loop_wall"] / max(base["sampled"], 1)
-    arrivals = hook.arrivals.get("naive", [])
+    arrivals = hook.accepted.get("naive", [])
     out["baseline"] = {
         "sampled": base["sampled"],
         "extrapolated": base["sampled"] < size,

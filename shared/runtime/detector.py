@@ -30,6 +30,7 @@ from shared.runtime.hits import short_hash
 from shared.runtime.loganalytics import QueryResult
 from shared.runtime.outcome import RuleOutcome, RunReport
 from shared.runtime.planning import RunPlan, load_prepared, plan_run
+from shared.runtime.querygate import RUNS_PER_SLOT, QueryGate
 from shared.runtime.querying import MAX_SPLITS, MIN_SPLIT, LogsApi, note_partial, timed_query
 from shared.runtime.runguard import GuardedPoster, HeldRun, RunGuard
 from shared.runtime.runlease import ACQUIRED, LeaseLost, RunLeases
@@ -94,6 +95,8 @@ class Detector:
         self.clock = clock
         self.run_id = uuid.uuid4().hex[:12]
         self.dns = dnsevidence.RunLookups(settings.dns_servers)  # issue 16: one cache and budget per run
+        # Issue 14: the query services' limits are per identity, so the slots are per service, not per rule.
+        self.gates = {DEFENDER: QueryGate(settings.concurrency), "": QueryGate(settings.concurrency)}
 
     def run(self, *, only_due: bool) -> RunReport:
         self.dns = dnsevidence.RunLookups(self.settings.dns_servers)  # issue 16
@@ -104,11 +107,12 @@ class Detector:
         for warning in warnings:
             log.warning("%s", warning)
         self.store.ensure_table()
-        # Issue 14: rules run side by side, at most KQLWATCH_CONCURRENCY at once (Log Analytics runs 5 queries
-        # per identity at once); the one TeamsClient spaces posts per webhook across all of them. Issue 15: one
-        # run unit per rule and workspace (shared.runtime.units), each with its own state.
+        # Issue 14: rules run side by side, at most KQLWATCH_CONCURRENCY queries at once (Log Analytics runs 5
+        # per identity at once: shared.runtime.querygate) while other runs do their storage work; the one
+        # TeamsClient spaces posts per webhook across all of them. Issue 15: one run unit per rule and workspace
+        # (shared.runtime.units), each with its own state.
         units = run_units(prepared, self.settings)
-        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="kqlwatch-rule") as pool:
+        with ThreadPoolExecutor(self.settings.concurrency * RUNS_PER_SLOT, thread_name_prefix="kqlwatch-rule") as pool:
             outcomes = list(
                 pool.map(lambda u: self.run_leased(u.prepared, None, only_due=only_due, workspace=u.workspace), units)
             )
@@ -167,7 +171,7 @@ class Detector:
             return
         if only_due and not is_due(now, snap.state.last_run, rule.query_frequency):
             return
-        run = HeldRun.bind(guard, self.store, self.teams, self.logs, self.settings)
+        run = HeldRun.bind(guard, self.store, self.teams, self.gates[""].over(self.logs), self.settings)
         try:
             if snap.old_hits:
                 run.store.adopt_old_hits(rule.id, snap)
@@ -242,12 +246,12 @@ class Detector:
         if plan.source == DEFENDER:
             if self.defender is None:
                 raise QueryError("the rule's source is defender, but no Defender client is configured")
-            return self.defender
+            return self.gates[DEFENDER].over(self.defender)
         if not plan.workspace:
             raise QueryError(
                 "the rule runs on Log Analytics (kqlwatch.source / KQLWATCH_SOURCE), but KQLWATCH_WORKSPACE_ID is not set"
             )
-        return self.logs
+        return self.gates[""].over(self.logs)
 
     def _claim_older(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,6 @@ class DrainReport:
 
 def drain(connection: str, *, concurrency: int, retry_after: int = RETRY_AFTER) -> DrainReport:
     import function_app
-    from shared.runtime.fanout import MAX_DEQUEUE
     from shared.workbench.queues import ensure_queue, queue_client
 
     runs, poison = queue_client(connection, function_app.QUEUE), queue_client(connection, function_app.POISON_QUEUE)
@@ -111,27 +110,46 @@ def drain(connection: str, *, concurrency: int, retry_after: int = RETRY_AFTER) 
     try:
         for queue in (runs, poison):
             ensure_queue(queue)
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="kqlwatch-worker") as pool:
-            while True:
-                batch = list(
-                    runs.receive_messages(
-                        messages_per_page=concurrency, max_messages=concurrency, visibility_timeout=VISIBILITY
-                    )
-                )
-                if batch:
-                    for ok, moved in pool.map(lambda m: _run(runs, poison, m, retry_after, MAX_DEQUEUE), batch):
-                        report.ran += 1
-                        report.failed += not ok and not moved
-                        report.poisoned += moved
-                    continue
-                poisoned = list(poison.receive_messages(max_messages=16, visibility_timeout=VISIBILITY))
-                if not poisoned:
-                    return report
-                for message in poisoned:
-                    report.notices += _poisoned(poison, message)
+        while _drain_runs(runs, poison, concurrency, retry_after, report):
+            pass
     finally:
         runs.close()
         poison.close()
+    return report
+
+
+def _drain_runs(
+    runs: QueueClient, poison: QueueClient, concurrency: int, retry_after: int, report: DrainReport
+) -> bool:
+    """Run kqlwatch-runs' messages until it is empty, then hand the poison queue's to the poison function. True
+    when a poison message was handled (its notice may be followed by more runs: look again).
+
+    A message is taken whenever a run ends, as the host does with newBatchThreshold: never a whole batch
+    waiting for its slowest run while the others' slots stand idle."""
+    from shared.runtime.fanout import MAX_DEQUEUE
+
+    inflight: set[Future[tuple[bool, bool]]] = set()
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="kqlwatch-worker") as pool:
+        while True:
+            room = concurrency - len(inflight)
+            batch = (
+                list(runs.receive_messages(messages_per_page=room, max_messages=room, visibility_timeout=VISIBILITY))
+                if room
+                else []
+            )
+            inflight.update(pool.submit(_run, runs, poison, m, retry_after, MAX_DEQUEUE) for m in batch)
+            if not inflight:
+                break
+            done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+            for future in done:
+                ok, moved = future.result()
+                report.ran += 1
+                report.failed += not ok and not moved
+                report.poisoned += moved
+    poisoned = list(poison.receive_messages(max_messages=16, visibility_timeout=VISIBILITY))
+    for message in poisoned:
+        report.notices += _poisoned(poison, message)
+    return bool(poisoned)
 
 
 def _host_message(message: QueueMessage) -> Any:

@@ -303,6 +303,23 @@ def test_24_rules_through_run_once_run_side_by_side_and_never_exceed_4_posts_per
     assert sorted(delivered_ids(hook)) == sorted([r["NetworkMessageId"] for r in rows] * 24)
 
 
+def test_a_slow_webhook_does_not_hold_the_next_rule_s_query(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path, make_detector: Any, clock: Any
+) -> None:
+    """KQLWATCH_CONCURRENCY bounds queries in flight, not whole rule runs: while one rule waits on its webhook,
+    the next rule queries and posts (before, a 1.5 s webhook put 1.5 s between every rule's card)."""
+    from shared.standins._http import Response
+
+    rule_copies(rules_dir, 3)
+    la.ingest("EmailEvents", [email_row(clock.now - timedelta(minutes=15))], at=clock.now - timedelta(minutes=10))
+    hook.always("soc", Response(202, delay=1.5))
+    report = make_detector(KQLWATCH_CONCURRENCY="1").run(only_due=False)
+    assert report.ok and sum(o.delivered for o in report.outcomes) == 3
+    first, second = sorted(hook.arrivals["soc"])[:2]
+    assert second - first < 1.2  # the second rule's card did not wait for the first rule's post to end
+    # (That the slots still bound queries, 10 runs in flight for 5 slots: test_24_rules_through_run_once_...)
+
+
 def test_a_run_throttled_by_log_analytics_defers_cleanly(
     la: LogAnalyticsStandIn, hook: WebhookReceiver, rules_dir: Path, make_detector: Any, clock: Any
 ) -> None:
