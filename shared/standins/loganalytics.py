@@ -29,7 +29,7 @@ from shared.rules.kql import tokenize
 from shared.schemas import known_tables, table_schema
 from shared.standins._http import HttpsServer, Request, Response
 from shared.standins.lawire import _in_span, _infer_schema, _parse_time, _timespan, _wire
-from shared.workbench.engine import INGESTED, Engine, EngineError, with_ingestion_column
+from shared.workbench.engine import INGESTED, Engine, EngineError, Plans, with_ingestion_column
 
 _PATH = re.compile(r"^/v1/workspaces/([^/]+)/query")
 _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
@@ -73,6 +73,7 @@ class LogAnalyticsStandIn:
         # Issue 15: the workspaces a cross-workspace query may name (ingest(workspace=) and add_workspaces add).
         self.known_workspaces: set[str] = set()
         self._lock = threading.Lock()
+        self._plans: Plans = {}  # KQL->SQL, kept across queries: a rule's runs differ only in their datetimes
         self._script: deque[Response] = deque()
         self.row_cap: int | None = None  # answer a partial result past this many rows
         self.partial_failure: PartialFailure | None = None  # answer every query partially, for this reason
@@ -267,7 +268,7 @@ class LogAnalyticsStandIn:
     ) -> Response:
         named = {t.text for t in tokenize(query) if t.kind == "ident"}
         tables = self._tables_of(scope, named)
-        with Engine() as engine:
+        with Engine(self._plans) as engine:
             for name, table_rows in tables.items():
                 if name not in named:
                     continue  # a table the query does not name cannot change its answer: not loaded (speed)
@@ -276,7 +277,7 @@ class LogAnalyticsStandIn:
                 schema = dict(table_schema(name) or _infer_schema(table_rows))
                 schema[INGESTED] = "datetime"
                 engine.load_rows(name, visible, schema)
-            result = engine.query(with_ingestion_column(query), now=now)
+            result = engine.query(with_ingestion_column(query), now=now, reuse_plan=True)
         keep = [i for i, c in enumerate(result.columns) if c != INGESTED]
         hidden = _hidden_schema_rows(query, result.columns)
         rows: list[list[Any]] = [

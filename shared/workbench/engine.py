@@ -40,13 +40,18 @@ class EngineResult:
     rows: list[tuple[Any, ...]]
 
 
+Plans = dict[tuple[str, str], tuple[str, dict[str, Any]]]  # (query template, tables' columns) -> SQL, bound
+
+
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, plans: Plans | None = None) -> None:
+        """`plans`: the translations query(reuse_plan=True) keeps, shared with other engines when given (the Log
+        Analytics stand-in answers each query from a fresh engine: a rule's runs differ only in their times)."""
         import duckdb_kql
 
         self._con = duckdb_kql.connect()
         self._tmp = tempfile.TemporaryDirectory(prefix="kqlwatch-engine-")
-        self._plans: dict[str, tuple[str, dict[str, Any]]] = {}  # query(reuse_plan=True)
+        self._plans: Plans = {} if plans is None else plans
 
     def close(self) -> None:
         self._con.close()
@@ -232,13 +237,15 @@ class Engine:
             return f"datetime({_SENTINEL_DAY}.{len(values):06d}Z)"
 
         template = _DATETIME_LITERAL.sub(placeholder, kql)
-        if template not in self._plans:
+        # The SQL also depends on the tables' columns (joins, an `extend` of an existing column): part of the key.
+        key = (template, repr(self._con.execute(_COLUMNS_SQL).fetchall()))
+        if key not in self._plans:
             sql, bound = _prepare(self._con, template, None, query_now=now)
             sentinels = [f"'{_SENTINEL_DAY}.{n:06d}Z'" for n in range(1, len(values) + 1)]
             if not all(s in sql for s in sentinels):  # the translator rendered a literal otherwise: no reuse
                 return _run_sql(self._con, *_prepare(self._con, kql, None, query_now=now))
-            self._plans[template] = (sql, bound)
-        sql, bound = self._plans[template]
+            self._plans[key] = (sql, bound)
+        sql, bound = self._plans[key]
         for n, value in enumerate(values, start=1):
             sql = sql.replace(f"'{_SENTINEL_DAY}.{n:06d}Z'", f"'{value}'")
         if "kqlnow" in bound:
@@ -274,6 +281,7 @@ def file_format(path: str) -> str:
 # it can be put back inside an SQL string as it is.
 _DATETIME_LITERAL = re.compile(r"\bdatetime\(\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[0-9T:. Z+-]*?)\s*\)")
 _SENTINEL_DAY = "1901-02-03T04:05:06"
+_COLUMNS_SQL = "SELECT table_name, column_name, data_type FROM information_schema.columns ORDER BY ALL"
 
 
 def _run_sql(con: Any, sql: str, bound: Mapping[str, Any]) -> Any:
