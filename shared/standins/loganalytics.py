@@ -36,6 +36,7 @@ _WAIT = re.compile(r"(?:^|[,\s])wait=(\d+)")
 DEFAULT_WAIT = 180  # seconds the service waits for a query when the request does not say
 CONCURRENT_PER_IDENTITY = 5  # queries one identity runs at once; the rest are queued
 QUEUE_WAIT = 180.0  # seconds a queued query waits for a slot before 429
+EVALUATION_ALLOWANCE = 0.25  # seconds of a slow query's time left for evaluating it (see _answer)
 MAX_ADDITIONAL = 100  # workspaces a query may name in its body's `workspaces`, besides the path's
 TRUNCATION_CODE = "-2133196797"  # E_QUERY_RESULT_SET_TOO_LARGE
 GENERIC_DETAIL = "Something went wrong processing your query on the server."
@@ -238,7 +239,15 @@ class LogAnalyticsStandIn:
         if takes > wait:
             self._stopping.wait(wait)
             return _error(504, "GatewayTimeout", "Gateway timeout: the query did not finish in time.")
-        self._stopping.wait(takes)
+        began = time.monotonic()
+        self._stopping.wait(max(takes - EVALUATION_ALLOWANCE, 0.0))  # rows ingested meanwhile are seen, as before
+        answer = self._answer_now(body, scope)
+        # The query takes `takes` in all, our own evaluation included (it would otherwise add its CPU time,
+        # on the test machine's cores, to every query's latency: the service's figure is the whole).
+        self._stopping.wait(max(takes - (time.monotonic() - began), 0.0))
+        return answer
+
+    def _answer_now(self, body: dict[str, Any], scope: tuple[str, ...]) -> Response:
         now = self.clock()
         try:
             start, end = _timespan(body.get("timespan"), now)
