@@ -147,6 +147,26 @@ def test_a_deploy_over_the_old_lease_row_keeps_done_and_reads_it_once(
     assert hook.received() == []
 
 
+def race(first: Detector, second: Detector, prepared: Any, scheduled: datetime) -> list[Any]:
+    """Both runs of one message at the same moment: each reaches Log Analytics (if it gets that far) before
+    either may go on, so their reads overlap. Their outcomes, neither with an error."""
+    arrived = threading.Barrier(2, timeout=3)
+    for detector in (first, second):
+        detector.logs = Gate(detector.logs, arrived)
+    outcomes: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda d=d: outcomes.append(d.run_leased(prepared, scheduled, workspace=WORKSPACE)))
+        for d in (first, second)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outcomes) == 2
+    assert all(not o.errors for o in outcomes), [o.log_line() for o in outcomes]
+    return outcomes
+
+
 class Gate:
     """A Log Analytics client that holds each query until the other run's query arrives too (or 3 s pass: the
     other run left the rule to this one without querying)."""
@@ -181,21 +201,7 @@ def test_two_concurrent_idle_runs_of_one_rule_advance_its_window_once(
     before = first.store.snapshot(prepared.rule.id).state
     clock.advance(timedelta(minutes=5))
     scheduled = clock()
-    # Both runs reach Log Analytics (if they get that far) before either may go on: their reads overlap.
-    arrived = threading.Barrier(2, timeout=3)
-    for detector in (first, second):
-        detector.logs = Gate(detector.logs, arrived)
-    outcomes: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda d=d: outcomes.append(d.run_leased(prepared, scheduled, workspace=WORKSPACE)))
-        for d in (first, second)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(outcomes) == 2
-    assert all(not o.errors for o in outcomes), [o.log_line() for o in outcomes]
+    outcomes = race(first, second, prepared, scheduled)
     after = first.store.snapshot(prepared.rule.id).state
     assert after.runs == before.runs + 1, (before.runs, after.runs)
     ran = [o for o in outcomes if o.ran]

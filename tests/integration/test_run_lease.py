@@ -28,7 +28,7 @@ from shared.standins.clock import Clock
 from shared.standins.loganalytics import LogAnalyticsStandIn
 from shared.standins.teams import WebhookReceiver
 from tests.conftest import WORKSPACE, MakeDetector, delivered_ids, email
-from tests.integration.test_idle_cost import Gate
+from tests.integration.test_idle_cost import race
 from tests.integration.test_no_row_missed import SILENCE_RULE
 
 M = timedelta(minutes=1)
@@ -197,23 +197,8 @@ def test_a_run_with_work_takes_the_lease_before_it_writes_or_posts_anything(
 
 
 def _race(first: Detector, second: Detector, scheduled: Any) -> list[RuleOutcome]:
-    """Both runs of one message at the same moment: each reaches Log Analytics before either may go on."""
     (prepared,), _ = load_prepared(first.settings, scheduled.date())
-    arrived = threading.Barrier(2, timeout=3)
-    for detector in (first, second):
-        detector.logs = Gate(detector.logs, arrived)
-    outcomes: list[RuleOutcome] = []
-    threads = [
-        threading.Thread(target=lambda d=d: outcomes.append(d.run_leased(prepared, scheduled, workspace=WORKSPACE)))
-        for d in (first, second)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(outcomes) == 2
-    assert all(not o.errors for o in outcomes), [o.log_line() for o in outcomes]
-    return outcomes
+    return race(first, second, prepared, scheduled)
 
 
 @pytest.mark.parametrize("first_run", [True, False], ids=["first-run", "warm"])
