@@ -68,11 +68,12 @@ def parse_data_arg(text: str) -> DataSpec:
 
 
 def load_files(
-    engine: Engine, specs: Sequence[DataSpec], query: str | None = None, *, prune: bool = False
+    engine: Engine, specs: Sequence[DataSpec], query: str | None = None, *, prune: bool = False, lazy: bool = False
 ) -> list[Loaded]:
     """Load each file into its table (one file per table); then create the other known tables `query` names,
-    empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); only for
-    a caller that runs exactly `query` afterwards."""
+    empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); with
+    `lazy`, a Parquet file is read by the query itself (a view, see Engine.load_file): both only for a caller
+    that runs exactly `query` afterwards, once."""
     from shared.schemas import table_schema
     from shared.workbench.querycolumns import needed_names
 
@@ -85,13 +86,18 @@ def load_files(
         seen[spec.table] = spec.path
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: no such file")
-        loaded.append(load_file(engine, spec, table_schema(spec.table), only))
+        loaded.append(load_file(engine, spec, table_schema(spec.table), only, lazy=lazy))
     create_known_tables(engine, query, skip=seen)
     return loaded
 
 
 def load_file(
-    engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None, only: frozenset[str] | None = None
+    engine: Engine,
+    spec: DataSpec,
+    schema: Mapping[str, str] | None,
+    only: frozenset[str] | None = None,
+    *,
+    lazy: bool = False,
 ) -> Loaded:
     from shared.workbench.engine import EngineError
 
@@ -110,6 +116,7 @@ def load_file(
             ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
             fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
             only=only,
+            lazy=lazy,
         )
     except EngineError:
         if is_json:
