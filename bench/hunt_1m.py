@@ -3,19 +3,23 @@
 Generates the rows inside DuckDB (seconds, not minutes) as JSON lines, as a CSV export (the Logs blade's
 shape: ` [UTC]` headers, US-style times) and as Parquet, then runs the real command, `.venv/bin/kqlwatch hunt`,
 once per file in a child process and reports its load and query times (from hunt's footer), wall time and peak
-memory (the child's ru_maxrss). Side by side, in the same run, it times the loader of `--baseline` (a git
-revision, default `main`: its `shared/` is extracted to a temporary folder and run with the same interpreter).
-Run from the repository root:
+memory (the child's ru_maxrss). This checkout runs twice per file, with an empty translation cache of its own
+(KQLWATCH_CACHE_DIR: the first hunt of a rule) and again with what the first left (every later hunt of it).
+Side by side, in the same run, it times the loader of `--baseline` (a git revision, default `main`: its `shared/`
+is extracted to a temporary folder and run with the same interpreter). Every run's output must be the same
+bytes (the same rows, in the same order). Run from the repository root:
 
     .venv/bin/python bench/hunt_1m.py               # 1,000,000 rows
     .venv/bin/python bench/hunt_1m.py --rows 10000  # smoke size
     .venv/bin/python bench/hunt_1m.py --baseline none   # this checkout only
     .venv/bin/python bench/hunt_1m.py --rule rules/sender-domain-auth-failure-burst.yaml  # a rule that reads 7 columns
+    .venv/bin/python bench/hunt_1m.py --write       # also put the table into docs/benchmarks.md
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import re
@@ -28,6 +32,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import _stand  # noqa: E402
+
 RULE = ROOT / "rules" / "accepted-domain-dmarc-temperror.yaml"
 KQLWATCH = ROOT / ".venv" / "bin" / "kqlwatch"
 FOOTER = re.compile(r"([\d,]+) rows? .*· load ([\d.]+) s .*· query ([\d.]+) s · total ([\d.]+) s")
@@ -159,12 +168,16 @@ def baseline_tree(revision: str, directory: Path) -> Path | None:
     return target
 
 
-def hunt(path: Path, directory: Path, code: Path | None = None, rule: Path = RULE) -> dict[str, float]:
+def hunt(
+    path: Path, directory: Path, code: Path | None = None, rule: Path = RULE, cache: Path | None = None
+) -> dict[str, float | str]:
     """Run `kqlwatch hunt` in a child process: its figures from the footer, its own peak RSS from wait4. With
-    `code`, the `shared/` package found there runs instead of this checkout's."""
+    `code`, the `shared/` package found there runs instead of this checkout's; `cache` is its translation cache."""
     out_path, err_path = directory / "hunt.out", directory / "hunt.err"
     command = [str(KQLWATCH)]
     env = dict(os.environ)
+    if cache is not None:
+        env["KQLWATCH_CACHE_DIR"] = str(cache)
     if code is not None:
         command = [sys.executable, "-c", "import sys; from shared.workbench.cli import main; sys.exit(main())"]
         env["PYTHONPATH"] = str(code)
@@ -186,9 +199,14 @@ def hunt(path: Path, directory: Path, code: Path | None = None, rule: Path = RUL
     match = FOOTER.search(stderr)
     if not match:
         sys.exit(f"no footer in kqlwatch hunt's output: {stderr.strip()[-2000:]}")
+    digest = hashlib.sha256()
+    lines = 0
     with out_path.open("rb") as produced:
-        lines = sum(1 for _ in produced)
+        for line in produced:
+            digest.update(line)
+            lines += 1
     return {
+        "sha256": digest.hexdigest(),
         "rows": float(match.group(1).replace(",", "")),
         "load": float(match.group(2)),
         "query": float(match.group(3)),
@@ -206,6 +224,7 @@ def main() -> int:
     parser.add_argument("--baseline", default="main", help="git revision whose loader is timed too ('none': skip)")
     parser.add_argument("--rule", type=Path, default=RULE, help="the rule to hunt with (default: the seed rule)")
     parser.add_argument("--keep", type=Path, help="write the files here and keep them (default: a temp folder)")
+    parser.add_argument("--write", action="store_true", help="also write the figures into docs/benchmarks.md")
     args = parser.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not KQLWATCH.exists():
@@ -215,22 +234,63 @@ def main() -> int:
         directory.mkdir(parents=True, exist_ok=True)
         files = generate(args.rows, directory, formats)
         base = baseline_tree(args.baseline, Path(tmp)) if args.baseline != "none" else None
-        results = {}
+        results: list[tuple[str, str, dict[str, float | str]]] = []
         for fmt in formats:
-            runs = [("this", None)] + ([(args.baseline, base)] if base is not None and fmt != "parquet" else [])
-            for label, code in runs:
-                figures = hunt(files[fmt], directory, code, args.rule)
-                results[f"{fmt}/{label}"] = figures
+            cache = Path(tmp) / f"cache-{fmt}"  # this checkout's own, empty before its first hunt of the file
+            runs: list[tuple[str, Path | None, Path | None]] = [("this, first hunt", None, cache)]
+            runs.append(("this, again", None, cache))
+            if base is not None and fmt != "parquet":
+                runs.append((args.baseline, base, None))
+            for label, code, cache_dir in runs:
+                figures = hunt(files[fmt], directory, code, args.rule, cache_dir)
+                results.append((fmt, label, figures))
                 print(
-                    f"kqlwatch hunt ({fmt:7} {label:>6}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
+                    f"kqlwatch hunt ({fmt:7} {label:>16}): {figures['rows']:,.0f} rows out of {args.rows:,}; "
                     f"load {figures['load']:.2f} s, query {figures['query']:.2f} s, "
                     f"command {figures['total']:.2f} s, wall (with start-up) {figures['wall']:.2f} s, "
                     f"peak RSS {figures['peak_mib']:,.0f} MiB"
                 )
-        if len({r["rows"] for r in results.values()}) > 1:
-            print("MISMATCH: the inputs gave different row counts")
-            return 1
+        sizes = {fmt: files[fmt].stat().st_size for fmt in formats}
+    same = len({str(r[2]["sha256"]) for r in results}) == 1
+    body = summary(args, results, sizes, same)
+    stem = args.rule.resolve().stem
+    _stand.report("hunt_1m" if args.rule.resolve() == RULE else f"hunt_1m-{stem}", body, write=args.write)
+    if not same:
+        print("MISMATCH: the runs returned different rows")
+        return 1
     return 0
+
+
+_NAMES = {"jsonl": "JSON lines", "csv": "Logs-blade CSV", "parquet": "Parquet"}
+
+
+def summary(
+    args: argparse.Namespace, results: list[tuple[str, str, dict[str, float | str]]], sizes: dict[str, int], same: bool
+) -> str:
+    """The figures as a Markdown table, with the machine's load (every figure moves with it)."""
+    rows = [
+        [
+            _NAMES.get(fmt, fmt),
+            f"{sizes[fmt] / 2**20:,.0f} MiB",
+            label,
+            f"{figures['load']:.2f} s",
+            f"{figures['query']:.2f} s",
+            f"{figures['total']:.2f} s",
+            f"**{figures['wall']:.2f} s**",
+            f"{figures['peak_mib']:,.0f} MiB",
+        ]
+        for fmt, label, figures in results
+    ]
+    headers = ["input", "file size", "loader", "load", "query", "command", "whole command (wall)", "peak RSS"]
+    count = results[0][2]["rows"] if results else 0
+    verdict = "every run returned the same" if same else "MISMATCH between the runs:"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"`kqlwatch hunt {args.rule.name}` over {args.rows:,} generated EmailEvents rows, each run in its own "
+        f"child process; load average {load} at the end.\n\n"
+        + _stand.table(headers, rows)
+        + f"\n\n{verdict} {float(count):,.0f} rows (the same bytes of JSON lines)."
+    )
 
 
 if __name__ == "__main__":
