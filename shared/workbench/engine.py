@@ -48,8 +48,12 @@ class Engine:
         for a query not translated before."""
         import duckdb
 
+        # No progress bar: DuckDB prints it on stdout during a statement over 2 s (a million-row load), in the
+        # middle of `hunt --format jsonl` output. TimeZone UTC as duckdb_kql.connect(): KQL datetimes are UTC.
         self._con = duckdb.connect(":memory:")
-        self._con.execute("SET TimeZone='UTC'")  # as duckdb_kql.connect(): KQL datetimes are UTC
+        self._con.execute("SET enable_progress_bar = false")
+        self._con.execute("SET enable_progress_bar_print = false")
+        self._con.execute("SET TimeZone='UTC'")
         self._tmp = tempfile.TemporaryDirectory(prefix="kqlwatch-engine-")
         self._plans: dict[str, tuple[str, dict[str, Any]]] = {}  # query(reuse_plan=True)
         self._translations = translations

@@ -238,3 +238,15 @@ def test_jsonl_output_is_as_json_of_every_cell() -> None:
     ]
     assert out.getvalue() == "\n".join(expected) + "\n"
     assert out.getvalue().isascii()
+
+
+def test_the_engine_prints_no_progress_bar_into_the_output(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """DuckDB draws a progress bar on stdout during any statement over `progress_bar_time` (2 s): a million-row
+    load did, in the middle of `hunt --format jsonl` output. Here the threshold is 0 so a short load shows it."""
+    parquet = _parquet(tmp_path)
+    with Engine() as engine:
+        engine.sql("SET progress_bar_time = 0")
+        engine.load_file("EmailEvents", str(parquet), lazy=False)
+        engine.sql("SELECT count(*) FROM range(20000000) t(i) WHERE i % 7 = 3")
+    out, _ = capfd.readouterr()
+    assert out == ""
