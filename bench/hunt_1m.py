@@ -211,15 +211,17 @@ def hunt(
         sys.exit(f"no footer in kqlwatch hunt's output: {stderr.strip()[-2000:]}")
     # The rows are the JSON-object lines; anything else on stdout (main's DuckDB progress bar, drawn during a
     # statement over 2 s) is counted apart, so the rows of two loaders compare even when one adds such text.
-    digest = hashlib.sha256()
-    lines = stray = 0
+    # Sorted: a query without `sort` (a summarize's groups) returns its rows in no fixed order.
+    rows: list[bytes] = []
+    stray = 0
     with out_path.open("rb") as produced:
         for line in produced:
             start = line.find(b'{"')  # a row may follow the bar on its line (the bar ends in \r, not \n)
             stray += start != 0
             if start >= 0:
-                digest.update(line[start:])
-                lines += 1
+                rows.append(line[start:].rstrip(b"\n"))
+    lines = len(rows)
+    digest = hashlib.sha256(b"\n".join(sorted(rows)))
     return {
         "sha256": digest.hexdigest(),
         "rows": float(match.group(1).replace(",", "")),
@@ -272,7 +274,7 @@ def main() -> int:
                     f"{figures['stray_lines']:.0f} other line(s) on stdout"
                 )
         sizes = {fmt: files[fmt].stat().st_size for fmt in formats}
-    # Within a format every run must write the same bytes; across formats the same rows (the CSV's times carry
+    # Within a format every run must write the same rows; across formats as many (the CSV's times carry
     # milliseconds only, as the Logs blade exports them, so its bytes differ from the JSON lines').
     same = all(len({str(r[2]["sha256"]) for r in results if r[0] == fmt}) == 1 for fmt in formats)
     same = same and len({r[2]["rows"] for r in results}) == 1
@@ -315,7 +317,7 @@ def summary(
         f"`kqlwatch hunt {args.rule.name}` over {args.rows:,} generated EmailEvents rows, each run in its own "
         f"child process; load average {load} at the end.\n\n"
         + _stand.table(headers, rows)
-        + f"\n\n{verdict} {float(count):,.0f} rows (the same bytes of JSON-lines rows from every run over one file)."
+        + f"\n\n{verdict} {float(count):,.0f} rows (the same JSON-lines rows, byte for byte, from every run over one file)."
     )
 
 
