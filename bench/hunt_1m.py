@@ -261,7 +261,7 @@ def main() -> int:
             cache = Path(tmp) / f"cache-{fmt}"  # this checkout's own, empty before its first hunt of the file
             runs: list[tuple[str, Path | None, Path | None]] = [("this, first hunt", None, cache)]
             runs.append(("this, again", None, cache))
-            if base is not None and fmt != "parquet":
+            if base is not None:  # main reads Parquet too (issue 17)
                 runs.append((args.baseline, base, None))
             for label, code, cache_dir in runs:
                 figures = hunt(files[fmt], directory, code, args.rule, cache_dir)

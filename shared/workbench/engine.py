@@ -28,7 +28,7 @@ from shared.workbench.loadsql import (
     _unique,
     select_sql,
 )
-from shared.workbench.translation import SCHEMA_SQL, Translation, TranslationCache, storable
+from shared.workbench.translation import TranslationCache, kusto_types, run_cached
 
 
 class EngineError(KqlwatchError):
@@ -207,7 +207,8 @@ class Engine:
     def create_table(self, table: str, schema: Mapping[str, str]) -> None:
         """An empty table with these columns (a table a workspace has but the data files do not fill)."""
         definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in _unique(schema).items())
-        self._con.execute(f"DROP TABLE IF EXISTS {_ident(table)}")
+        drop = "VIEW" if self._lazy.pop(table, None) else "TABLE"
+        self._con.execute(f"DROP {drop} IF EXISTS {_ident(table)}")
         self._con.execute(f"CREATE TABLE {_ident(table)} ({definition})")
 
     def _detect(self, path: str, fmt: str, *, full: bool) -> dict[str, str]:
@@ -237,7 +238,7 @@ class Engine:
         try:
             if reuse_plan and now is not None:
                 relation = self._planned(kql, now)
-                types = _kusto_types(relation.types)
+                types = kusto_types(relation.types)
             else:
                 relation, types = self._translated(kql, now)
             rows = relation.fetchall()
@@ -256,25 +257,11 @@ class Engine:
         return f"query failed in the offline engine: {text}"
 
     def _translated(self, kql: str, now: datetime | None) -> tuple[Any, list[str]]:
-        """The relation of `kql` and its Kusto column types: from the translation cache when it has this query
-        over these tables, else translated (and stored)."""
-        cache = self._translations
-        if cache is None:
+        """The relation of `kql` and its Kusto column types, through the translation cache when there is one."""
+        if self._translations is None:
             relation = _run_sql(self._con, *_translate(self._con, kql, now))
-            return relation, _kusto_types(relation.types)
-        key = cache.key(kql, self._con.execute(SCHEMA_SQL).fetchall(), pinned=now is not None)
-        entry = cache.get(key)
-        if entry is not None:
-            relation = _run_sql(self._con, entry.sql, entry.bound(now))
-            duck = tuple(str(t) for t in relation.types)
-            return relation, list(entry.kusto_types) if duck == entry.duck_types else _kusto_types(relation.types)
-        sql, bound = _translate(self._con, kql, now)
-        relation = _run_sql(self._con, sql, bound)
-        types = _kusto_types(relation.types)
-        clock = storable(bound, now)
-        if clock is not None:
-            cache.put(key, Translation(sql, clock, tuple(str(t) for t in relation.types), tuple(types)))
-        return relation, types
+            return relation, kusto_types(relation.types)
+        return run_cached(self._con, self._translations, kql, now, _translate)
 
     def _planned(self, kql: str, now: datetime) -> Any:
         values: list[str] = []
@@ -339,12 +326,6 @@ def _translate(con: Any, kql: str, now: datetime | None) -> tuple[str, dict[str,
         raise EngineError(f"the offline engine does not support this query: {_first(exc)}") from None
     except duckdb_kql.KqlError as exc:
         raise EngineError(f"invalid query: {_first(exc)}") from None
-
-
-def _kusto_types(types: Iterable[Any]) -> list[str]:
-    from duckdb_kql.types import kusto_type
-
-    return [kusto_type(t) for t in types]
 
 
 def _load_failure(path: str, table: str) -> str:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,6 +119,43 @@ class TranslationCache:
                 raise
         except OSError:
             return  # a read-only or full disk: the next hunt translates again
+
+
+Translate = Callable[[Any, str, "datetime | None"], tuple[str, dict[str, Any]]]
+
+
+def run_cached(
+    con: Any, cache: TranslationCache, kql: str, now: datetime | None, translate: Translate
+) -> tuple[Any, list[str]]:
+    """The DuckDB relation of `kql` on `con` and its Kusto column types: the cached SQL when `cache` has this
+    query over these tables, else `translate`'s (stored when `storable`). A cached entry that no longer binds
+    is translated again: the cache never turns a good query into an error."""
+    import duckdb
+
+    key = cache.key(kql, con.execute(SCHEMA_SQL).fetchall(), pinned=now is not None)
+    entry = cache.get(key)
+    if entry is not None:
+        try:
+            relation = con.sql(entry.sql, params=entry.bound(now)) if entry.clock else con.sql(entry.sql)
+        except duckdb.Error:
+            relation = None
+        if relation is not None:
+            duck = tuple(str(t) for t in relation.types)
+            return relation, list(entry.kusto_types) if duck == entry.duck_types else kusto_types(relation.types)
+    sql, bound = translate(con, kql, now)
+    relation = con.sql(sql, params=dict(bound)) if bound else con.sql(sql)
+    types = kusto_types(relation.types)
+    clock = storable(bound, now)
+    if clock is not None:
+        cache.put(key, Translation(sql, clock, tuple(str(t) for t in relation.types), tuple(types)))
+    return relation, types
+
+
+def kusto_types(types: Iterable[Any]) -> list[str]:
+    """DuckDB types as Kusto names them (duckdb_kql's mapping: importing it imports the translator)."""
+    from duckdb_kql.types import kusto_type
+
+    return [kusto_type(t) for t in types]
 
 
 def storable(bound: Mapping[str, Any], now: datetime | None) -> bool | None:
