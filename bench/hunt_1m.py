@@ -151,8 +151,8 @@ def generate(rows: int, directory: Path, formats: list[str]) -> dict[str, Path]:
 
 def generated(rows: int, directory: Path, formats: list[str]) -> dict[str, Path]:
     """`generate` in a child process. A child's peak RSS (ru_maxrss) starts from its parent's at the fork: had
-    this process generated the files (DuckDB holding a million rows), every hunt measured after would have
-    reported at least this process's 700 MiB (the figures before 2026-12-01 16:00 did)."""
+    this process generated the files (DuckDB holding a million rows), every hunt measured after would report
+    at least this process's size then (~640-730 MiB: a 340 MiB Parquet hunt was shown at that)."""
     command = [sys.executable, __file__, "--rows", str(rows), "--formats", ",".join(formats)]
     subprocess.run([*command, "--generate-into", str(directory)], check=True)
     names = {"jsonl": "EmailEvents.jsonl", "csv": "EmailEvents.csv", "parquet": "EmailEvents.parquet"}
