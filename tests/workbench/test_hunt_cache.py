@@ -250,3 +250,25 @@ def test_the_engine_prints_no_progress_bar_into_the_output(capfd: pytest.Capture
         engine.sql("SELECT count(*) FROM range(20000000) t(i) WHERE i % 7 = 3")
     out, _ = capfd.readouterr()
     assert out == ""
+
+
+# --- JSON lines in: the `null`-line search -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["null", "  null\t\r", "null "])
+def test_a_null_line_among_null_values_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path, line: str) -> None:
+    """The file is searched for `null` (mapped, not read into Python): values that are null (`"X":null`,
+    `"X": null`, a string "null") never count, a line that is only `null` does, wherever it is."""
+    rows = [json.loads(text) for text in SAMPLES.read_text(encoding="utf-8").splitlines()[:6]]
+    records = [json.dumps({**row, "Subject": None, "Connectors": "null"}) for row in rows]
+    records[1] = records[1].replace('"Subject": null', '"Subject":null')
+    clean = tmp_path / "EmailEvents.jsonl"
+    clean.write_text("\n".join(records) + "\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={clean}", "--format", "jsonl")
+    assert code == 0, err
+    broken = tmp_path / "broken" / "EmailEvents.jsonl"
+    broken.parent.mkdir()
+    broken.write_text("\n".join([*records[:4], line, *records[4:]]), encoding="utf-8")  # no final newline
+    code, out, err = run_cli(capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={broken}")
+    assert code != 0 and out == ""
+    assert f"{broken}:5:" in err and "Traceback" not in err
