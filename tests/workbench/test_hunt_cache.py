@@ -257,7 +257,7 @@ def test_the_engine_prints_no_progress_bar_into_the_output(capfd: pytest.Capture
 
 @pytest.mark.parametrize("line", ["null", "  null\t\r", "null "])
 def test_a_null_line_among_null_values_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path, line: str) -> None:
-    """The file is searched for `null` (mapped, not read into Python): values that are null (`"X":null`,
+    """The file is searched for the bytes `null`, block by block: values that are null (`"X":null`,
     `"X": null`, a string "null") never count, a line that is only `null` does, wherever it is."""
     rows = [json.loads(text) for text in SAMPLES.read_text(encoding="utf-8").splitlines()[:6]]
     records = [json.dumps({**row, "Subject": None, "Connectors": "null"}) for row in rows]
@@ -272,3 +272,22 @@ def test_a_null_line_among_null_values_is_named(capsys: pytest.CaptureFixture[st
     code, out, err = run_cli(capsys, "hunt", str(SEED_RULE), "--data", f"EmailEvents={broken}")
     assert code != 0 and out == ""
     assert f"{broken}:5:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (b'{"a":1}\nnull\n', True),
+        (b"  null \r\n{}", True),
+        (b'{"a":1}\n{"b":2}\nnull', True),
+        (b'{"a":null}\n{"b": null}\n{"c":"null"}\n', False),
+        (b'{"a": null} null\n', False),
+        (b"{}\n nullx\n{}\nnull,\n", False),
+    ],
+)
+def test_the_null_line_search_is_right_wherever_a_block_ends(data: bytes, found: bool) -> None:
+    """A `null` line cut by the boundary between two 16 MiB blocks is put together: every cut point here."""
+    from shared.workbench.datafiles import _has_null_line
+
+    for cut in range(1, len(data) + 1):
+        assert _has_null_line(data[:cut], io.BytesIO(data[cut:])) is found, (data, cut)
