@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -53,6 +54,12 @@ def _loopback_only_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
 
 def pytest_configure(config: pytest.Config) -> None:
     socket.getaddrinfo = _loopback_only_getaddrinfo
+    # hunt and preview keep translations in the user's cache folder: tests (and the commands they start) keep
+    # theirs in a folder of this run, so they neither read a developer's entries nor leave any behind.
+    if not os.environ.get("KQLWATCH_CACHE_DIR"):
+        folder = tempfile.mkdtemp(prefix="kqlwatch-test-cache-")
+        os.environ["KQLWATCH_CACHE_DIR"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

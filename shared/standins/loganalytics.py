@@ -277,7 +277,7 @@ class LogAnalyticsStandIn:
     ) -> Response:
         named = {t.text for t in tokenize(query) if t.kind == "ident"}
         tables = self._tables_of(scope, named)
-        with Engine(self._plans) as engine:
+        with Engine(plans=self._plans) as engine:
             for name, table_rows in tables.items():
                 if name not in named:
                     continue  # a table the query does not name cannot change its answer: not loaded (speed)

@@ -68,11 +68,12 @@ def parse_data_arg(text: str) -> DataSpec:
 
 
 def load_files(
-    engine: Engine, specs: Sequence[DataSpec], query: str | None = None, *, prune: bool = False
+    engine: Engine, specs: Sequence[DataSpec], query: str | None = None, *, prune: bool = False, lazy: bool = False
 ) -> list[Loaded]:
     """Load each file into its table (one file per table); then create the other known tables `query` names,
-    empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); only for
-    a caller that runs exactly `query` afterwards."""
+    empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); with
+    `lazy`, a Parquet file is read by the query itself (a view, see Engine.load_file): both only for a caller
+    that runs exactly `query` afterwards, once."""
     from shared.schemas import table_schema
     from shared.workbench.querycolumns import needed_names
 
@@ -85,13 +86,18 @@ def load_files(
         seen[spec.table] = spec.path
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: no such file")
-        loaded.append(load_file(engine, spec, table_schema(spec.table), only))
+        loaded.append(load_file(engine, spec, table_schema(spec.table), only, lazy=lazy))
     create_known_tables(engine, query, skip=seen)
     return loaded
 
 
 def load_file(
-    engine: Engine, spec: DataSpec, schema: Mapping[str, str] | None, only: frozenset[str] | None = None
+    engine: Engine,
+    spec: DataSpec,
+    schema: Mapping[str, str] | None,
+    only: frozenset[str] | None = None,
+    *,
+    lazy: bool = False,
 ) -> Loaded:
     from shared.workbench.engine import EngineError
 
@@ -110,6 +116,7 @@ def load_file(
             ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
             fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
             only=only,
+            lazy=lazy,
         )
     except EngineError:
         if is_json:
@@ -148,35 +155,62 @@ def _check_json_lines(engine: Engine, path: Path) -> None:
 
 
 # A `null` line: the one non-object line DuckDB reads silently (as a row of nulls). DuckDB refuses the others
-# itself, naming the line (read_json with records='true'), so a plain file needs only this C-speed search.
-# Searched as "\n" + whole lines: the pattern starts with a literal, which `re` scans for at C speed.
-_NULL_LINE = re.compile(rb"\n[ \t\r]*null[ \t\r]*(?:\n|\Z)")
+# itself, naming the line (read_json with records='true'), so a plain file needs only a search for it (the
+# bytes of `null`, at C speed: a regex anchored at each line start cost a second more per GB).
+_LINE_BLANKS = b" \t\r"
 
 
 def _scan_json_lines(engine: Engine, path: Path) -> None:
-    """The check of `_check_json_lines` for an uncompressed file, without a Python loop over its lines (a
-    million-line export is searched in a fraction of a second, 16 MiB at a time so memory stays flat): a JSON
-    array is checked by DuckDB, a `null` line sends the file to the line-by-line check, which names it."""
+    """The check of `_check_json_lines` for an uncompressed file, without a Python loop over its lines: a JSON
+    array is checked by DuckDB; the file is searched for `null` at C speed, 16 MiB at a time (memory stays
+    flat; a mapped file would count its whole size in the process's RSS), each hit checked for being a whole
+    line; one sends the file to the line-by-line check, which names it."""
     try:
         with path.open("rb") as handle:
             head = handle.read(4096)
             start = re.search(rb"\S", head)
             if start and start.group() == b"[" and _check_json_array(engine, path):
                 return
-            # Each block starts with the newline before its first line (the file's start counts as one) and is
-            # searched up to its last newline: whole lines only, the partial last one goes with the next block.
-            carry, chunk, found = b"\n", head, False
-            while chunk and not found:
-                block = carry + chunk
-                cut = block.rfind(b"\n")
-                found = cut > 0 and _NULL_LINE.search(block, 0, cut) is not None
-                carry = block[cut:]
-                chunk = handle.read(1 << 24)
-            found = found or _NULL_LINE.search(carry) is not None
+            found = _has_null_line(head, handle)
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if found:
         _check_json_records(path)
+
+
+def _has_null_line(head: bytes, handle: IO[bytes]) -> bool:
+    """True when a line of the file (`head`, then the rest of `handle`) is `null`, blanks around it allowed.
+    Each block's whole lines are searched in place; only the line a block boundary cuts is put together (a
+    copy of every block would double the time)."""
+    tail, chunk = b"", head  # tail: the current line's bytes before this block
+    while chunk:
+        first = chunk.find(b"\n")
+        if first < 0:
+            tail += chunk  # the block is inside one line
+        else:
+            if (tail + chunk[:first]).strip(_LINE_BLANKS) == b"null":
+                return True
+            last = chunk.rfind(b"\n")
+            if _null_line_in(chunk, first + 1, last + 1):
+                return True
+            tail = chunk[last + 1 :]
+        chunk = handle.read(1 << 24)
+    return tail.strip(_LINE_BLANKS) == b"null"
+
+
+def _null_line_in(block: bytes, start: int, limit: int) -> bool:
+    """Whether one of the whole lines in block[start:limit] (`start` begins a line) is `null`. Each hit decides
+    its line, so the search goes on from the next: a `"X":null` in every record costs two searches a line."""
+    at = block.find(b"null", start, limit)
+    while at >= 0:
+        end = block.find(b"\n", at, limit)
+        end = limit if end < 0 else end
+        if block[at - 1] in b"\n \t\r" if at else True:  # else something precedes it on its line
+            begin = block.rfind(b"\n", 0, at) + 1
+            if block[begin:end].strip(_LINE_BLANKS) == b"null":
+                return True
+        at = block.find(b"null", end, limit)
+    return False
 
 
 def _check_json_array(engine: Engine, path: Path) -> bool:

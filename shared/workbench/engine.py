@@ -21,12 +21,14 @@ from shared.rules.durations import parse_time
 from shared.rules.kql import tokenize
 from shared.workbench.loadsql import (
     _DUCK_TYPES,
+    _ColumnPlan,
     _ident,
     _plan_columns,
     _sql_str,
     _unique,
     select_sql,
 )
+from shared.workbench.translation import SCHEMA_SQL, TranslationCache, kusto_types, run_cached
 
 
 class EngineError(KqlwatchError):
@@ -44,14 +46,23 @@ Plans = dict[tuple[str, str], tuple[str, dict[str, Any]]]  # (query template, ta
 
 
 class Engine:
-    def __init__(self, plans: Plans | None = None) -> None:
-        """`plans`: the translations query(reuse_plan=True) keeps, shared with other engines when given (the Log
-        Analytics stand-in answers each query from a fresh engine: a rule's runs differ only in their times)."""
-        import duckdb_kql
+    def __init__(self, translations: TranslationCache | None = None, plans: Plans | None = None) -> None:
+        """`translations`: keep each query's SQL on disk (hunt, preview); the translator is then imported only
+        for a query not translated before. `plans`: the translations query(reuse_plan=True) keeps, shared with
+        other engines when given (the Log Analytics stand-in answers each query from a fresh engine: a rule's
+        runs differ only in their times)."""
+        import duckdb
 
-        self._con = duckdb_kql.connect()
+        # No progress bar: DuckDB prints it on stdout during a statement over 2 s (a million-row load), in the
+        # middle of `hunt --format jsonl` output. TimeZone UTC as duckdb_kql.connect(): KQL datetimes are UTC.
+        self._con = duckdb.connect(":memory:")
+        self._con.execute("SET enable_progress_bar = false")
+        self._con.execute("SET enable_progress_bar_print = false")
+        self._con.execute("SET TimeZone='UTC'")
         self._tmp = tempfile.TemporaryDirectory(prefix="kqlwatch-engine-")
         self._plans: Plans = {} if plans is None else plans
+        self._translations = translations
+        self._lazy: dict[str, str] = {}  # view name -> the file it reads (load_file(lazy=True))
 
     def close(self) -> None:
         self._con.close()
@@ -102,6 +113,7 @@ class Engine:
         ignore: Collection[str] = (),
         fill_from: Mapping[str, str] | None = None,
         only: frozenset[str] | None = None,
+        lazy: bool = False,
     ) -> LoadedTable:
         """Create `table` from a JSON Lines / JSON array / CSV / Parquet file, read and typed by DuckDB itself (no row passes
         through Python, so a million rows load in seconds).
@@ -116,6 +128,9 @@ class Engine:
         Logs blade's CSV header); `ignore` names file columns to leave out; `fill_from` fills a column absent
         from the file from another (TimeGenerated from Timestamp in an Advanced Hunting export). `only`
         (case-folded names) loads just those columns: the ones a query can read (querycolumns.needed_names).
+        `lazy` (a caller that runs one query, hunt) makes a Parquet file's table a view: no copy is made, the
+        query reads only the columns and row groups it needs, and a value that does not fit its type fails the
+        query that reads it, naming the file and column as the load would.
         """
         fmt = fmt or file_format(path)
         if fmt not in ("json", "csv", "parquet"):
@@ -136,16 +151,7 @@ class Engine:
         columns, sources = plan.columns, plan.sources
         if not columns:
             raise EngineError(f"{path}: no rows to infer {table}'s columns from, and no schema for it")
-        self._con.execute(f"DROP TABLE IF EXISTS {_ident(table)}")
-        if empty or not any(sources.values()):
-            definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in columns.items())
-            self._con.execute(f"CREATE TABLE {_ident(table)} ({definition})")
-        else:
-            sql = f"CREATE TABLE {_ident(table)} AS {select_sql(path, fmt, columns, sources, detected)}"
-            try:
-                self._con.execute(sql)
-            except Exception as exc:  # duckdb.Error, kept out of the module's imports
-                raise EngineError(f"cannot load {path} as {table}: {_first(exc)}") from None
+        self._create(table, path, fmt, plan, detected, lazy=lazy and fmt == "parquet" and not empty)
         count = self._con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()  # noqa: S608
         return LoadedTable(
             name=table,
@@ -155,6 +161,28 @@ class Engine:
             missing=tuple(c for c in columns if sources.get(c) is None),
             filled=plan.filled,
         )
+
+    def _create(
+        self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], *, lazy: bool
+    ) -> None:
+        """The table (or with `lazy`, the view) `plan` describes, replacing one of the same name."""
+        name = _ident(table)
+        self._con.execute(
+            f"DROP VIEW IF EXISTS {name}" if self._lazy.pop(table, None) else f"DROP TABLE IF EXISTS {name}"
+        )
+        columns, sources = plan.columns, plan.sources
+        if not any(sources.values()):
+            definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in columns.items())
+            self._con.execute(f"CREATE TABLE {name} ({definition})")
+            return
+        failure = _load_failure(path, table)
+        select = select_sql(path, fmt, columns, sources, detected, origin=failure if lazy else "")
+        try:
+            self._con.execute(f"CREATE {'VIEW' if lazy else 'TABLE'} {name} AS {select}")
+        except Exception as exc:  # duckdb.Error, kept out of the module's imports
+            raise EngineError(f"{failure}{_first(exc)}") from None
+        if lazy:
+            self._lazy[table] = path
 
     def first_non_object(self, path: str, *, array: bool) -> tuple[int, str] | None:
         """(1-based record number, JSON type) of the first record of a JSON file that is not an object, if any.
@@ -184,7 +212,8 @@ class Engine:
     def create_table(self, table: str, schema: Mapping[str, str]) -> None:
         """An empty table with these columns (a table a workspace has but the data files do not fill)."""
         definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in _unique(schema).items())
-        self._con.execute(f"DROP TABLE IF EXISTS {_ident(table)}")
+        drop = "VIEW" if self._lazy.pop(table, None) else "TABLE"
+        self._con.execute(f"DROP {drop} IF EXISTS {_ident(table)}")
         self._con.execute(f"CREATE TABLE {_ident(table)} ({definition})")
 
     def _detect(self, path: str, fmt: str, *, full: bool) -> dict[str, str]:
@@ -210,26 +239,36 @@ class Engine:
         move each run), its translation to SQL is kept, keyed by the query with those literals taken out:
         translating (parsing KQL in Python) costs ~0.2 s, running it over a day of mail a few ms."""
         import duckdb
-        import duckdb_kql
-        from duckdb_kql.types import kusto_type
 
         try:
             if reuse_plan and now is not None:
                 relation = self._planned(kql, now)
+                types = kusto_types(relation.types)
             else:
-                relation = duckdb_kql.kql(self._con, kql, query_now=now)
+                relation, types = self._translated(kql, now)
             rows = relation.fetchall()
-        except duckdb_kql.KqlUnsupportedError as exc:
-            raise EngineError(f"the offline engine does not support this query: {_first(exc)}") from None
-        except duckdb_kql.KqlError as exc:
-            raise EngineError(f"invalid query: {_first(exc)}") from None
         except duckdb.Error as exc:
-            raise EngineError(f"query failed in the offline engine: {_first(exc)}") from None
-        return EngineResult(list(relation.columns), [kusto_type(t) for t in relation.types], rows)
+            raise EngineError(self._failure(exc)) from None
+        return EngineResult(list(relation.columns), types, rows)
+
+    def _failure(self, exc: Exception) -> str:
+        """A failed query's message. A value a lazily loaded file cannot give its column's type fails only
+        when a query reads it: the message then names the file and column as the load would have."""
+        text = _first(exc)
+        for table, path in self._lazy.items():
+            marker = _load_failure(path, table)
+            if marker in text:
+                return text[text.index(marker) :]
+        return f"query failed in the offline engine: {text}"
+
+    def _translated(self, kql: str, now: datetime | None) -> tuple[Any, list[str]]:
+        """The relation of `kql` and its Kusto column types, through the translation cache when there is one."""
+        if self._translations is None:
+            relation = _run_sql(self._con, *_translate(self._con, kql, now))
+            return relation, kusto_types(relation.types)
+        return run_cached(self._con, self._translations, kql, now, _translate)
 
     def _planned(self, kql: str, now: datetime) -> Any:
-        from duckdb_kql.engine import _prepare  # the step of duckdb_kql.kql that translates; it then runs con.sql
-
         values: list[str] = []
 
         def placeholder(match: re.Match[str]) -> str:
@@ -238,12 +277,12 @@ class Engine:
 
         template = _DATETIME_LITERAL.sub(placeholder, kql)
         # The SQL also depends on the tables' columns (joins, an `extend` of an existing column): part of the key.
-        key = (template, repr(self._con.execute(_COLUMNS_SQL).fetchall()))
+        key = (template, repr(self._con.execute(SCHEMA_SQL).fetchall()))
         if key not in self._plans:
-            sql, bound = _prepare(self._con, template, None, query_now=now)
+            sql, bound = _translate(self._con, template, now)
             sentinels = [f"'{_SENTINEL_DAY}.{n:06d}Z'" for n in range(1, len(values) + 1)]
             if not all(s in sql for s in sentinels):  # the translator rendered a literal otherwise: no reuse
-                return _run_sql(self._con, *_prepare(self._con, kql, None, query_now=now))
+                return _run_sql(self._con, *_translate(self._con, kql, now))
             self._plans[key] = (sql, bound)
         sql, bound = self._plans[key]
         for n, value in enumerate(values, start=1):
@@ -281,7 +320,23 @@ def file_format(path: str) -> str:
 # it can be put back inside an SQL string as it is.
 _DATETIME_LITERAL = re.compile(r"\bdatetime\(\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[0-9T:. Z+-]*?)\s*\)")
 _SENTINEL_DAY = "1901-02-03T04:05:06"
-_COLUMNS_SQL = "SELECT table_name, column_name, data_type FROM information_schema.columns ORDER BY ALL"
+
+
+def _translate(con: Any, kql: str, now: datetime | None) -> tuple[str, dict[str, Any]]:
+    """duckdb_kql's SQL for `kql` and the values it binds (its step before running con.sql)."""
+    import duckdb_kql
+    from duckdb_kql.engine import _prepare
+
+    try:
+        return _prepare(con, kql, None, query_now=now)
+    except duckdb_kql.KqlUnsupportedError as exc:
+        raise EngineError(f"the offline engine does not support this query: {_first(exc)}") from None
+    except duckdb_kql.KqlError as exc:
+        raise EngineError(f"invalid query: {_first(exc)}") from None
+
+
+def _load_failure(path: str, table: str) -> str:
+    return f"cannot load {path} as {table}: "
 
 
 def _run_sql(con: Any, sql: str, bound: Mapping[str, Any]) -> Any:

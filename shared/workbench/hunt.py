@@ -258,11 +258,13 @@ def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None
     """Load the data files into a fresh engine and run the final query over them."""
     from shared.workbench.datafiles import DataError, load_files, parse_data_arg
     from shared.workbench.engine import Engine
+    from shared.workbench.translation import TranslationCache
 
-    with Engine() as engine:
+    with Engine(TranslationCache.default()) as engine:
         started = time.perf_counter()
         try:
-            loaded = load_files(engine, [parse_data_arg(item) for item in data], prepared.query, prune=True)
+            specs = [parse_data_arg(item) for item in data]
+            loaded = load_files(engine, specs, prepared.query, prune=True, lazy=True)
         except DataError as exc:  # the arguments, not the data in the files
             raise UsageError(str(exc)) from None
         load_seconds = time.perf_counter() - started

@@ -133,7 +133,7 @@ def _reader(path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[st
     return f"read_json({_sql_str(path)}, format='auto', records='true', columns={spec})"
 
 
-def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str = "") -> str:
+def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str = "", origin: str = "") -> str:
     """SQL turning the file's text for `column` into its Kusto type (DuckDB type `_DUCK_TYPES[kind]`).
     A Parquet column is typed already (`file_type`): kept when it is the type, else converted as text."""
     duck = _DUCK_TYPES.get(kind, "VARCHAR")
@@ -148,7 +148,7 @@ def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str =
         r = f"CAST({r} AS VARCHAR)"
     if duck == "VARCHAR":
         return f"coalesce({r}, '')"
-    before, after = _sql_str(f'column {column}: cannot read "'), _sql_str(f'" as {kind}')
+    before, after = _sql_str(f'{origin}column {column}: cannot read "'), _sql_str(f'" as {kind}')
     fail = f"error({before} || left({r}, 80) || {after})"
     if duck == "JSON":
         if fmt == "json":  # a JSON value; the az CLI writes dynamic values as JSON text inside a string
@@ -190,12 +190,18 @@ def _sql_str(text: str) -> str:
 
 
 def select_sql(
-    path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[str, str | None], detected: Mapping[str, str]
+    path: str,
+    fmt: str,
+    columns: Mapping[str, str],
+    sources: Mapping[str, str | None],
+    detected: Mapping[str, str],
+    origin: str = "",
 ) -> str:
     """SELECT reading `path` into the table's columns, typed. Every name, path and value in it is quoted by
-    _ident/_sql_str: it carries no unquoted input."""
+    _ident/_sql_str: it carries no unquoted input. `origin` starts the message of a value that does not fit
+    (a view's: it fails at query time, so it names the file itself)."""
     select = ", ".join(
-        f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or '', ''))} AS {_ident(c)}"
+        f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or '', ''), origin)} AS {_ident(c)}"
         for c, k in columns.items()
     )
     return f"SELECT {select} FROM {_reader(path, fmt, columns, sources)}"  # noqa: S608
