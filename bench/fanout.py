@@ -1,5 +1,6 @@
 """Fan-out (issue 14): one cycle of N rules whose Log Analytics queries each take --latency seconds, driven four
-ways in the same run: sequentially (`kqlwatch run --once`, KQLWATCH_CONCURRENCY=1), in-process concurrency
+ways in the same run: sequentially (`kqlwatch run --once`, KQLWATCH_CONCURRENCY=1: one query at a time, while a
+second rule does its storage work), in-process concurrency
 (`run --once`, 5 at once), and through the queue (`kqlwatch dispatch`, then 1, 4 or 16 `kqlwatch worker --drain`
 processes, each running up to 5 rules at once, as a Functions instance with host.json's batchSize 4 +
 newBatchThreshold 1 does). Every way runs against the same stand-ins: the HTTPS Log Analytics stand-in (which,
