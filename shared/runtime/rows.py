@@ -12,10 +12,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from shared.runtime.lots import Lot
+from shared.runtime.runlease import STATE_ROW as STATE_ROW  # re-exported: one literal for the row
 from shared.runtime.runlease import RunMark
 from shared.runtime.sanitize import scrub_surrogates, utf16_units
-
-STATE_ROW = "~state"
 
 RUN_PREFIX = "~run~"
 

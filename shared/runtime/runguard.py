@@ -23,7 +23,7 @@ from shared.runtime.delivery import Poster
 from shared.runtime.health import Notifier
 from shared.runtime.outcome import RuleOutcome
 from shared.runtime.querying import LogsApi
-from shared.runtime.rows import RuleState, Snapshot, _state_fields
+from shared.runtime.rows import Snapshot
 from shared.runtime.runlease import ACQUIRED, Claim, LeaseLost, RunLeases, RunMark, held_fields, judge, released_fields
 from shared.runtime.settings import Settings
 from shared.runtime.sources import SourceWatch
@@ -73,9 +73,8 @@ class RunGuard:
         with self._lock:  # a run's writes may come from several threads (a burst's lots): one take
             if self.taken:
                 return
-            create = {"Kind": "state", **_state_fields(RuleState())}
             fields = held_fields(self.owner, self.until, self.lease.done)
-            self.etag = self.leases.take(self.rule_id, self.etag, create, fields)
+            self.etag = self.leases.take(self.rule_id, self.etag, fields)
             self.taken = True
 
     def save_op(self, state_row: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kqlwatch")
 
-STATE_ROW = "~state"  # the rule's state row (shared.runtime.rows.STATE_ROW): the lease lives on it
+STATE_ROW = "~state"  # the rule's state row (re-exported by shared.runtime.rows): the lease lives on it
 OLD_LEASE_ROW = "~lease"  # the lease's own row before it moved onto the state row: read once per rule
 OWNER_FIELD, UNTIL_FIELD, DONE_FIELD = "RunOwner", "RunUntil", "RunDone"
 ACQUIRED, BUSY, DONE = "acquired", "busy", "done"
@@ -111,19 +111,22 @@ class RunLeases:
     def close(self) -> None:
         self._table.close()
 
-    def take(self, rule_id: str, etag: str | None, create: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:
+    def take(self, rule_id: str, etag: str | None, fields: Mapping[str, Any]) -> str | None:
         """Write the lease fields on the state row, conditional on `etag` (None: the rule has no state row yet,
-        so create it from `create`: of two first runs one creates it). Returns the row's new etag; raises
-        LeaseLost when another run wrote the row first."""
+        so create it with a new rule's state: of two first runs one creates it). Returns the row's new etag;
+        raises LeaseLost when another run wrote the row first."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
+
+        from shared.runtime.rows import RuleState, _state_fields  # rows imports this module
 
         keys = {"PartitionKey": rule_id, "RowKey": STATE_ROW}
         with _lease_errors(rule_id):
             try:
                 if etag is None:
-                    meta = self._table.create_entity({**create, **keys, **fields})
+                    blank = {"Kind": "state", **_state_fields(RuleState())}
+                    meta = self._table.create_entity({**blank, **keys, **fields})
                 else:
                     meta = self._table.update_entity(
                         {**keys, **fields},
@@ -172,8 +175,6 @@ class RunLeases:
         write; for tools and tests that hold a rule from outside a run)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        from shared.runtime.rows import RuleState, _state_fields
-
         with _lease_errors(rule_id):
             try:
                 entity: Any = self._table.get_entity(rule_id, STATE_ROW)
@@ -184,9 +185,8 @@ class RunLeases:
         if claim.status != ACQUIRED:
             return claim
         etag = entity.metadata["etag"] if entity is not None else None
-        create = {"Kind": "state", **_state_fields(RuleState())}
         try:
-            self.take(rule_id, etag, create, held_fields(owner, until, mark.done))
+            self.take(rule_id, etag, held_fields(owner, until, mark.done))
         except LeaseLost:
             return Claim(BUSY, rule_id, scheduled)
         return claim
