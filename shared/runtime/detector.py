@@ -2,7 +2,7 @@
 
 This module sequences one rule's run and keeps one rule's failure from touching the others. What each step does
 lives beside it: planning.py (which rules, what window and query), querying.py (the query, split when
-truncated), hits.py (identities, first-writer-wins recording), delivery.py (posting and recording each post),
+truncated), hits.py (identities, recording only what is new), delivery.py (posting and recording each post),
 sources.py (blind spots), health.py (failing / recovered / expired-exclusion notices), outcome.py (what a run did).
 """
 

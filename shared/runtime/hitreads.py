@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.runtime import packs
 from shared.runtime.lots import LOT_PREFIX, PENDING_RANGE, Lot, lot_from
 from shared.runtime.rows import DELIVERED, PENDING, STATE_ROW, Hit, RuleState, Snapshot, _hit_from, _state_from
 from shared.runtime.runlease import mark_from
@@ -66,43 +67,45 @@ class HitReads:
                 )
             )
 
-    def known_keys(self, rule_id: str, since: datetime) -> set[str]:
-        """Keys of hits first seen since `since`: lets a run skip creating what it already knows."""
+    def known_keys(self, rule_id: str, since: datetime | None = None, *, before: datetime | None = None) -> set[str]:
+        """Keys of hits first seen since `since` and before `before` (None: no bound): the dedupe's read."""
+        query = "PartitionKey eq @pk and RowKey lt @tilde"
+        query += " and FirstSeen ge @since" if since else ""
+        query += " and FirstSeen lt @before" if before else ""
+        params = {"pk": rule_id, "tilde": "~", "since": since, "before": before}
+        keys: set[str] = set()
         with state_errors(f"read hits of rule {rule_id}"):
-            return {
-                e["RowKey"]
-                for e in self._table.query_entities(
-                    "PartitionKey eq @pk and RowKey lt @tilde and FirstSeen ge @since",
-                    parameters={"pk": rule_id, "tilde": "~", "since": since},
-                    select=["RowKey"],
-                )
-            }
+            for e in self._table.query_entities(query, parameters=params, select=["RowKey", "Kind", "Keys"]):
+                keys.update(packs.pack_keys(e) if packs.is_pack(e) else [e["RowKey"]])
+        return keys
 
     def load_rows(self, rule_id: str, hits: Sequence[Hit]) -> tuple[list[Hit], list[Hit]]:
-        """(hits with their rows, orphans): the rows of pending hits read from the index, one point read each
-        (only the hits a card will show need one). An orphan's lot names it but its entity is missing or was
-        recorded by another lot (a run killed while recording): it is not this lot's to deliver."""
+        """(hits with their rows, orphans): the rows of pending hits read from the index, one point read per
+        lot (its pack; only the hits a card will show need one). An orphan's lot names it but its row is
+        missing, or (before packs) was recorded by another lot (a run killed while recording): it is not this
+        lot's to deliver."""
         from azure.core.exceptions import ResourceNotFoundError
 
         loaded: list[Hit] = []
         orphans: list[Hit] = []
+        stored: dict[str, dict[str, Hit]] = {}  # pack row key -> its hits
         for hit in hits:
             if hit.row_loaded:
                 loaded.append(hit)
                 continue
-            with state_errors(f"read a hit of rule {rule_id}"):
-                try:
-                    entity = self._table.get_entity(rule_id, hit.key)
-                except ResourceNotFoundError:
-                    orphans.append(hit)
-                    continue
-            if hit.lot is not None and entity.get("Lot") not in (None, hit.lot.id):
+            where = packs.PACK_PREFIX + hit.lot.id if hit.lot is not None and hit.lot.packed else hit.key
+            if where not in stored:
+                with state_errors(f"read a hit of rule {rule_id}"):
+                    try:
+                        entity = self._table.get_entity(rule_id, where)
+                    except ResourceNotFoundError:
+                        entity = None
+                stored[where] = _stored_hits(entity, hit)
+            found = stored[where].get(hit.key)
+            if found is None:
                 orphans.append(hit)
-                continue
-            stored = _hit_from(entity)
-            loaded.append(
-                replace(hit, row=stored.row, truncated=stored.truncated, store_note=stored.store_note, row_loaded=True)
-            )
+            else:
+                loaded.append(packs.with_stored(hit, found))
         return loaded, orphans
 
     def pending_leases(self) -> dict[str, list[datetime | None]]:
@@ -116,16 +119,38 @@ class HitReads:
 
     def hits(self, rule_id: str) -> Iterator[Hit]:
         """Every hit of the rule as it stands: pending while a lot lists it unsettled, else settled."""
-        pending = {lot.keys[s]: lot for lot in self.pending_lots(rule_id) for s in lot.unsettled()}
+        lots = self.pending_lots(rule_id)
+        pending = {lot.keys[s]: lot for lot in lots for s in lot.unsettled()}
         with state_errors(f"read hits of rule {rule_id}"):
             for entity in self._table.query_entities(
                 "PartitionKey eq @pk and RowKey lt @tilde", parameters={"pk": rule_id, "tilde": "~"}
             ):
+                if packs.is_pack(entity):
+                    pack_id = str(entity["RowKey"])[len(packs.PACK_PREFIX) :]
+                    for hit in packs.pack_hits(entity):
+                        lot = pending.get(hit.key)
+                        yield hit if hit.status != PENDING or (lot and lot.id == pack_id) else _settled(hit)
+                    continue
                 hit = _hit_from(entity)
                 lot = pending.get(hit.key)
                 if hit.status == PENDING and (lot is None or entity.get("Lot") not in (None, lot.id)):
-                    hit = replace(hit, status=DELIVERED)
+                    hit = _settled(hit)
                 yield hit
+
+
+def _settled(hit: Hit) -> Hit:
+    return replace(hit, status=DELIVERED)
+
+
+def _stored_hits(entity: Any, hit: Hit) -> dict[str, Hit]:
+    """The hits a point read found: a pack's, or the one hit stored alone before packs (if its lot's)."""
+    if entity is None:
+        return {}
+    if packs.is_pack(entity):
+        return packs.pack_rows(entity)
+    if hit.lot is not None and entity.get("Lot") not in (None, hit.lot.id):
+        return {}
+    return {hit.key: _hit_from(entity)}
 
 
 def _pending_hits(lot: Lot) -> list[Hit]:

@@ -1,6 +1,6 @@
 """Where dedupe happens, all of it: what makes two rows "the same hit" (identity), one hit per identity in a
-result (collapse), and recording only the hits no earlier or concurrent run recorded (first writer wins, by the
-store's insert-if-absent). The detector and `kqlwatch hunt`/`preview` both use these; there is no other copy.
+result (collapse), and recording only the hits no earlier or concurrent run recorded (the keys the store knows,
+read and written under the rule's run lease: shared.runtime.hitstore). The detector and `kqlwatch hunt`/`preview` both use these; there is no other copy.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class Recorded:
 def record_new(
     store: StateStore, rule: Rule, state: RuleState, hits: list[Hit], since: datetime, now: datetime
 ) -> Recorded:
-    """Record the hits this run is first to see (store.insert_new: a hit another run recorded first is not
-    created again, so never sent twice); `since` bounds the known keys read to skip the ones recorded before."""
+    """Record the hits this run is first to see (store.insert_new records only keys not known, behind the run
+    lease's fence: a hit another run recorded first is not recorded again, so never sent twice); `since`: the
+    hits re-read this run were first seen after it, so only a run with something new reads further back."""
     from shared.runtime.store import SUPPRESSED
 
     if not hits:
@@ -107,9 +108,15 @@ def record_new(
     fresh = [h for h in hits if h.key not in known]
     if not fresh:
         return Recorded([], 0)
+    # A hit first seen before `since` can come back in a later row (EmailEvents writes one per verdict change):
+    # the whole ledger decides, read only when this run has something new.
+    known |= store.known_keys(rule.id, before=since)
+    fresh = [h for h in fresh if h.key not in known]
+    if not fresh:
+        return Recorded([], 0)
     to_alert, to_suppress = _suppression(store, rule, state, fresh, now)
-    created = store.insert_new(rule.id, to_alert)
-    suppressed = store.insert_new(rule.id, to_suppress, status=SUPPRESSED) if to_suppress else []
+    created = store.insert_new(rule.id, to_alert, known=known)
+    suppressed = store.insert_new(rule.id, to_suppress, status=SUPPRESSED, known=known) if to_suppress else []
     if rule.realert_key and created:
         store.mark_entities(rule.id, {entity(rule, h) for h in created}, now)
     if rule.suppression and created:

@@ -1,11 +1,13 @@
 """Table Storage I/O for hits: recording them (the dedupe), the pending index (lots), delivery records.
 
 Layout, in the rule's partition (PartitionKey = rule id):
-  RowKey <sha256 hex>       a hit, written once: the row, FirstSeen, Status as recorded (pending|suppressed; later
-                            dropped), Lot (the lot it was recorded in). Creating it is the dedupe: first writer wins.
-  RowKey ~state~p~<lot id>  a lot (shared.runtime.lots): up to 99 pending hits' keys, their lease, which webhooks
+  RowKey pack~<lot id>      a pack (shared.runtime.packs): up to 99 hits one run recorded, their rows and status
+                            as recorded (pending|suppressed|delivered; later dropped), written once: with the run
+                            lease it is the dedupe record (`known_keys`).
+  RowKey ~state~p~<lot id>  a lot (shared.runtime.lots): a pack's pending hits' keys, their lease, which webhooks
                             have which of them; deleted once all are settled. Created in the same transaction as
-                            its hits, so a hit is never recorded pending without its lot.
+                            its pack, so a hit is never recorded pending without its row.
+  RowKey <sha256 hex>       a hit stored one entity each, before packs: still read (dedupe, status, old lots).
 A hit is pending while an existing lot lists it unsettled; otherwise it is settled (delivered, unless it says
 dropped or suppressed). Lots and the state row are one RowKey range: the run's snapshot is a range query.
 """
@@ -13,22 +15,15 @@ dropped or suppressed). Lots and the state row are one RowKey range: the run's s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shared.runtime import packs
 from shared.runtime.hitreads import HitReads
-from shared.runtime.lots import LOT_SIZE, Lot, LotChange, change_patch, lot_entity
+from shared.runtime.lots import Lot, LotChange, change_patch, lot_entity
 from shared.runtime.lots import new_lot_id as _new_lot_id
-from shared.runtime.rows import (
-    DELIVERED,
-    DROPPED,
-    PENDING,
-    Hit,
-    _hit_entity,
-    _hit_patch,
-)
+from shared.runtime.rows import DELIVERED, DROPPED, PENDING, Hit, _hit_patch
 from shared.runtime.tableio import BATCH, chunks, error_code, state_errors
 
 if TYPE_CHECKING:
@@ -36,8 +31,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kqlwatch.state")
 
-RECORD_THREADS = 4  # lot transactions in flight at once while recording a burst
-PARALLEL_FROM = 4  # lots: smaller recordings stay one transaction after another
+
+class Fence(Protocol):
+    """The run lease's hold on the state row (shared.runtime.runguard.RunGuard): a write that must land only
+    while the run still holds its rule carries `fence_op` first, in the same transaction."""
+
+    def fence_op(self) -> tuple[Any, ...] | None: ...
+
+    def fenced(self, etag: str | None) -> None: ...
+
+    def save_lost(self, exc: Any) -> Exception | None: ...
 
 
 @dataclass
@@ -53,106 +56,79 @@ class HitStore(HitReads):
     public write first calls `_guard` (the run's lease, shared.runtime.runguard: taken before a run writes)."""
 
     _table: TableClient
+    _fence: Fence | None  # the run's, when the store is bound to a run that holds a lease (StateStore.guarded)
 
     # --- recording ---
 
-    def insert_new(self, rule_id: str, hits: Sequence[Hit], *, status: str = PENDING) -> list[Hit]:
-        """Create the hits; return those this call created (an existing key means another run or an earlier
-        one already owns that hit). Pending hits are recorded in lots of LOT_SIZE, each lot in the same
-        transaction as its hits; they share the lease of the first hit (the run recording them)."""
+    def insert_new(
+        self, rule_id: str, hits: Sequence[Hit], *, status: str = PENDING, known: set[str] | None = None
+    ) -> list[Hit]:
+        """Record the hits not recorded before (`known`: the keys the caller read since its window's start;
+        None: read every key of the rule); return those recorded, in order. Pending hits go in lots of up to
+        LOT_SIZE, each with its pack (their rows: the dedupe record) in one transaction, sharing the lease of the
+        first hit (the run recording them). Under a run lease each transaction also touches the state row on its
+        etag (the fence), so hits are recorded only while no other run has taken the rule: that, not a write
+        per hit, is what keeps two runs from both recording (and sending) one hit."""
         if not hits:
             return []
         self._guard()
-        if status != PENDING:
-            return self._insert_plain(rule_id, hits, status)
-        lots: list[tuple[Lot, Sequence[Hit]]] = []
-        for seq, start in enumerate(range(0, len(hits), LOT_SIZE)):
-            chunk = hits[start : start + LOT_SIZE]
-            first = chunk[0]
-            lot = Lot(_new_lot_id(first.first_seen, seq), [h.key for h in chunk], first.first_seen)
-            lot.lease_owner, lot.lease_until = first.lease_owner, first.lease_until
-            lots.append((lot, chunk))
-        if len(lots) < PARALLEL_FROM:
-            return [h for lot, chunk in lots for h in self._insert_lot(rule_id, lot, chunk)]
-        # A burst: several lots' transactions in flight at once (each is independent and atomic), so our
-        # encoding overlaps the service's work; the order of the result is the order of the hits.
-        with ThreadPoolExecutor(RECORD_THREADS, thread_name_prefix="kqlwatch-record") as pool:
-            done = list(pool.map(lambda lc: self._insert_lot(rule_id, *lc), lots))
-        return [h for part in done for h in part]
+        seen = self.known_keys(rule_id, None) if known is None else set(known)
+        fresh: list[Hit] = []
+        for hit in hits:
+            if hit.key not in seen:
+                seen.add(hit.key)
+                fresh.append(hit)
+        out: list[Hit] = []
+        batch: list[_Record] = []
+        ops = size = 0
+        for seq, group in enumerate(packs.groups(fresh)):  # built as they are sent: a burst's rows, a batch at a time
+            record = _record(rule_id, group, seq, status)
+            if batch and (ops + len(record.ops) > BATCH - 1 or size + record.size > packs.TRANSACTION_BYTES):
+                out += self._submit_records(rule_id, batch)
+                batch, ops, size = [], 0, 0
+            batch.append(record)
+            ops, size = ops + len(record.ops), size + record.size
+        return out + self._submit_records(rule_id, batch) if batch else out
 
-    def _insert_lot(self, rule_id: str, lot: Lot, chunk: Sequence[Hit]) -> list[Hit]:
+    def _submit_records(self, rule_id: str, batch: list[_Record]) -> list[Hit]:
+        """One transaction of packs (and lots); a pack Table Storage refuses (400: a value our bounds missed)
+        is split until the hit it refuses is alone, and that hit stored in a minimal form instead, so it never
+        blocks the rule's other hits; its note says so (the in-memory row, and so this run's card, stays whole)."""
         from azure.data.tables import TableTransactionError
 
-        laid = [replace(h, lot=lot, slot=i) for i, h in enumerate(chunk)]
-        entities = [_hit_entity(rule_id, h, status=PENDING) for h in laid]
+        try:
+            results = self._fenced(rule_id, [op for r in batch for op in r.ops])
+        except TableTransactionError as exc:
+            if exc.status_code not in (400, 413):  # 413: the transaction over 4 MiB (our estimate missed): split
+                raise self._transaction_failed(rule_id, exc) from None
+            if len(batch) == 1 and len(batch[0].laid) == 1:
+                if batch[0].laid[0].note:  # refused even in its minimal form
+                    raise self._transaction_failed(rule_id, exc) from None
+                return self._submit_records(rule_id, [_minimal(rule_id, batch[0], exc)])
+            return [h for part in _halves(rule_id, batch) for h in self._submit_records(rule_id, part)]
+        out: list[Hit] = []
+        for record in batch:
+            etag = results.pop(0).get("etag")
+            if record.lot is not None:
+                record.lot.etag = etag = results.pop(0).get("etag")
+            out += record.recorded(etag)
+        return out
+
+    def _fenced(self, rule_id: str, ops: list[tuple[Any, ...]]) -> list[Mapping[str, Any]]:
+        """Submit the operations behind the run's fence (the state row on the etag its lease wrote), if any."""
+        fence = self._fence.fence_op() if self._fence else None
         with state_errors(f"record hits of rule {rule_id}"):
-            try:
-                ops = [("create", lot_entity(rule_id, lot)), *(("create", e) for e in entities)]
-                results = self._table.submit_transaction(ops)
-                lot.etag = results[0].get("etag")
-                return [replace(h, etag=lot.etag) for h in laid]
-            except TableTransactionError:
-                pass  # a hit already exists (or one is refused): the group failed atomically, one by one
-            # The lot first: a hit is never pending without it. Then its hits; then the lot names only ours.
-            meta = self._table.create_entity(lot_entity(rule_id, lot))
-            lot.etag = meta.get("etag")
-            mine = [one for h, e in zip(laid, entities, strict=True) if (one := self._create_one(rule_id, h, e))]
-            return self._narrow(rule_id, lot, mine)
+            results = list(self._table.submit_transaction([fence, *ops] if fence else ops))
+        if fence and self._fence:
+            self._fence.fenced(results.pop(0).get("etag"))
+        return results
 
-    def _narrow(self, rule_id: str, lot: Lot, mine: list[Hit]) -> list[Hit]:
-        from azure.data.tables import UpdateMode
+    def _transaction_failed(self, rule_id: str, exc: Any) -> Exception:
+        from shared.errors import StateError
 
-        if len(mine) == len(lot.keys):
-            return [replace(h, etag=lot.etag) for h in mine]
-        if not mine:
-            self._table.delete_entity(rule_id, lot.row_key)
-            return []
-        lot.keys = [h.key for h in mine]
-        meta = self._table.upsert_entity(lot_entity(rule_id, lot), mode=UpdateMode.REPLACE)
-        lot.etag = meta.get("etag")
-        return [replace(h, slot=i, etag=lot.etag) for i, h in enumerate(mine)]
-
-    def _insert_plain(self, rule_id: str, hits: Sequence[Hit], status: str) -> list[Hit]:
-        """Settled on arrival (suppressed, or seeded as delivered): no lot."""
-        from azure.data.tables import TableTransactionError
-
-        created: list[Hit] = []
-        for chunk in chunks(hits, BATCH):
-            entities = [_hit_entity(rule_id, hit, status=status) for hit in chunk]
-            with state_errors(f"record hits of rule {rule_id}"):
-                try:
-                    results = self._table.submit_transaction([("create", e) for e in entities])
-                    created.extend(replace(h, etag=r.get("etag")) for h, r in zip(chunk, results, strict=True))
-                    continue
-                except TableTransactionError:
-                    pass
-                created.extend(
-                    one for h, e in zip(chunk, entities, strict=True) if (one := self._create_one(rule_id, h, e))
-                )
-        return created
-
-    def _create_one(self, rule_id: str, hit: Hit, entity: dict[str, Any]) -> Hit | None:
-        """Create one hit; None if it already exists. A hit Table Storage refuses (400: a value our bounds
-        missed) is stored in a minimal form instead, so it can never block the rule's other hits; the
-        returned hit says so in `store_note` (the in-memory row, and so this run's card, stays whole)."""
-        from azure.core.exceptions import HttpResponseError, ResourceExistsError
-
-        try:
-            meta = self._table.create_entity(entity)
-            return replace(hit, etag=meta.get("etag"))
-        except ResourceExistsError:
-            return None
-        except HttpResponseError as exc:
-            if exc.status_code != 400:
-                raise
-            code = error_code(exc)
-        note = f"Table Storage refused the full hit ({code}); stored a minimal form"
-        log.warning("hit %s of rule %s: %s", hit.key[:12], rule_id, note)
-        try:
-            meta = self._table.create_entity(_hit_entity(rule_id, hit, status=entity["Status"], minimal=note))
-        except ResourceExistsError:
-            return None
-        return replace(hit, etag=meta.get("etag"), store_note=note, truncated=True)
+        if self._fence and (lost := self._fence.save_lost(exc)):
+            return lost
+        return StateError(f"Table Storage: cannot record hits of rule {rule_id}: {error_code(exc)}")
 
     # --- leases and delivery ---
 
@@ -169,7 +145,7 @@ class HitStore(HitReads):
         out = self._update_entities(rule_id, plain, changes) if plain else []
         if laid:
             if status == DROPPED:
-                self._set_status(rule_id, [h.key for h in laid], DROPPED)
+                self._set_dropped(rule_id, laid)
             settled = {h.key for h in laid} if status in (DELIVERED, DROPPED) else set()
             out += self.save_delivery(rule_id, laid, settled)
         return out
@@ -251,15 +227,22 @@ class HitStore(HitReads):
                         log.info("hit %s of rule %s changed by another run; leaving it to that run", hit.key, rule_id)
         return updated
 
-    def _set_status(self, rule_id: str, keys: Sequence[str], status: str) -> None:
-        """Dropped hits say so on their own entity (for `kqlwatch status --dropped`), before their lot goes."""
+    def _set_dropped(self, rule_id: str, hits: Sequence[Hit]) -> None:
+        """Dropped hits say so in their pack (for `kqlwatch status --dropped`), before their lot goes; hits stored
+        before packs, on their own entity."""
         from azure.data.tables import UpdateMode
 
-        for start in range(0, len(keys), BATCH):
-            ops = [
-                ("update", {"PartitionKey": rule_id, "RowKey": k, "Status": status}, {"mode": UpdateMode.MERGE})
-                for k in keys[start : start + BATCH]
-            ]
+        by_lot: dict[int, tuple[Lot, set[int]]] = {}
+        patches: list[dict[str, Any]] = []
+        for hit in hits:
+            assert hit.lot is not None
+            if hit.lot.packed:
+                by_lot.setdefault(id(hit.lot), (hit.lot, set()))[1].add(hit.slot)
+            else:
+                patches.append({"PartitionKey": rule_id, "RowKey": hit.key, "Status": DROPPED})
+        patches += [packs.dropped_patch(rule_id, lot.id, slots, len(lot.keys)) for lot, slots in by_lot.values()]
+        for start in range(0, len(patches), BATCH):
+            ops = [("update", p, {"mode": UpdateMode.MERGE}) for p in patches[start : start + BATCH]]
             with state_errors(f"update hits of rule {rule_id}"):
                 self._table.submit_transaction(ops)
 
@@ -296,3 +279,58 @@ def _applied(write: _LotWrite, etag: str | None) -> list[Hit]:
     lot.done, lot.settled, lot.attempts = change.done, change.settled, change.attempts
     lot.lease_owner, lot.lease_until, lot.etag = change.lease_owner, change.lease_until, etag
     return [replace(h, etag=etag, lease_owner=change.lease_owner, lease_until=change.lease_until) for h in write.hits]
+
+
+@dataclass
+class _Record:
+    """One pack to record, with its lot when its hits are pending: the operations and what they cost."""
+
+    laid: list[packs.Laid]
+    seq: int  # its place in the run's recording: lots are delivered oldest first, then in this order
+    status: str
+    lot: Lot | None
+    ops: list[tuple[Any, ...]]
+    size: int
+
+    def recorded(self, etag: str | None) -> list[Hit]:
+        """The hits as this run now holds them: in their lot (with its etag), rows in memory."""
+        if self.lot is None:
+            return [
+                replace(x.hit, etag=etag, store_note=x.note, truncated=x.hit.truncated or bool(x.note))
+                for x in self.laid
+            ]
+        return [
+            replace(
+                x.hit, lot=self.lot, slot=i, etag=etag, store_note=x.note, truncated=x.hit.truncated or bool(x.note)
+            )
+            for i, x in enumerate(self.laid)
+        ]
+
+
+def _record(rule_id: str, laid: list[packs.Laid], seq: int, status: str) -> _Record:
+    first = laid[0].hit
+    lot_id = _new_lot_id(first.first_seen, seq)
+    pack = packs.pack_entity(rule_id, lot_id, laid, status)
+    ops: list[tuple[Any, ...]] = [("create", pack)]
+    lot = None
+    if status == PENDING:
+        lot = Lot(lot_id, [x.hit.key for x in laid], first.first_seen)
+        lot.lease_owner, lot.lease_until = first.lease_owner, first.lease_until
+        ops.append(("create", lot_entity(rule_id, lot)))
+    return _Record(laid, seq, status, lot, ops, packs.size_of(pack) + 1024)
+
+
+def _halves(rule_id: str, batch: list[_Record]) -> list[list[_Record]]:
+    """A refused transaction, split: its records one by one, or a lone record's hits in two new packs."""
+    if len(batch) > 1:
+        return [[r] for r in batch]
+    [record] = batch
+    half = len(record.laid) // 2
+    return [[_record(rule_id, part, record.seq, record.status)] for part in (record.laid[:half], record.laid[half:])]
+
+
+def _minimal(rule_id: str, record: _Record, exc: Any) -> _Record:
+    [laid] = record.laid
+    note = f"Table Storage refused the full hit ({error_code(exc)}); stored a minimal form"
+    log.warning("hit %s of rule %s: %s", laid.hit.key[:12], rule_id, note)
+    return _record(rule_id, [packs.lay_minimal(laid, note)], record.seq, record.status)

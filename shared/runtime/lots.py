@@ -5,8 +5,9 @@ A lot's entity sits beside the rule's state row (RowKey `~state~p~<first-seen ti
 rule's state and every pending hit of the rule are one RowKey range, [`~state`, `~state~~`): a range query, not
 a partition scan. It names its hits (their keys, in order), holds the delivery lease for all of them, and
 records delivery per card: which of its hits each webhook has (a mask per webhook) and which are settled
-(delivered everywhere, or dropped). A lot whose hits are all settled is deleted; the hit entities themselves are
-written once, when they are created (the dedupe, shared.runtime.hits), and never updated on delivery.
+(delivered everywhere, or dropped). A lot whose hits are all settled is deleted; its pack (shared.runtime.packs:
+the hits' rows, the dedupe record) is written once, in the same transaction as the lot, and never updated on
+delivery. Lots written before packs (`Packed` absent) name hits stored one entity each.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Lot:
     attempts: int = 0
     done: dict[str, set[int]] = field(default_factory=dict)  # webhook id -> slots that webhook has
     settled: set[int] = field(default_factory=set)  # slots delivered everywhere, or dropped
+    packed: bool = True  # its hits' rows are in the pack of the same id (False: lots written before packs)
 
     @property
     def row_key(self) -> str:
@@ -71,6 +73,7 @@ def new_lot_id(first_seen: datetime, seq: int) -> str:
 def lot_entity(rule_id: str, lot: Lot) -> dict[str, Any]:
     entity = {"PartitionKey": rule_id, "RowKey": lot.row_key, "Kind": "lot", "FirstSeen": lot.first_seen}
     entity["Keys"] = ",".join(lot.keys)
+    entity["Packed"] = lot.packed
     entity.update(_mutable(lot.done, lot.settled, lot.lease_owner, lot.lease_until, lot.attempts, len(lot.keys)))
     return entity
 
@@ -119,6 +122,7 @@ def lot_from(entity: Mapping[str, Any]) -> Lot:
         attempts=int(entity.get("Attempts") or 0),
         done={str(w): _slots(m) for w, m in done_raw.items()} if isinstance(done_raw, dict) else {},
         settled=_slots(entity.get("Settled")),
+        packed=bool(entity.get("Packed")),
     )
 
 

@@ -190,7 +190,9 @@ def decode_row(text: str) -> dict[str, Any]:
 
 
 def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> dict[str, Any]:
-    """The hit as stored. `minimal` (the reason) keeps only the card's columns, in MINIMAL_ROW_UNITS."""
+    """A hit stored alone, the shape before packs (shared.runtime.packs): what the dedupe, `kqlwatch status` and
+    old lots still read, and what the burst benchmark's storage floor writes. `minimal` (the reason) keeps only
+    the card's columns, in MINIMAL_ROW_UNITS."""
     types = {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)}
     if minimal:
         row_json, clipped = encode_row(hit.row, types, budget=MINIMAL_ROW_UNITS, columns=CARD_COLUMNS)

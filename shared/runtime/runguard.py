@@ -24,7 +24,18 @@ from shared.runtime.health import Notifier
 from shared.runtime.outcome import RuleOutcome
 from shared.runtime.querying import LogsApi
 from shared.runtime.rows import Snapshot
-from shared.runtime.runlease import ACQUIRED, Claim, LeaseLost, RunLeases, RunMark, held_fields, judge, released_fields
+from shared.runtime.runlease import (
+    ACQUIRED,
+    STATE_ROW,
+    UNTIL_FIELD,
+    Claim,
+    LeaseLost,
+    RunLeases,
+    RunMark,
+    held_fields,
+    judge,
+    released_fields,
+)
 from shared.runtime.settings import Settings
 from shared.runtime.sources import SourceWatch
 from shared.runtime.store import StateStore
@@ -76,6 +87,26 @@ class RunGuard:
             fields = held_fields(self.owner, self.until, self.lease.done)
             self.etag = self.leases.take(self.rule_id, self.etag, fields)
             self.taken = True
+
+    def fence_op(self) -> tuple[Any, ...] | None:
+        """The state row touched on the etag this run's lease last wrote, put first in a transaction that must
+        land only while this run still holds the rule (a burst's packs: the dedupe record). None: no lease."""
+        from azure.core import MatchConditions
+        from azure.data.tables import UpdateMode
+
+        if self.leases is None or not self.taken or self.etag is None:
+            return None
+        row = {"PartitionKey": self.rule_id, "RowKey": STATE_ROW, UNTIL_FIELD: self.until}
+        return (
+            "update",
+            row,
+            {"mode": UpdateMode.MERGE, "etag": self.etag, "match_condition": MatchConditions.IfNotModified},
+        )
+
+    def fenced(self, etag: str | None) -> None:
+        """A fenced transaction landed: the state row's etag moved, and the next write is conditional on it."""
+        with self._lock:
+            self.etag = etag
 
     def save_op(self, state_row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The state row in the run's save: the lease released (done up to this run's scheduled time), and the
@@ -146,6 +177,6 @@ class HeldRun:
 
     @classmethod
     def bind(cls, guard: RunGuard, store: StateStore, teams: Poster, logs: LogsApi, settings: Settings) -> HeldRun:
-        view = store.guarded(guard.take)
+        view = store.guarded(guard.take, guard)
         notifier = Notifier(GuardedPoster(teams, guard.take), settings.ops_webhooks)
         return cls(guard, view, notifier, SourceWatch(view, logs, settings.workspace_id, notifier))

@@ -2,13 +2,16 @@
 
 The I/O; the records and their entities (the row codec) are in shared.runtime.rows and shared.runtime.lots.
 One table; one partition per rule (PartitionKey = rule id):
-  RowKey <sha256 hex>       a hit, written once (shared.runtime.hitstore: recording, leases, delivery)
-  RowKey ~state             the rule's state: last window end, last success/error, consecutive failures
+  RowKey pack~<lot>         up to 99 hits one run recorded, their rows, written once (shared.runtime.hitstore:
+                            recording, leases, delivery); RowKey <sha256 hex>: a hit stored alone, before packs
+  RowKey ~state             the rule's state: last window end, last success/error, consecutive failures, the
+                            run lease (shared.runtime.runlease)
   RowKey ~state~p~<lot>     a lot of up to 99 pending hits: their lease and delivery; the state row and the
                             lots are one RowKey range, read by every run in one range query
   RowKey ~run~<ticks>       one record per run (newest first)
   RowKey ~ent~ / ~notice~   kqlwatch.realert marks, one-time notices
-Creating a hit is the dedupe: create_entity is first-writer-wins, so two runs never both own a hit.
+The dedupe: a run records only keys no pack (or older hit) holds, under its run lease, and each recording
+transaction is fenced on the state row's etag, so two runs never both record a hit.
 A run owns a lot's hits while its lease (LeaseOwner/LeaseUntil) holds; every lot write is conditional on the etag.
 """
 
@@ -21,7 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.runtime.hitstore import HitStore
+from shared.runtime.hitstore import Fence, HitStore
+from shared.runtime.packs import PACK_PREFIX
 from shared.runtime.rows import (
     _MAX_TICKS,
     CARD_COLUMNS,
@@ -130,13 +134,16 @@ class StateStore(HitStore):
         self._table = table
         self._table_ready = False  # created (or found) once per process, not once per run
         self._guard: Callable[[], None] = _unguarded
+        self._fence: Fence | None = None
 
-    def guarded(self, take: Callable[[], None]) -> StateStore:
+    def guarded(self, take: Callable[[], None], fence: Fence | None = None) -> StateStore:
         """This store for one rule run (issue 14): `take` (the run lease, shared.runtime.runguard) is called
         before every write of the rule's partition - hits, lots, marks, notices, the purge - so a run writes
-        only once it holds the rule. The same client; the process's other runs are not affected."""
+        only once it holds the rule; hits are recorded behind `fence` (land only while it still does). The
+        same client; the process's other runs are not affected."""
         view = copy.copy(self)
         view._guard = take
+        view._fence = fence
         return view
 
     def close(self) -> None:
@@ -229,11 +236,12 @@ class StateStore(HitStore):
     # --- purging (Table Storage has no TTL) ---
 
     def purge(self, rule_id: str, *, hits_before: datetime, runs_before: datetime) -> int:
-        """Delete settled hits first seen before `hits_before`, entity marks and run records older than their
+        """Delete settled hits (packs) first seen before `hits_before`, entity marks and run records older than their
         cut-offs. Pending hits (those a lot lists unsettled) are never touched: they are still to be delivered
         (or reported dropped)."""
         self._guard()
-        pending = {lot.keys[s] for lot in self.pending_lots(rule_id) for s in lot.unsettled()}
+        lots = self.pending_lots(rule_id)
+        pending = {lot.keys[s] for lot in lots for s in lot.unsettled()} | {PACK_PREFIX + lot.id for lot in lots}
         query = (
             # The SDK's @name substitution needs a space after each name.
             "PartitionKey eq @pk and ((RowKey lt @tilde and FirstSeen lt @hits ) "

@@ -22,13 +22,15 @@ def lots_for_old_hits(table: TableClient, rule_id: str) -> list[Lot]:
         old = table.query_entities(
             "PartitionKey eq @pk and RowKey lt @tilde and Status eq @pending",
             parameters={"pk": rule_id, "tilde": "~", "pending": PENDING},
-            select=["RowKey", "FirstSeen", "DeliveredTo", "Attempts", "Lot"],
+            select=["RowKey", "Kind", "FirstSeen", "DeliveredTo", "Attempts", "Lot"],
         )
-        old_hits = sorted((e for e in old if not e.get("Lot")), key=lambda e: _hit_from(e).first_seen)
+        old_hits = sorted(
+            (e for e in old if not e.get("Lot") and e.get("Kind") != "pack"), key=lambda e: _hit_from(e).first_seen
+        )
     lots: list[Lot] = []
     for seq, start in enumerate(range(0, len(old_hits), LOT_SIZE)):
         chunk = [_hit_from(e) for e in old_hits[start : start + LOT_SIZE]]
-        lot = Lot(new_lot_id(chunk[0].first_seen, seq), [h.key for h in chunk], chunk[0].first_seen)
+        lot = Lot(new_lot_id(chunk[0].first_seen, seq), [h.key for h in chunk], chunk[0].first_seen, packed=False)
         lot.attempts = max(h.attempts for h in chunk)
         for slot, hit in enumerate(chunk):
             for webhook in hit.delivered_to:

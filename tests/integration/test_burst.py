@@ -108,10 +108,15 @@ def test_each_hit_is_written_once_and_the_overflow_recorded_in_whole_lots(
     detector, table = _slow(make_detector, clock, timedelta(0))
     outcome = detector.run(only_due=False).outcomes[0]
     assert (outcome.new_hits, outcome.delivered, outcome.deferred) == (2_000, 2_000, 0)
-    per_hit = Counter(key for _, _, key, _ in table.writes if not key.startswith("~"))
-    assert len(per_hit) == 2_000 and set(per_hit.values()) == {1}  # created, never updated on delivery
+    # Each hit is written once, in a pack of up to 99 (its row, the dedupe record): 21 entities for 2,000
+    # hits, created and never updated on delivery; no entity of a hit of its own.
+    assert not [key for _, _, key, _ in table.writes if not key.startswith(("~", "pack~"))]
+    pack_writes = [(op, entity) for _, op, key, entity in table.writes if key.startswith("pack~")]
+    assert {op for op, _ in pack_writes} == {"create"} and len(pack_writes) == 21
+    per_hit = Counter(k for _, entity in pack_writes for k in entity["Keys"].split(","))
+    assert len(per_hit) == 2_000 and set(per_hit.values()) == {1}
     lot_writes = [key for _, op, key, _ in table.writes if key.startswith("~state~p~")]
-    # 21 lots: each created with its hits, leased when delivery starts, then one write per card it is on
+    # 21 lots: each created with its pack, leased when delivery starts, then one write per card it is on
     # (19 cards, each on at most 2 lots) and one delete when settled (the overflow: one transaction).
     assert len(lot_writes) <= 21 + 21 + 19 * 2 + 21
     assert sum(_overflow_counts(hook)) == 2_000 - len(delivered_ids(hook))
@@ -178,6 +183,7 @@ def test_hits_left_pending_by_the_version_before_lots_are_delivered_once_after_t
     version left it - a state row without HitShape, each pending hit saying so on its own entity."""
     import uuid
 
+    from shared.runtime.rows import _hit_entity
     from shared.runtime.store import PENDING, Hit
 
     detector = make_detector()
@@ -185,7 +191,10 @@ def test_hits_left_pending_by_the_version_before_lots_are_delivered_once_after_t
     store.ensure_table()
     rule_id = "a256f4ea-deec-4fcd-bdf3-63987638eed9"
     rows = [email(clock) for _ in range(3)]
-    store._insert_plain(rule_id, [Hit(uuid.uuid4().hex, r, first_seen=clock.now) for r in rows], PENDING)
+    for row in rows:
+        store._table.create_entity(
+            _hit_entity(rule_id, Hit(uuid.uuid4().hex, row, first_seen=clock.now), status=PENDING)
+        )
     store._table.upsert_entity({"PartitionKey": rule_id, "RowKey": "~state", "Kind": "state", "Runs": 4})
     outcome = detector.run(only_due=False).outcomes[0]
     assert outcome.delivered == 3, outcome.warnings
@@ -194,3 +203,35 @@ def test_hits_left_pending_by_the_version_before_lots_are_delivered_once_after_t
     again = make_detector().run(only_due=False).outcomes[0]
     assert again.delivered == 0 and len(delivered_ids(hook)) == 3
     assert {h.status for h in make_detector().store.hits(rule_id)} == {"delivered"}
+
+
+def test_hits_left_pending_in_lots_by_the_version_before_packs_are_delivered_once(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    """State as the version before packs left it: a lot (no `Packed`) naming hits stored one entity each. Its
+    hits are delivered once, from their own entities; the same rows read again are known (no second card)."""
+    from shared.runtime.hits import EMAIL_IDENTITY, identity
+    from shared.runtime.lots import Lot, lot_entity, new_lot_id
+    from shared.runtime.rows import _hit_entity
+    from shared.runtime.store import PENDING, Hit
+
+    detector = make_detector()
+    store = detector.store
+    store.ensure_table()
+    rule_id = "a256f4ea-deec-4fcd-bdf3-63987638eed9"
+    rows = [email(clock) for _ in range(3)]
+    hits = [Hit(identity(r, EMAIL_IDENTITY), r, first_seen=clock.now) for r in rows]
+    lot = Lot(new_lot_id(clock.now, 0), [h.key for h in hits], clock.now, packed=False)
+    old_lot = {k: v for k, v in lot_entity(rule_id, lot).items() if k != "Packed"}
+    store._table.create_entity(old_lot)
+    for hit in hits:
+        store._table.create_entity({**_hit_entity(rule_id, hit, status=PENDING), "Lot": lot.id})
+    store._table.upsert_entity({"PartitionKey": rule_id, "RowKey": "~state", "Kind": "state", "HitShape": 2})
+    la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))  # the same rows, read again
+    outcome = detector.run(only_due=False).outcomes[0]
+    assert (outcome.new_hits, outcome.delivered) == (0, 3), outcome.log_line()
+    assert sorted(delivered_ids(hook)) == sorted(r["NetworkMessageId"] for r in rows)
+    clock.advance(timedelta(minutes=5))
+    again = make_detector().run(only_due=False).outcomes[0]
+    assert again.delivered == 0 and len(delivered_ids(hook)) == 3
+    assert sorted(h.status for h in make_detector().store.hits(rule_id)) == ["delivered"] * 3

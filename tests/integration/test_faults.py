@@ -163,12 +163,19 @@ def test_table_storage_unreachable_at_start_fails_the_run_clearly(
 
 
 def test_table_storage_failing_mid_run_loses_nothing(
-    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import shared.runtime.packs
+
+    monkeypatch.setattr(shared.runtime.packs, "TRANSACTION_BYTES", 1)  # one pack (99 hits) a transaction
     rows = [email(clock) for _ in range(150)]
     la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
     detector = make_detector()
-    table = FlakyTable(detector.store._table, fail=lambda n: n == 2)  # the second batch (a lot: 99 hits) fails
+    table = FlakyTable(detector.store._table, fail=lambda n: n == 2)  # the second batch (a pack: 51 hits) fails
     detector.store = StateStore(table)  # type: ignore[arg-type]
     first = detector.run(only_due=False).outcomes[0]
     assert not first.ok and "Table Storage" in first.errors[0] and hook.received() == []

@@ -276,3 +276,49 @@ def test_a_run_that_outlives_its_lease_saves_nothing_and_the_run_that_took_over_
     state = fresh.store.snapshot(prepared.rule.id).state
     assert took_over.window is not None and state.last_window_end == took_over.window.end
     assert state.runs == 1 and len(fresh.store.runs(prepared.rule.id)) == 1
+
+
+class TookOverWhileRecording:
+    """A proxy around the real TableClient: just before the run's first recording transaction is sent, the
+    run's lease has ended and another run has taken the rule over and recorded and delivered its hits (`rival`
+    runs then). The transaction is then sent as it was."""
+
+    def __init__(self, real: Any, rival: Callable[[], RuleOutcome]) -> None:
+        self._real, self._rival = real, rival
+        self.rival: RuleOutcome | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+        if self.rival is None and any(op[0] == "create" and op[1].get("Kind") == "pack" for op in operations):
+            self.rival = self._rival()
+        return self._real.submit_transaction(operations, **kwargs)
+
+
+def test_a_run_that_outlives_its_lease_before_recording_records_nothing_and_each_hit_is_sent_once(
+    make_detector: MakeDetector, clock: Clock, la: LogAnalyticsStandIn, hook: WebhookReceiver
+) -> None:
+    """The dedupe record is a pack per ~99 hits, not a create per hit that a second recorder would collide with:
+    what keeps a run that lost its rule from recording (and posting) hits a second time is that every recording
+    transaction carries the state row on its lease's etag. A run stalled past its lease, between reading the
+    known keys and recording, whose rule another run took over and delivered meanwhile, records nothing and
+    posts nothing: each hit reaches Teams once."""
+    slow, fresh = make_detector(), make_detector()
+    slow.store.ensure_table()
+    (prepared,), _ = load_prepared(slow.settings, clock().date())
+    la.ingest("EmailEvents", [email(clock) for _ in range(3)], at=clock.now - 10 * M)
+    started = clock()
+
+    def take_over() -> RuleOutcome:
+        clock.advance(11 * M)  # past the stalled run's lease (10 minutes)
+        return fresh.run_leased(prepared, clock(), workspace=WORKSPACE)
+
+    proxy = TookOverWhileRecording(slow.store._table, take_over)
+    slow.store._table = proxy  # type: ignore[assignment]
+    late = slow.run_leased(prepared, started, workspace=WORKSPACE)
+    assert proxy.rival is not None and proxy.rival.delivered == 3, proxy.rival and proxy.rival.log_line()
+    assert not late.ok and any("outlived its run lease" in e for e in late.errors), late.log_line()
+    assert late.new_hits == 0 and late.delivered == 0, late.log_line()
+    assert sorted(delivered_ids(hook)) == sorted(set(delivered_ids(hook))) and len(delivered_ids(hook)) == 3
+    assert len(list(fresh.store.hits(prepared.rule.id))) == 3

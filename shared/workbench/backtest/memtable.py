@@ -2,7 +2,7 @@
 shared/runtime/store.py calls, so the real StateStore (and with it the detector's dedupe, leases, suppression,
 re-alert marks and run records) runs unchanged in a backtest, with nothing written anywhere.
 
-It behaves as the service does where the store relies on it: create is first-writer-wins (ResourceExistsError),
+It behaves as the service does where the store relies on it: create fails on an existing key (ResourceExistsError),
 updates are conditional on the etag (ResourceModifiedError), a transaction is all-or-nothing
 (TableTransactionError), queries return entities in PartitionKey/RowKey order and are OData filters with `@name`
 parameters (eq ne ge gt le lt, and or not, parentheses; string, datetime, number and boolean values; a property
@@ -112,8 +112,10 @@ class MemoryTableClient:
             raise TableTransactionError(message="CommandsInBatchActOnDifferentPartitions")
         try:
             return self._apply(operations)
-        except AzureError as exc:  # all or nothing, as the service does it
-            raise TableTransactionError(message=f"0:{exc}") from None
+        except AzureError as exc:  # all or nothing, as the service does it, with the failing operation's status
+            error = TableTransactionError(message=f"0:{exc}")
+            error.status_code = getattr(exc, "status_code", None)
+            raise error from None
 
     # --- internals ---
 
