@@ -22,6 +22,7 @@ relative to its lease (a proxy in front of the TableClient) are printed.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import sys
@@ -136,8 +137,14 @@ def child_kqlwatch(config: dict[str, Any]) -> dict[str, Any]:
     detector = _stand.wire(settings, meters)
     watch = LeaseWatch(detector.store._table)
     detector.store = StateStore(watch)  # type: ignore[arg-type]  # a transparent proxy of TableClient
+    profiler = cProfile.Profile() if config.get("profile") else None
     wall, cpu, thread_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+    if profiler:
+        profiler.enable()
     report = detector.run(only_due=False)
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(config["profile"])
     wall, cpu, thread_cpu = time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - thread_cpu
     _stand.close(detector)
     outcome = report.outcomes[0]
@@ -270,7 +277,7 @@ def measure_size(
         rules=rules,
     )
     started, spawned = time.perf_counter(), time.monotonic()
-    child = run_child("kqlwatch", {"env": env})
+    child = run_child("kqlwatch", {"env": env, "profile": PROFILE.get(size, "")})
     out["process_wall"] = time.perf_counter() - started
     meters = _stand.Meters.from_dict(child["meters"])
     arrivals = hook.accepted.get("soc", [])
@@ -360,6 +367,7 @@ def _entity_ops(meters: _stand.Meters, size: int) -> int:
 
 
 GOAL_FLOOR_RATIO, BIG_SIZE = 2.0, 50_000
+PROFILE: dict[int, str] = {}  # size -> where its first kqlwatch run's profile goes (--profile)
 
 
 def _floor_row(r: dict[str, Any]) -> list[str]:
@@ -425,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="scaled down for a loaded machine: sizes 100,1000, baseline on 100 hits"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also write a cProfile of each size's first kqlwatch run to DIR/burst-<size>.pstats (slower)",
+    )
     parser.add_argument("--child", choices=["kqlwatch", "baseline", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--write", action="store_true", help="also write the figures into docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -438,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.baseline_sample = "100,1000", 100
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.profile:
+        PROFILE.update({n: str(Path(args.profile) / f"burst-{n}.pstats") for n in sizes})
     results: list[dict[str, Any]] = []
     with (
         Azurite() as azurite,
