@@ -137,13 +137,12 @@ def child_kqlwatch(config: dict[str, Any]) -> dict[str, Any]:
     detector = _stand.wire(settings, meters)
     watch = LeaseWatch(detector.store._table)
     detector.store = StateStore(watch)  # type: ignore[arg-type]  # a transparent proxy of TableClient
-    profiler = cProfile.Profile() if config.get("profile") else None
+    if config.get("profile"):  # the rule runs in a pool thread: profile the run there
+        profiler, real = cProfile.Profile(), detector.run_leased
+        detector.run_leased = lambda *a, **k: profiler.runcall(real, *a, **k)  # type: ignore[method-assign]
     wall, cpu, thread_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-    if profiler:
-        profiler.enable()
     report = detector.run(only_due=False)
-    if profiler:
-        profiler.disable()
+    if config.get("profile"):
         profiler.dump_stats(config["profile"])
     wall, cpu, thread_cpu = time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - thread_cpu
     _stand.close(detector)
