@@ -107,8 +107,7 @@ def load_file(
     lazy: bool = False,
     cache: DataCache | None = None,
 ) -> Loaded:
-    """`spec`'s file into its table. With `cache` (hunt), a JSON-lines or CSV file is read from its typed
-    Parquet copy when the cache has one for this file and this way of loading it, else loaded into one."""
+    """`spec`'s file into its table. With `cache` (hunt), a JSON-lines or CSV file is read from its typed copy."""
     started = time.perf_counter()
     options: dict[str, Any] = {
         "extra_columns": True,

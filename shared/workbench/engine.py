@@ -133,25 +133,13 @@ class Engine:
         Logs blade's CSV header); `ignore` names file columns to leave out; `fill_from` fills a column absent
         from the file from another (TimeGenerated from Timestamp in an Advanced Hunting export). `only`
         (case-folded names) loads just those columns: the ones a query can read (querycolumns.needed_names).
-        `lazy` (a caller that runs one query, hunt) makes the table a view over the file: no copy is made, the
-        query reads only the columns (and Parquet row groups) it needs, and a value that does not fit its type
-        fails the query that reads it, naming the file, the row (misfit.py) and the column as the load would.
-        `copy_to` (JSON lines or CSV, see datacache.py) writes the typed table to that Parquet file instead,
-        and the table is a view over it; CacheWriteError when it cannot be written.
+        `lazy` (hunt: one query) makes a Parquet file's table a view: no copy, the query reads only the columns
+        and row groups it needs, and a value that does not fit fails the query that reads it, naming the file,
+        the row (misfit.py) and the column. `copy_to` (JSON lines, CSV: datacache.py) writes the typed table
+        to that Parquet file, the table a view over it; CacheWriteError when it cannot be written.
         """
         fmt = fmt or file_format(path)
-        if fmt not in ("json", "csv", "parquet"):
-            raise EngineError(f"{path}: unknown data format {fmt!r} (json, csv or parquet)")
-        try:
-            empty = os.path.getsize(path) == 0
-        except OSError as exc:
-            raise EngineError(f"cannot read {path}: {exc.strerror}") from None
-        if empty:
-            detected: dict[str, str] = {}
-        elif schema is not None and fmt == "json" and not extra_columns and not ignore and not fill_from:
-            detected = {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
-        else:
-            detected = self._detect(path, fmt, full=schema is None)
+        empty, detected = self._file_columns(path, fmt, schema, ours=not (extra_columns or ignore or fill_from))
         plan = _plan_columns(
             detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
         )
@@ -172,6 +160,21 @@ class Engine:
             missing=tuple(c for c in columns if sources.get(c) is None),
             filled=plan.filled,
         )
+
+    def _file_columns(
+        self, path: str, fmt: str, schema: Mapping[str, str] | None, *, ours: bool
+    ) -> tuple[bool, dict[str, str]]:
+        """Whether the file is empty, and its columns with the types DuckDB detects (`ours`: rows we wrote)."""
+        if fmt not in ("json", "csv", "parquet"):
+            raise EngineError(f"{path}: unknown data format {fmt!r} (json, csv or parquet)")
+        try:
+            if os.path.getsize(path) == 0:
+                return True, {}
+        except OSError as exc:
+            raise EngineError(f"cannot read {path}: {exc.strerror}") from None
+        if schema is not None and fmt == "json" and ours:
+            return False, {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
+        return False, self._detect(path, fmt, full=schema is None)
 
     def _create(
         self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], *, lazy: bool
@@ -363,7 +366,7 @@ def _translate(con: Any, kql: str, now: datetime | None) -> tuple[str, dict[str,
 
 
 def _duckdb_io_error() -> type[Exception]:
-    import duckdb
+    import duckdb  # not at import time: --help imports no engine
 
     return duckdb.IOException
 
