@@ -6,10 +6,11 @@ hunt of a file writes the copy under the cache folder (KQLWATCH_CACHE_DIR/data, 
 value is converted and checked then, as a load always did, so a bad value fails that hunt naming its line.
 
 An entry is keyed by the file (resolved path, size, modification and change times, inode, a digest of its first
-and last 64 KiB: an edited, replaced or touched file is a new entry) and by how it is loaded (the table, its schema, the columns the query reads, the
-loader's options, this format's version and the installed duckdb). Writing a new version of a file's copy
-removes the older versions of that file's copies. The cache is an optimisation only: an unreadable or
-half-written entry is a miss, an unwritable folder means loading as before, never an error.
+and last 64 KiB: an edited, replaced or touched file is a new entry) and by how it is loaded (the table, its
+schema, the columns the query reads, the loader's options, the text of the SQL that types the values (loadsql.py),
+this format's version and the installed duckdb). Writing a new version of a file's copy removes the older
+versions of that file's copies. The cache is an optimisation only: an unreadable or half-written entry is a miss,
+an unwritable folder means loading as before, never an error.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class DataCache:
             return None
         family = _digest([resolved])[:16]
         stamp = _digest([resolved, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, ends])[:16]
-        loading = _digest([_FORMAT, versions(), table, _plain(how)])[:24]
+        loading = _digest([_FORMAT, versions(), _loader(), table, _plain(how)])[:24]
         name = f"{family}-{stamp}-{loading}"
         return Entry(self.directory / f"{name}.parquet", self.directory / f"{name}.json", family)
 
@@ -111,6 +112,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Collection) and not isinstance(value, str):
         return [_plain(v) for v in value]
     return value
+
+
+def _loader() -> str:
+    """The SQL that types the copy (loadsql.py): a kqlwatch that converts values otherwise makes new copies."""
+    from shared.workbench import loadsql
+
+    try:
+        return hashlib.sha256(Path(loadsql.__file__).read_bytes()).hexdigest()
+    except OSError:
+        return "?"
 
 
 def _ends(path: Path, size: int) -> str:

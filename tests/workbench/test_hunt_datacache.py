@@ -114,6 +114,27 @@ def test_another_rule_or_schema_is_another_copy(
     assert len(list((cache_dir / "data").glob("*.parquet"))) == 2
 
 
+def test_another_loader_or_duckdb_makes_a_new_copy(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cache_dir: Path,
+    parsed: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy holds values as this kqlwatch's SQL typed them with this duckdb: either changing is a miss."""
+    from shared.workbench import datacache
+
+    data = tmp_path / "EmailEvents.jsonl"
+    data.write_bytes(SAMPLES.read_bytes())
+    assert hunt(capsys, SEED_RULE, data)[0] == 0
+    monkeypatch.setattr(datacache, "versions", lambda: "duckdb-kql=99,duckdb=99")
+    assert hunt(capsys, SEED_RULE, data)[0] == 0
+    monkeypatch.setattr(datacache, "_loader", lambda: "another loadsql.py")
+    code, out, err = hunt(capsys, SEED_RULE, data)
+    assert code == 0 and len(jsonl_rows(out)) == 46, err
+    assert parsed == [str(data)] * 3
+
+
 def test_notes_and_warnings_are_the_same_from_the_copy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, cache_dir: Path
 ) -> None:
