@@ -164,6 +164,34 @@ def test_an_unwritable_cache_only_costs_time(
     assert parsed == [str(data)] * 2
 
 
+def test_a_copy_that_cannot_be_written_is_loaded_without_it(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cache_dir: Path,
+    parsed: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk while the copy is written (the rename into place fails): the same answer from a plain load,
+    no temp file left, nothing recorded."""
+    from shared.workbench import engine
+
+    real = os.replace
+
+    def full(source: Any, target: Any) -> None:
+        if str(target).endswith(".parquet"):
+            raise OSError(28, "No space left on device")
+        real(source, target)
+
+    monkeypatch.setattr(engine.os, "replace", full)
+    data = tmp_path / "EmailEvents.jsonl"
+    data.write_bytes(SAMPLES.read_bytes())
+    code, out, err = hunt(capsys, SEED_RULE, data)
+    assert code == 0 and len(jsonl_rows(out)) == 46, err
+    assert "Traceback" not in err and "No space" not in err
+    assert list((cache_dir / "data").iterdir()) == []
+    assert parsed == [str(data)] * 2  # the copy that failed, then the plain load
+
+
 def test_a_corrupt_or_half_written_entry_is_a_miss(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, cache_dir: Path, parsed: list[str]
 ) -> None:
