@@ -197,8 +197,7 @@ class Engine:
             self._lazy[table] = source
 
     def _drop(self, table: str) -> None:
-        kind = "VIEW" if table in self._lazy else "TABLE"
-        self._lazy.pop(table, None)
+        kind = "VIEW" if self._lazy.pop(table, False) is not False else "TABLE"
         self._con.execute(f"DROP {kind} IF EXISTS {_ident(table)}")
 
     def _copy(
@@ -212,7 +211,8 @@ class Engine:
             self._con.execute(f"COPY ({select}) TO {_sql_str(temp)} (FORMAT PARQUET)")
             os.replace(temp, target)
         except Exception as exc:  # duckdb.Error or OSError, kept out of the module's imports
-            _unlink(temp)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
             if isinstance(exc, OSError | _duckdb_io_error()):  # the cache's disk (or the file: the load says)
                 raise CacheWriteError(f"cannot write {target}: {_first(exc)}") from None
             misfit = self._misfit(_Source(path, fmt, plan, detected))
@@ -302,13 +302,15 @@ class Engine:
         return f"query failed in the offline engine: {text}"
 
     def _misfit(self, source: _Source) -> str | None:
-        """`line N: column C: cannot read ...` for the file's first value that does not fit (a re-scan: only
-        after a load or query failed), or None when no value is at fault."""
-        from shared.workbench.misfit import describe, first_misfit
+        """`line N: column C: cannot read ...` for the file's first value that does not fit, else a CSV's first
+        row of the wrong width (a re-scan: only after a load or query failed), or None."""
+        from shared.workbench.misfit import csv_shape, describe, first_misfit
 
         plan = source.plan
         found = first_misfit(self._con, source.path, source.fmt, plan.columns, plan.sources, source.detected)
-        return describe(found, source.path, source.fmt) if found else None
+        if found is None:
+            return csv_shape(source.path) if source.fmt == "csv" else None
+        return describe(found, source.path, source.fmt)
 
     def _translated(self, kql: str, now: datetime | None) -> tuple[Any, list[str]]:
         """The relation of `kql` and its Kusto column types, through the translation cache when there is one."""
@@ -369,11 +371,6 @@ def _duckdb_io_error() -> type[Exception]:
     import duckdb  # not at import time: --help imports no engine
 
     return duckdb.IOException
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _load_failure(path: str, table: str) -> str:

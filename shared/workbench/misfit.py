@@ -120,6 +120,25 @@ def _csv_line(path: Path, record: int) -> int | None:
     return None
 
 
+def csv_shape(path: str) -> str | None:
+    """`line N: 30 fields, the header has 29` for the first CSV row that does not have the header's number of
+    fields (an unbalanced quote makes one row of many lines), or None. DuckDB's own message counts records, not
+    lines ("CSV Error on Line: 21770" for line 22001 of a file with quoted line breaks)."""
+    delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
+    try:
+        with _open(Path(path)) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as text:
+            reader = csv.reader(text, delimiter=delimiter)
+            header = next(reader, [])
+            start = reader.line_num + 1
+            for row in reader:
+                if row and len(row) != len(header):
+                    return f"line {start}: {len(row)} fields, the header has {len(header)}"
+                start = reader.line_num + 1
+    except (OSError, EOFError, csv.Error):
+        return None
+    return None
+
+
 def _open(path: Path) -> IO[bytes] | gzip.GzipFile:
     if path.name.lower().endswith(".zst"):
         raise OSError("zstd is read by DuckDB only")

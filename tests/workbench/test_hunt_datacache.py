@@ -173,8 +173,6 @@ def test_a_copy_that_cannot_be_written_is_loaded_without_it(
 ) -> None:
     """A full disk while the copy is written (the rename into place fails): the same answer from a plain load,
     no temp file left, nothing recorded."""
-    from shared.workbench import engine
-
     real = os.replace
 
     def full(source: Any, target: Any) -> None:
@@ -182,7 +180,7 @@ def test_a_copy_that_cannot_be_written_is_loaded_without_it(
             raise OSError(28, "No space left on device")
         real(source, target)
 
-    monkeypatch.setattr(engine.os, "replace", full)
+    monkeypatch.setattr(os, "replace", full)  # the engine's rename of the finished copy
     data = tmp_path / "EmailEvents.jsonl"
     data.write_bytes(SAMPLES.read_bytes())
     code, out, err = hunt(capsys, SEED_RULE, data)
@@ -263,4 +261,21 @@ def test_a_malformed_json_line_still_names_its_line(
     code, out, err = hunt(capsys, SEED_RULE, data)
     assert code == 2 and out == ""  # a DataError, as before
     assert f"{data}:4: not valid JSON" in err and "Traceback" not in err
+    assert not list((cache_dir / "data").glob("*.parquet"))
+
+
+def test_a_malformed_csv_row_names_its_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cache_dir: Path
+) -> None:
+    """A row with one field too many, past the rows DuckDB samples to detect the dialect (20,480). DuckDB's
+    message counted records (line 21770 here: the sample day has subjects with line breaks); now the line."""
+    rows = sample_rows()
+    data = write_csv(tmp_path / "EmailEvents.csv", rows * 9)  # 23,211 rows
+    lines = data.read_text(encoding="utf-8").split("\n")
+    lines[22000] += ",extra"
+    data.write_text("\n".join(lines), encoding="utf-8")
+    code, out, err = hunt(capsys, SEED_RULE, data)
+    assert code == 1 and out == ""
+    assert f"cannot load {data} as EmailEvents: line 22001: 45 fields, the header has 44" in err
+    assert "Traceback" not in err
     assert not list((cache_dir / "data").glob("*.parquet"))
