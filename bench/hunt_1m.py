@@ -3,8 +3,9 @@
 Generates the rows inside DuckDB (seconds, not minutes) as JSON lines, as a CSV export (the Logs blade's
 shape: ` [UTC]` headers, US-style times) and as Parquet, then runs the real command, `.venv/bin/kqlwatch hunt`,
 once per file in a child process and reports its load and query times (from hunt's footer), wall time and peak
-memory (the child's ru_maxrss). This checkout runs twice per file, with an empty translation cache of its own
-(KQLWATCH_CACHE_DIR: the first hunt of a rule) and again with what the first left (every later hunt of it).
+memory (the child's ru_maxrss). This checkout runs twice per file, with an empty cache folder of its own
+(KQLWATCH_CACHE_DIR: the first hunt of a rule over a file, which translates the query and writes the typed
+Parquet copy of a JSON-lines or CSV file) and again with what the first left (every later hunt of it).
 Side by side, in the same run, it times the loader of `--baseline` (a git revision, default `main`: its `shared/`
 is extracted to a temporary folder and run with the same interpreter). Every run's output must be the same
 bytes (the same rows, in the same order). Run from the repository root:

@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 from shared.errors import KqlwatchError
 
 if TYPE_CHECKING:
+    from shared.workbench.datacache import DataCache
     from shared.workbench.engine import Engine, LoadedTable
 
 
@@ -68,12 +69,18 @@ def parse_data_arg(text: str) -> DataSpec:
 
 
 def load_files(
-    engine: Engine, specs: Sequence[DataSpec], query: str | None = None, *, prune: bool = False, lazy: bool = False
+    engine: Engine,
+    specs: Sequence[DataSpec],
+    query: str | None = None,
+    *,
+    prune: bool = False,
+    lazy: bool = False,
+    cache: DataCache | None = None,
 ) -> list[Loaded]:
     """Load each file into its table (one file per table); then create the other known tables `query` names,
     empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); with
     `lazy`, a Parquet file is read by the query itself (a view, see Engine.load_file): both only for a caller
-    that runs exactly `query` afterwards, once."""
+    that runs exactly `query` afterwards, once. `cache`: typed copies of JSON-lines and CSV files (load_file)."""
     from shared.schemas import table_schema
     from shared.workbench.querycolumns import needed_names
 
@@ -86,7 +93,7 @@ def load_files(
         seen[spec.table] = spec.path
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: no such file")
-        loaded.append(load_file(engine, spec, table_schema(spec.table), only, lazy=lazy))
+        loaded.append(load_file(engine, spec, table_schema(spec.table), only, lazy=lazy, cache=cache))
     create_known_tables(engine, query, skip=seen)
     return loaded
 
@@ -98,32 +105,64 @@ def load_file(
     only: frozenset[str] | None = None,
     *,
     lazy: bool = False,
+    cache: DataCache | None = None,
 ) -> Loaded:
-    from shared.workbench.engine import EngineError
-
+    """`spec`'s file into its table. With `cache` (hunt), a JSON-lines or CSV file is read from its typed copy."""
     started = time.perf_counter()
+    options: dict[str, Any] = {
+        "extra_columns": True,
+        "ignore": [c for c in _EXPORT_NOISE if schema is None or c not in schema],
+        "fill_from": {k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
+        "only": only,
+    }
+    entry = None
+    if cache is not None and file_format(str(spec.path)) != "parquet":
+        entry = cache.entry(spec.path, spec.table, {"schema": schema, **options})
+        hit = cache.get(entry) if entry is not None else None
+        if entry is not None and hit is not None:
+            engine.view_parquet(spec.table, str(entry.parquet))
+            return _loaded(spec, schema, hit, started)
+        if not cache.writable():
+            entry = None
+    table = _load(engine, spec, schema, options, lazy=lazy, copy_to=entry.parquet if entry else None)
+    if cache is not None and entry is not None and entry.parquet.is_file():
+        cache.put(entry, table)
+    return _loaded(spec, schema, table, started)
+
+
+def _load(
+    engine: Engine,
+    spec: DataSpec,
+    schema: Mapping[str, str] | None,
+    options: Mapping[str, Any],
+    *,
+    lazy: bool,
+    copy_to: Path | None,
+) -> LoadedTable:
+    from shared.workbench.engine import CacheWriteError, EngineError
+
     is_json = file_format(str(spec.path)) == "json"
     if is_json:
         # DuckDB reads a JSON-lines file with a `null` line as a row of nulls, and one with an array or string
         # line as no rows at all: silent wrong answers. One quick pass over the lines' first bytes finds them.
         _check_json_lines(engine, spec.path)
     try:
-        table = engine.load_file(
-            spec.table,
-            str(spec.path),
-            schema,
-            extra_columns=True,
-            ignore=[c for c in _EXPORT_NOISE if schema is None or c not in schema],
-            fill_from={k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
-            only=only,
-            lazy=lazy,
-        )
+        try:
+            table = engine.load_file(
+                spec.table, str(spec.path), schema, lazy=lazy, copy_to=str(copy_to) if copy_to else None, **options
+            )
+        except CacheWriteError:  # a full disk: load as without a cache
+            table = engine.load_file(spec.table, str(spec.path), schema, lazy=lazy, **options)
     except EngineError:
         if is_json:
             _check_json_records(spec.path)  # names the line DuckDB's message does not
         raise
     if is_json and table.rows == 0 and spec.path.stat().st_size > 0:
         _check_json_records(spec.path)  # a JSON array of non-objects (only here: a good file is not re-read)
+    return table
+
+
+def _loaded(spec: DataSpec, schema: Mapping[str, str] | None, table: LoadedTable, started: float) -> Loaded:
     notes = []
     if schema is None:
         notes.append(f"{spec.table} has no schema in shared/schemas: column types inferred from the file")
@@ -246,11 +285,9 @@ def _check_json_records(path: Path) -> None:
     """Raise DataError naming `path:line` for the first JSON record that is not an object."""
     if _compressed_unreadable(path):
         return
-    text = _read_text(path)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    if _starts_array(path):
         try:
-            records = json.loads(text)
+            records = json.loads(_read_text(path))
         except ValueError as exc:
             raise DataError(f"{path}: not valid JSON: {exc}") from None
         for index, record in enumerate(records if isinstance(records, list) else [records]):
@@ -259,17 +296,32 @@ def _check_json_records(path: Path) -> None:
                     f"{path}: element {index} of the JSON array is {_json_kind(record)}, not an object of column: value"
                 )
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON: {exc.args[0] if exc.args else exc}") from None
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{path}:{number}: a JSON line must be an object of column: value, not {_json_kind(record)}"
-            )
+    try:  # line by line: a 1 GB export is not read into memory whole
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                _check_json_line(path, number, raw.decode("utf-8", errors="replace"))
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+def _check_json_line(path: Path, number: int, line: str) -> None:
+    if not line.strip():
+        return
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise DataError(f"{path}:{number}: not valid JSON: {exc.args[0] if exc.args else exc}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{number}: a JSON line must be an object of column: value, not {_json_kind(record)}")
+
+
+def _starts_array(path: Path) -> bool:
+    try:
+        with _open_binary(path) as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    return head.lstrip()[:1] == b"["
 
 
 def _read_text(path: Path) -> str:

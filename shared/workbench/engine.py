@@ -7,9 +7,9 @@ raises, and so do we (EngineError naming the construct) - never a wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +18,8 @@ from typing import Any
 
 from shared.errors import KqlwatchError
 from shared.rules.durations import parse_time
-from shared.rules.kql import tokenize
+from shared.workbench.ingested import INGESTED as INGESTED  # re-exported: callers import them from here
+from shared.workbench.ingested import with_ingestion_column as with_ingestion_column
 from shared.workbench.loadsql import (
     _DUCK_TYPES,
     _ColumnPlan,
@@ -28,11 +29,17 @@ from shared.workbench.loadsql import (
     _unique,
     select_sql,
 )
-from shared.workbench.translation import SCHEMA_SQL, TranslationCache, kusto_types, run_cached
+from shared.workbench.plans import Plans as Plans  # re-exported: the Log Analytics stand-in shares them
+from shared.workbench.plans import planned
+from shared.workbench.translation import TranslationCache, kusto_types, run_cached
 
 
 class EngineError(KqlwatchError):
     """The offline engine cannot run this query (unsupported construct or invalid KQL)."""
+
+
+class CacheWriteError(EngineError):
+    """A typed copy for the data cache could not be written (disk full, folder gone): load without it."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,6 @@ class EngineResult:
     columns: list[str]
     types: list[str]  # Kusto type names
     rows: list[tuple[Any, ...]]
-
-
-Plans = dict[tuple[str, str], tuple[str, dict[str, Any]]]  # (query template, tables' columns) -> SQL, bound
 
 
 class Engine:
@@ -62,7 +66,7 @@ class Engine:
         self._tmp = tempfile.TemporaryDirectory(prefix="kqlwatch-engine-")
         self._plans: Plans = {} if plans is None else plans
         self._translations = translations
-        self._lazy: dict[str, str] = {}  # view name -> the file it reads (load_file(lazy=True))
+        self._lazy: dict[str, _Source | None] = {}  # view -> the file it converts (None: typed already)
 
     def close(self) -> None:
         self._con.close()
@@ -114,6 +118,7 @@ class Engine:
         fill_from: Mapping[str, str] | None = None,
         only: frozenset[str] | None = None,
         lazy: bool = False,
+        copy_to: str | None = None,
     ) -> LoadedTable:
         """Create `table` from a JSON Lines / JSON array / CSV / Parquet file, read and typed by DuckDB itself (no row passes
         through Python, so a million rows load in seconds).
@@ -128,61 +133,97 @@ class Engine:
         Logs blade's CSV header); `ignore` names file columns to leave out; `fill_from` fills a column absent
         from the file from another (TimeGenerated from Timestamp in an Advanced Hunting export). `only`
         (case-folded names) loads just those columns: the ones a query can read (querycolumns.needed_names).
-        `lazy` (a caller that runs one query, hunt) makes a Parquet file's table a view: no copy is made, the
-        query reads only the columns and row groups it needs, and a value that does not fit its type fails the
-        query that reads it, naming the file and column as the load would.
+        `lazy` (hunt: one query) makes a Parquet file's table a view: no copy, the query reads only the columns
+        and row groups it needs, and a value that does not fit fails the query that reads it, naming the file,
+        the row (misfit.py) and the column. `copy_to` (JSON lines, CSV: datacache.py) writes the typed table
+        to that Parquet file, the table a view over it; CacheWriteError when it cannot be written.
         """
         fmt = fmt or file_format(path)
-        if fmt not in ("json", "csv", "parquet"):
-            raise EngineError(f"{path}: unknown data format {fmt!r} (json, csv or parquet)")
-        try:
-            empty = os.path.getsize(path) == 0
-        except OSError as exc:
-            raise EngineError(f"cannot read {path}: {exc.strerror}") from None
-        if empty:
-            detected: dict[str, str] = {}
-        elif schema is not None and fmt == "json" and not extra_columns and not ignore and not fill_from:
-            detected = {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
-        else:
-            detected = self._detect(path, fmt, full=schema is None)
+        empty, detected = self._file_columns(path, fmt, schema, ours=not (extra_columns or ignore or fill_from))
         plan = _plan_columns(
             detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
         )
         columns, sources = plan.columns, plan.sources
         if not columns:
             raise EngineError(f"{path}: no rows to infer {table}'s columns from, and no schema for it")
-        self._create(table, path, fmt, plan, detected, lazy=lazy and fmt == "parquet" and not empty)
-        count = self._con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()  # noqa: S608
+        self._drop(table)
+        if copy_to is not None and fmt != "parquet" and any(plan.sources.values()):
+            self._copy(table, path, fmt, plan, detected, copy_to)
+        else:
+            self._create(table, path, fmt, plan, detected, lazy=lazy and fmt == "parquet" and not empty)
+        count = self._con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchall()  # noqa: S608
         return LoadedTable(
             name=table,
-            rows=int(count[0]) if count else 0,
+            rows=int(count[0][0]) if count else 0,
             columns=columns,
             inferred=plan.inferred,
             missing=tuple(c for c in columns if sources.get(c) is None),
             filled=plan.filled,
         )
 
+    def _file_columns(
+        self, path: str, fmt: str, schema: Mapping[str, str] | None, *, ours: bool
+    ) -> tuple[bool, dict[str, str]]:
+        """Whether the file is empty, and its columns with the types DuckDB detects (`ours`: rows we wrote)."""
+        if fmt not in ("json", "csv", "parquet"):
+            raise EngineError(f"{path}: unknown data format {fmt!r} (json, csv or parquet)")
+        try:
+            if os.path.getsize(path) == 0:
+                return True, {}
+        except OSError as exc:
+            raise EngineError(f"cannot read {path}: {exc.strerror}") from None
+        if schema is not None and fmt == "json" and ours:
+            return False, {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
+        return False, self._detect(path, fmt, full=schema is None)
+
     def _create(
         self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], *, lazy: bool
     ) -> None:
-        """The table (or with `lazy`, the view) `plan` describes, replacing one of the same name."""
+        """The table (or with `lazy`, the view) `plan` describes."""
         name = _ident(table)
-        self._con.execute(
-            f"DROP VIEW IF EXISTS {name}" if self._lazy.pop(table, None) else f"DROP TABLE IF EXISTS {name}"
-        )
         columns, sources = plan.columns, plan.sources
         if not any(sources.values()):
             definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in columns.items())
             self._con.execute(f"CREATE TABLE {name} ({definition})")
             return
         failure = _load_failure(path, table)
+        source = _Source(path, fmt, plan, detected)
         select = select_sql(path, fmt, columns, sources, detected, origin=failure if lazy else "")
         try:
             self._con.execute(f"CREATE {'VIEW' if lazy else 'TABLE'} {name} AS {select}")
         except Exception as exc:  # duckdb.Error, kept out of the module's imports
-            raise EngineError(f"{failure}{_first(exc)}") from None
+            raise EngineError(f"{failure}{self._misfit(source) or _first(exc)}") from None
         if lazy:
-            self._lazy[table] = path
+            self._lazy[table] = source
+
+    def _drop(self, table: str) -> None:
+        kind = "VIEW" if self._lazy.pop(table, False) is not False else "TABLE"
+        self._con.execute(f"DROP {kind} IF EXISTS {_ident(table)}")
+
+    def _copy(
+        self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], target: str
+    ) -> None:
+        """The typed table written to the Parquet file `target` (via a temporary file beside it, renamed: a
+        concurrent hunt or a crash never leaves half a file), then a view over it."""
+        temp = f"{target}.{os.getpid()}.tmp"
+        select = select_sql(path, fmt, plan.columns, plan.sources, detected)
+        try:
+            self._con.execute(f"COPY ({select}) TO {_sql_str(temp)} (FORMAT PARQUET)")
+            os.replace(temp, target)
+        except Exception as exc:  # duckdb.Error or OSError, kept out of the module's imports
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            if isinstance(exc, OSError | _duckdb_io_error()):  # the cache's disk (or the file: the load says)
+                raise CacheWriteError(f"cannot write {target}: {_first(exc)}") from None
+            misfit = self._misfit(_Source(path, fmt, plan, detected))
+            raise EngineError(f"{_load_failure(path, table)}{misfit or _first(exc)}") from None
+        self.view_parquet(table, target)
+
+    def view_parquet(self, table: str, path: str) -> None:
+        """`table` as a view over a Parquet file of exactly its columns and types (datacache's copy)."""
+        self._drop(table)
+        self._con.execute(f"CREATE VIEW {_ident(table)} AS SELECT * FROM read_parquet({_sql_str(path)})")  # noqa: S608
+        self._lazy[table] = None
 
     def first_non_object(self, path: str, *, array: bool) -> tuple[int, str] | None:
         """(1-based record number, JSON type) of the first record of a JSON file that is not an object, if any.
@@ -212,8 +253,7 @@ class Engine:
     def create_table(self, table: str, schema: Mapping[str, str]) -> None:
         """An empty table with these columns (a table a workspace has but the data files do not fill)."""
         definition = ", ".join(f"{_ident(c)} {_DUCK_TYPES.get(k, 'VARCHAR')}" for c, k in _unique(schema).items())
-        drop = "VIEW" if self._lazy.pop(table, None) else "TABLE"
-        self._con.execute(f"DROP {drop} IF EXISTS {_ident(table)}")
+        self._drop(table)
         self._con.execute(f"CREATE TABLE {_ident(table)} ({definition})")
 
     def _detect(self, path: str, fmt: str, *, full: bool) -> dict[str, str]:
@@ -242,7 +282,7 @@ class Engine:
 
         try:
             if reuse_plan and now is not None:
-                relation = self._planned(kql, now)
+                relation = planned(self._con, self._plans, kql, now, _translate)
                 types = kusto_types(relation.types)
             else:
                 relation, types = self._translated(kql, now)
@@ -255,11 +295,22 @@ class Engine:
         """A failed query's message. A value a lazily loaded file cannot give its column's type fails only
         when a query reads it: the message then names the file and column as the load would have."""
         text = _first(exc)
-        for table, path in self._lazy.items():
-            marker = _load_failure(path, table)
-            if marker in text:
-                return text[text.index(marker) :]
+        for table, source in self._lazy.items():
+            marker = _load_failure(source.path, table) if source else ""
+            if source and marker in text:
+                return marker + (self._misfit(source) or text[text.index(marker) + len(marker) :])
         return f"query failed in the offline engine: {text}"
+
+    def _misfit(self, source: _Source) -> str | None:
+        """`line N: column C: cannot read ...` for the file's first value that does not fit, else a CSV's first
+        row of the wrong width (a re-scan: only after a load or query failed), or None."""
+        from shared.workbench.misfit import csv_shape, describe, first_misfit
+
+        plan = source.plan
+        found = first_misfit(self._con, source.path, source.fmt, plan.columns, plan.sources, source.detected)
+        if found is None:
+            return csv_shape(source.path) if source.fmt == "csv" else None
+        return describe(found, source.path, source.fmt)
 
     def _translated(self, kql: str, now: datetime | None) -> tuple[Any, list[str]]:
         """The relation of `kql` and its Kusto column types, through the translation cache when there is one."""
@@ -267,29 +318,6 @@ class Engine:
             relation = _run_sql(self._con, *_translate(self._con, kql, now))
             return relation, kusto_types(relation.types)
         return run_cached(self._con, self._translations, kql, now, _translate)
-
-    def _planned(self, kql: str, now: datetime) -> Any:
-        values: list[str] = []
-
-        def placeholder(match: re.Match[str]) -> str:
-            values.append(match.group(1))
-            return f"datetime({_SENTINEL_DAY}.{len(values):06d}Z)"
-
-        template = _DATETIME_LITERAL.sub(placeholder, kql)
-        # The SQL also depends on the tables' columns (joins, an `extend` of an existing column): part of the key.
-        key = (template, repr(self._con.execute(SCHEMA_SQL).fetchall()))
-        if key not in self._plans:
-            sql, bound = _translate(self._con, template, now)
-            sentinels = [f"'{_SENTINEL_DAY}.{n:06d}Z'" for n in range(1, len(values) + 1)]
-            if not all(s in sql for s in sentinels):  # the translator rendered a literal otherwise: no reuse
-                return _run_sql(self._con, *_translate(self._con, kql, now))
-            self._plans[key] = (sql, bound)
-        sql, bound = self._plans[key]
-        for n, value in enumerate(values, start=1):
-            sql = sql.replace(f"'{_SENTINEL_DAY}.{n:06d}Z'", f"'{value}'")
-        if "kqlnow" in bound:
-            bound = {**bound, "kqlnow": now.astimezone(timezone.utc).replace(tzinfo=None)}
-        return _run_sql(self._con, sql, bound)
 
 
 @dataclass(frozen=True)
@@ -300,6 +328,16 @@ class LoadedTable:
     inferred: tuple[str, ...] = ()  # columns typed by inference (not in the schema)
     missing: tuple[str, ...] = ()  # schema columns the file does not have (empty / null)
     filled: dict[str, str] = field(default_factory=dict)  # column -> the file column it was filled from
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A lazily read file (a view): what the re-scan for a value that does not fit needs."""
+
+    path: str
+    fmt: str
+    plan: _ColumnPlan
+    detected: Mapping[str, str]
 
 
 def file_format(path: str) -> str:
@@ -316,12 +354,6 @@ def file_format(path: str) -> str:
     raise EngineError(f"{path}: cannot tell the format from the name (use .jsonl, .json, .csv or .parquet)")
 
 
-# A datetime literal as the ingestion filter and windows write them: digits, T, :, ., Z, space, + and - only, so
-# it can be put back inside an SQL string as it is.
-_DATETIME_LITERAL = re.compile(r"\bdatetime\(\s*([0-9]{4}-[0-9]{2}-[0-9]{2}[0-9T:. Z+-]*?)\s*\)")
-_SENTINEL_DAY = "1901-02-03T04:05:06"
-
-
 def _translate(con: Any, kql: str, now: datetime | None) -> tuple[str, dict[str, Any]]:
     """duckdb_kql's SQL for `kql` and the values it binds (its step before running con.sql)."""
     import duckdb_kql
@@ -333,6 +365,12 @@ def _translate(con: Any, kql: str, now: datetime | None) -> tuple[str, dict[str,
         raise EngineError(f"the offline engine does not support this query: {_first(exc)}") from None
     except duckdb_kql.KqlError as exc:
         raise EngineError(f"invalid query: {_first(exc)}") from None
+
+
+def _duckdb_io_error() -> type[Exception]:
+    import duckdb  # not at import time: --help imports no engine
+
+    return duckdb.IOException
 
 
 def _load_failure(path: str, table: str) -> str:
@@ -357,26 +395,3 @@ def _parse_time(text: str) -> datetime | None:
     if not text.strip():
         return None
     return parse_time(text)
-
-
-# The hidden ingestion-time column behind ingestion_time(): the offline engine has no such function, so the
-# Log Analytics stand-in and the backtest keep each row's ingestion time here and rewrite the call to it.
-INGESTED = "_IngestedAt"
-
-
-def with_ingestion_column(query: str) -> str:
-    """ingestion_time() -> the hidden column (the offline engine has no such function)."""
-    tokens = tokenize(query, comments=True)
-    out, last = [], 0
-    for i, tok in enumerate(tokens):
-        if (
-            tok.text == "ingestion_time"
-            and i + 2 < len(tokens)
-            and tokens[i + 1].text == "("
-            and tokens[i + 2].text == ")"
-        ):
-            out.append(query[last : tok.start])
-            out.append(INGESTED)
-            last = tokens[i + 2].end
-    out.append(query[last:])
-    return "".join(out)

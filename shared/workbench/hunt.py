@@ -256,6 +256,7 @@ class Run:
 
 def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None) -> Run:
     """Load the data files into a fresh engine and run the final query over them."""
+    from shared.workbench.datacache import DataCache
     from shared.workbench.datafiles import DataError, load_files, parse_data_arg
     from shared.workbench.engine import Engine
     from shared.workbench.translation import TranslationCache
@@ -264,7 +265,7 @@ def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None
         started = time.perf_counter()
         try:
             specs = [parse_data_arg(item) for item in data]
-            loaded = load_files(engine, specs, prepared.query, prune=True, lazy=True)
+            loaded = load_files(engine, specs, prepared.query, prune=True, lazy=True, cache=DataCache.default())
         except DataError as exc:  # the arguments, not the data in the files
             raise UsageError(str(exc)) from None
         load_seconds = time.perf_counter() - started

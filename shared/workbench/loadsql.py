@@ -148,30 +148,80 @@ def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str =
         r = f"CAST({r} AS VARCHAR)"
     if duck == "VARCHAR":
         return f"coalesce({r}, '')"
+    if duck == "JSON":
+        return _dynamic(r, fmt)
     before, after = _sql_str(f'{origin}column {column}: cannot read "'), _sql_str(f'" as {kind}')
     fail = f"error({before} || left({r}, 80) || {after})"
-    if duck == "JSON":
-        if fmt == "json":  # a JSON value; the az CLI writes dynamic values as JSON text inside a string
-            text = f"({r} ->> '$')"
-            return (
-                f"CASE WHEN {r} IS NULL THEN NULL WHEN json_type({r}) <> 'VARCHAR' THEN {r} "
-                f"WHEN {text} IN {_EMPTY} THEN NULL "
-                f"WHEN left(ltrim({text}), 1) IN ('[', '{{') AND json_valid({text}) THEN json({text}) "
-                f"ELSE {r} END"
-            )
+    return f"CASE WHEN {_blank(r)} THEN NULL ELSE coalesce({_parsed(r, duck)}, {fail}) END"
+
+
+def _dynamic(r: str, fmt: str) -> str:
+    """A dynamic column's value: JSON as it is, JSON text inside a string parsed, other text as a JSON string."""
+    if fmt == "json":  # a JSON value; the az CLI writes dynamic values as JSON text inside a string
+        text = f"({r} ->> '$')"
         return (
-            f"CASE WHEN {r} IS NULL OR trim({r}) IN {_EMPTY} THEN NULL "
-            f"WHEN json_valid({r}) THEN json({r}) ELSE to_json({r}) END"
+            f"CASE WHEN {r} IS NULL THEN NULL WHEN json_type({r}) <> 'VARCHAR' THEN {r} "
+            f"WHEN {text} IN {_EMPTY} THEN NULL "
+            f"WHEN left(ltrim({text}), 1) IN ('[', '{{') AND json_valid({text}) THEN json({text}) "
+            f"ELSE {r} END"
         )
+    return (
+        f"CASE WHEN {r} IS NULL OR trim({r}) IN {_EMPTY} THEN NULL "
+        f"WHEN json_valid({r}) THEN json({r}) ELSE to_json({r}) END"
+    )
+
+
+def _blank(r: str) -> str:
+    """The text exports write for a null non-string value (or none at all)."""
+    return f"{r} IS NULL OR trim({r}) IN {_EMPTY}"
+
+
+def _parsed(r: str, duck: str) -> str:
+    """The text `r` as DuckDB type `duck`, NULL when it does not fit (datetimes: ISO, else the Logs blade's forms)."""
     value = f"trim({r})"
     if duck == "TIMESTAMPTZ":
-        parsed = (
+        return (
             f"coalesce(TRY_CAST({value} AS TIMESTAMPTZ), "
-            f"TRY_CAST(try_strptime({value}, {_TIME_FORMATS}) AS TIMESTAMPTZ), {fail})"
+            f"TRY_CAST(try_strptime({value}, {_TIME_FORMATS}) AS TIMESTAMPTZ))"
         )
-    else:
-        parsed = f"coalesce(TRY_CAST({value} AS {duck}), {fail})"
-    return f"CASE WHEN {r} IS NULL OR {value} IN {_EMPTY} THEN NULL ELSE {parsed} END"
+    return f"TRY_CAST({value} AS {duck})"
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """How to find a value of `column` that does not fit its type: `bad` is true for such a value (SQL over
+    the file's reader, see misfit_checks), `text` the value as text."""
+
+    column: str
+    kind: str
+    bad: str
+    text: str
+
+
+def misfit_checks(
+    columns: Mapping[str, str], sources: Mapping[str, str | None], detected: Mapping[str, str], fmt: str
+) -> list[Misfit]:
+    """One check per column whose conversion (`_convert`) can fail, in table order: the same test as the
+    conversion's, so a row it fails is a row these find."""
+    checks: list[Misfit] = []
+    for column, kind in columns.items():
+        raw, duck = sources.get(column), _DUCK_TYPES.get(kind, "VARCHAR")
+        if raw is None or duck in ("VARCHAR", "JSON"):
+            continue
+        r = _ident(raw)
+        if fmt == "parquet":
+            if _same_type(detected.get(raw, ""), duck):
+                continue
+            r = f"CAST({r} AS VARCHAR)"
+        checks.append(
+            Misfit(column, kind, f"NOT ({_blank(r)}) AND {_parsed(r, duck)} IS NULL", f"CAST({r} AS VARCHAR)")
+        )
+    return checks
+
+
+def reader_sql(path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[str, str | None]) -> str:
+    """The table function reading `path` as the load does (its columns as text, or Parquet's types)."""
+    return _reader(path, fmt, columns, sources)
 
 
 def _same_type(file_type: str, duck: str) -> bool:
