@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -52,18 +53,21 @@ class Delivery:
     problems: list[str] = field(default_factory=list)
     deferred: int = 0  # hits left pending for the next run
     write_seconds: float = 0.0  # one lot transaction, as measured when claiming: to size what can be recorded
+    later: Future[list[Hit]] | None = None  # a burst's tail still being recorded (the detector): see _landed
+    later_count: int = 0  # how many hits that tail holds (the cards' "x of y" counts them)
+    _tail: list[Hit] = field(default_factory=list)  # the tail, recorded and claimed
     _evidence: Evidence | None = None
 
     def run(self, hits: list[Hit], urls: dict[str, str]) -> int:
         """Claim, post to every webhook what it lacks, release what is left; returns how many hits were
         delivered everywhere (`deferred`: how many stay pending)."""
         claimed = self.claim(hits)
-        if not claimed:
+        if not claimed and self.later is None:
             return 0
         remaining = self.deliver(claimed, urls)
         self._release(remaining)
         self.deferred += len(remaining)
-        return len(claimed) - len(remaining)
+        return len(claimed) + len(self._tail) - len(remaining)
 
     def claim(self, hits: list[Hit]) -> list[Hit]:
         """Lease the hits (oldest first) for this delivery, at most MAX_CLAIM_HITS of them, in whole lots; the
@@ -83,11 +87,23 @@ class Delivery:
         """Post to every webhook what it does not have yet; returns the hits some webhook still lacks."""
         self.current.update({h.key: h for h in hits})
         for url_id, url in urls.items():
-            todo = [self.current[h.key] for h in hits if h.key in self.current]
+            todo = [self.current[h.key] for h in [*hits, *self._tail] if h.key in self.current]
             todo = [h for h in todo if url_id not in h.delivered_to]
             if todo:
                 self.to_webhook(url, url_id, todo)
+        self._landed()  # a tail no overflow card reached (posting stopped early): claimed, then released
         return [h for h in self.current.values() if not h.delivered_to >= self.webhook_ids]
+
+    def _landed(self) -> list[Hit]:
+        """A burst's tail, once the detector has recorded it (it records it while the first cards go out: they
+        show none of it), claimed like the rest; [] when there is none or it is in already. A recording that
+        failed fails the run here, after the cards of what was recorded, and before any card counts the tail."""
+        if self.later is None:
+            return []
+        later, self.later = self.later, None
+        self._tail = self.claim(later.result())
+        self.current.update({h.key: h for h in self._tail})
+        return self._tail
 
     def to_webhook(self, url: str, url_id: str, todo: list[Hit]) -> None:
         """Post todo's cards to one webhook, recording each success at once. At most max_cards cards: the rest
@@ -97,9 +113,8 @@ class Delivery:
         single = self.max_cards // 2
         if self._evidence is None:
             self._evidence = self.evidence_for(todo[: self._capacity()])
-        ctx = CardContext(
-            self.rule, total=len(todo), query_link=self.link, single_cards=single, evidence=self._evidence
-        )
+        total = len(todo) + (self.later_count if self.later is not None else 0)
+        ctx = CardContext(self.rule, total=total, query_link=self.link, single_cards=single, evidence=self._evidence)
         posts = build_posts(ctx, rows[: self._capacity()])  # only what can be sent (+1 hit: is there more?)
         overflow: list[Hit] = []
         if len(posts) > self.max_cards:
@@ -131,12 +146,12 @@ class Delivery:
             self.problems.append(f"delivery failed: {result.detail}")
             return  # this webhook is unwell: leave the rest for the next run, try the other webhooks
         if overflow:
-            self._post_overflow(url, url_id, len(todo) - len(overflow), self._recordable(overflow))
+            shown = len(todo) - len(overflow)
+            overflow += [h for h in self._landed() if url_id not in h.delivered_to]
+            self._post_overflow(url, url_id, shown, self._recordable(overflow))
 
     def _capacity(self) -> int:
-        """Hits max_cards cards can show, plus one: building cards for that many tells whether there is more."""
-        singles = min(self.max_cards // 2, self.max_cards) if self.rule.aggregation == "AlertPerResult" else 0
-        return singles + (self.max_cards - singles) * MAX_HITS_PER_CARD + 1
+        return card_capacity(self.rule, self.max_cards) + 1
 
     def _with_rows(self, todo: list[Hit], upto: int) -> list[Hit]:
         """The first `upto` hits with their rows (pending hits from earlier runs come without); a hit whose
@@ -203,6 +218,12 @@ class Delivery:
             for h in hits
         ]
         self.store.update_hits(self.rule.id, free)
+
+
+def card_capacity(rule: Rule, max_cards: int) -> int:
+    """Hits max_cards cards can show (building cards for one more tells whether there is more)."""
+    singles = min(max_cards // 2, max_cards) if rule.aggregation == "AlertPerResult" else 0
+    return singles + (max_cards - singles) * MAX_HITS_PER_CARD
 
 
 def _fresh(hit: Hit) -> Hit:

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -22,12 +22,13 @@ from shared.rules.enrich import MAIL_AUTH_DNS
 from shared.rules.fields import DEFENDER
 from shared.rules.loader import Rule
 from shared.rules.prepare import PreparedRule
-from shared.runtime import dnsevidence, hits, notices
+from shared.runtime import dnsevidence, hits
 from shared.runtime.cards import query_link
-from shared.runtime.delivery import Delivery, Poster
+from shared.runtime.delivery import Delivery, Poster, card_capacity
 from shared.runtime.health import NOTICE_INTERVAL, report_expired_exclusions, update_health
 from shared.runtime.hits import short_hash
 from shared.runtime.loganalytics import QueryResult
+from shared.runtime.older import claim_older
 from shared.runtime.outcome import RuleOutcome, RunReport
 from shared.runtime.planning import RunPlan, load_prepared, plan_run
 from shared.runtime.querygate import RUNS_PER_SLOT, QueryGate
@@ -38,14 +39,11 @@ from shared.runtime.settings import Settings
 from shared.runtime.silence import record_silence
 from shared.runtime.sources import TABLE_PROBE_EVERY, TABLE_PROBE_SPAN
 from shared.runtime.store import (
-    DROPPED,
     Hit,
     RuleState,
     RunRecord,
     Snapshot,
     StateStore,
-    expired,
-    lease_is_free,
 )
 from shared.runtime.units import run_units
 from shared.runtime.window import is_due, next_sweep_mark
@@ -69,6 +67,7 @@ __all__ = [
 log = logging.getLogger("kqlwatch")
 
 LEASE = timedelta(minutes=10)  # how long a run owns the hits it is delivering
+BURST_HEAD = 1_000  # a burst of over twice this records this many first, the rest while the first cards go out
 PURGE_EVERY = timedelta(days=1)
 HIT_RETENTION = timedelta(days=14)  # beyond the furthest a window reaches back
 RUN_RETENTION = timedelta(days=30)
@@ -198,13 +197,23 @@ class Detector:
         outcome.ingested_since = plan.since.since if plan.since else None
         lease_until = now + LEASE
         report_expired_exclusions(run.notifier, run.store, prepared, now, outcome)
-        result, created = self._query_and_record(rule, plan, state, now, lease_until, outcome, run.store)
+        result, recorded = self._query_and_record(rule, plan, state, now, lease_until, outcome, run.store)
         if outcome.throttled:
             return  # deferred (issue 14): nothing recorded, the state stays as it was, the next run reads it
-        claimed = self._claim_older(rule, snap, created, now, lease_until, outcome, run)
-        # Delivery failures defer hits to the next run; they do not fail the rule.
-        to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
-        outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan, run)
+        created = recorded.created
+        # A burst's tail is recorded while its first cards go out (they show none of it); Delivery waits for it
+        # before the card that counts it. The pool's exit waits for it too, whatever happens meanwhile.
+        with ThreadPoolExecutor(1, thread_name_prefix="kqlwatch-tail") as pool:
+            later = pool.submit(hits.record_tail, run.store, rule, recorded, now) if recorded.tail else None
+            lease, max_age = (self.run_id, lease_until), self.settings.delivery_max_age
+            claimed = claim_older(rule, snap, created, now, lease, max_age, outcome, run)
+            # Delivery failures defer hits to the next run; they do not fail the rule.
+            to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
+            tail = (later, len(recorded.tail)) if later else None
+            outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan, run, tail)
+            created = created + (later.result() if later else [])
+        outcome.new_hits = len(created)
+        outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
         outcome.warnings.extend(problems)
         self._record_run(rule, plan, result, state, len(created), now, started, outcome, run)
 
@@ -217,12 +226,13 @@ class Detector:
         lease_until: datetime,
         outcome: RuleOutcome,
         store: StateStore,
-    ) -> tuple[QueryResult | None, list[Hit]]:
-        """Query the window and create the hits this run is first to see (silence included)."""
+    ) -> tuple[QueryResult | None, hits.Recorded]:
+        """Query the window and record the hits this run is first to see (silence included; a burst's tail is
+        left to record while its first cards go out)."""
         window = plan.window
         result = timed_query(self._client(plan), plan.workspace, plan.query, window, outcome, plan.additional)
         if result is None:
-            return None, []
+            return None, hits.Recorded([], 0)
         note_partial(result, outcome)
         outcome.rows = len(result.rows)
         if plan.additional and result.rows and hits.WORKSPACE_COLUMN not in result.columns:
@@ -232,15 +242,14 @@ class Detector:
             )
         # A Table Storage failure here fails the rule without saving the run: the next run's window
         # reaches back over this one, and hits already created are pending, so none is lost.
-        recorded = hits.record_new(
-            store, rule, state, self._hits(rule, result, now, lease_until), plan.ledger_from, now
-        )
-        created, outcome.suppressed = recorded.created, recorded.suppressed
+        head = max(card_capacity(rule, self.settings.max_cards_per_run) + 1, BURST_HEAD)
+        found = self._hits(rule, result, now, lease_until)
+        recorded = hits.record_new(store, rule, state, found, plan.ledger_from, now, head=head)
+        outcome.suppressed = recorded.suppressed
         if result.partial_error is None:
-            created += record_silence(store, rule, state, result, window, now, self.run_id, lease_until)
-        outcome.new_hits = len(created)
-        outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
-        return result, created
+            silence = record_silence(store, rule, state, result, window, now, self.run_id, lease_until)
+            recorded = replace(recorded, created=recorded.created + silence)
+        return result, recorded
 
     def _client(self, plan: RunPlan) -> LogsApi:
         if plan.source == DEFENDER:
@@ -252,27 +261,6 @@ class Detector:
                 "the rule runs on Log Analytics (kqlwatch.source / KQLWATCH_SOURCE), but KQLWATCH_WORKSPACE_ID is not set"
             )
         return self.gates[""].over(self.logs)
-
-    def _claim_older(
-        self,
-        rule: Rule,
-        snap: Snapshot,
-        created: list[Hit],
-        now: datetime,
-        lease_until: datetime,
-        outcome: RuleOutcome,
-        run: HeldRun,
-    ) -> list[Hit]:
-        """Hits earlier runs could not deliver: drop the ones too old, claim the rest (unless another run holds
-        them)."""
-        created_keys = {h.key for h in created}
-        older = [h for h in snap.pending if h.key not in created_keys and lease_is_free(h, now)]
-        self._report_held(snap.pending, created_keys, now, outcome)
-        too_old = [h for h in older if expired(h, now, self.settings.delivery_max_age)]
-        if too_old:
-            self._drop(rule, too_old, outcome, run)
-        retry = [replace(h, lease_owner=self.run_id, lease_until=lease_until) for h in older if h not in too_old]
-        return run.store.update_hits(rule.id, retry) if retry else []
 
     def _record_run(
         self,
@@ -332,19 +320,6 @@ class Detector:
             raise lost from None
         guard.saved = True
 
-    def _report_held(self, pending: list[Hit], created_keys: set[str], now: datetime, outcome: RuleOutcome) -> None:
-        """Pending hits another run holds (still running, or killed mid-delivery): say so, with when the lease
-        ends and they are delivered, so a run after a crash never looks all-clear."""
-        held = [h for h in pending if h.key not in created_keys and not lease_is_free(h, now)]
-        if not held:
-            return
-        outcome.held = len(held)
-        outcome.held_until = max(h.lease_until or now for h in held)
-        outcome.warnings.append(
-            f"{len(held)} pending hit(s) held by another run's lease until {outcome.held_until:%Y-%m-%d %H:%M:%S} UTC "
-            "(that run is still delivering, or was killed): a run after then delivers them"
-        )
-
     # --- hits ---
 
     def _hits(self, rule: Rule, result: QueryResult, now: datetime, lease_until: datetime) -> list[Hit]:
@@ -354,20 +329,15 @@ class Detector:
             for key, row in by_key.items()
         ]
 
-    def _drop(self, rule: Rule, hits: list[Hit], outcome: RuleOutcome, run: HeldRun) -> None:
-        dropped = run.store.update_hits(rule.id, hits, Status=DROPPED)
-        outcome.dropped = len(dropped)
-        outcome.ok = False
-        age = str(self.settings.delivery_max_age)
-        outcome.errors.append(
-            f"dropped {len(dropped)} hit(s) undelivered for over {age}: " + ", ".join(h.key[:12] for h in dropped[:10])
-        )
-        run.notifier.notify(notices.dropped(rule, len(dropped), [h.key for h in dropped], age), outcome)
-
     # --- delivery ---
 
     def _deliver(
-        self, prepared: PreparedRule, hits: list[Hit], plan: RunPlan, run: HeldRun
+        self,
+        prepared: PreparedRule,
+        hits: list[Hit],
+        plan: RunPlan,
+        run: HeldRun,
+        tail: tuple[Future[list[Hit]], int] | None = None,  # a burst's tail being recorded, and its size
     ) -> tuple[int, int, list[str]]:
         if not hits:
             return 0, 0, []
@@ -391,6 +361,8 @@ class Detector:
             lambda shown: self._evidence(prepared, shown),  # issue 16: once per rule run, before any card is built
             self.run_id,
         )
+        if tail is not None:
+            delivery.later, delivery.later_count = tail
         delivered = delivery.run(hits, urls)
         return delivered, delivery.deferred, delivery.problems
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,14 +92,25 @@ def entity(rule: Rule, hit: Hit) -> str:
 class Recorded:
     created: list[Hit]  # recorded by this run: to deliver
     suppressed: int  # recorded as suppressed (Sentinel suppression or kqlwatch.realert)
+    tail: list[Hit] = field(default_factory=list)  # a burst's rest, fresh and not recorded yet (record_tail)
+    known: frozenset[str] = frozenset()  # the keys the ledger held, and the created ones: the tail's dedupe
 
 
 def record_new(
-    store: StateStore, rule: Rule, state: RuleState, hits: list[Hit], since: datetime, now: datetime
+    store: StateStore,
+    rule: Rule,
+    state: RuleState,
+    hits: list[Hit],
+    since: datetime,
+    now: datetime,
+    *,
+    head: int | None = None,
 ) -> Recorded:
     """Record the hits this run is first to see (store.insert_new records only keys not known, behind the run
     lease's fence: a hit another run recorded first is not recorded again, so never sent twice); `since`: the
-    hits re-read this run were first seen after it, so only a run with something new reads further back."""
+    hits re-read this run were first seen after it, so only a run with something new reads further back.
+    `head`: a burst of more than twice that many hits to alert records only its first `head` now (the cards
+    show no more); the rest is `tail`, for record_tail while the first cards go out (issue 14)."""
     from shared.runtime.store import SUPPRESSED
 
     if not hits:
@@ -115,13 +126,25 @@ def record_new(
     if not fresh:
         return Recorded([], 0)
     to_alert, to_suppress = _suppression(store, rule, state, fresh, now)
+    tail: list[Hit] = []
+    if head is not None and len(to_alert) > 2 * head:
+        to_alert, tail = to_alert[:head], to_alert[head:]
     created = store.insert_new(rule.id, to_alert, known=known)
     suppressed = store.insert_new(rule.id, to_suppress, status=SUPPRESSED, known=known) if to_suppress else []
     if rule.realert_key and created:
         store.mark_entities(rule.id, {entity(rule, h) for h in created}, now)
     if rule.suppression and created:
         state.suppressed_until = now + rule.suppression
-    return Recorded(created, len(suppressed))
+    return Recorded(created, len(suppressed), tail, frozenset(known | {h.key for h in created}))
+
+
+def record_tail(store: StateStore, rule: Rule, recorded: Recorded, now: datetime) -> list[Hit]:
+    """Record a burst's tail (record_new's `head`): the same recording, later, and the only recording of the run
+    then (each recording transaction moves the run lease's fence, so two at once would fail each other)."""
+    created = store.insert_new(rule.id, recorded.tail, known=set(recorded.known))
+    if rule.realert_key and created:
+        store.mark_entities(rule.id, {entity(rule, h) for h in created}, now)
+    return created
 
 
 def _suppression(

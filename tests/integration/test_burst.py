@@ -8,6 +8,7 @@ in whole lots); only the cards that are sent are built; a run finds pending hits
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -235,3 +236,97 @@ def test_hits_left_pending_in_lots_by_the_version_before_packs_are_delivered_onc
     again = make_detector().run(only_due=False).outcomes[0]
     assert again.delivered == 0 and len(delivered_ids(hook)) == 3
     assert sorted(h.status for h in make_detector().store.hits(rule_id)) == ["delivered"] * 3
+
+
+class TailWatch:
+    """The real TableClient and poster of one run, noting in one list when each recording transaction (one with
+    packs) and each post happens. A recording transaction after the first `head` waits (up to 10 s) for the
+    first post, so a run that posts only once everything is recorded shows it; `fail_pack` makes that recording
+    transaction (1-based) fail as a dropped connection would."""
+
+    def __init__(self, table: Any, teams: Any, head: int, fail_pack: int = 0) -> None:
+        self._table, self._teams, self._head, self._fail = table, teams, head, fail_pack
+        self.events: list[str] = []
+        self.posted = threading.Event()
+
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+        operations = list(operations)
+        if any(op[1].get("Kind") == "pack" for op in operations):
+            if self.events.count("record") >= self._head:
+                self.posted.wait(10)
+            self.events.append("record")
+            if self.events.count("record") == self._fail:
+                from azure.core.exceptions import ServiceRequestError
+
+                raise ServiceRequestError("connection reset by peer")
+        return self._table.submit_transaction(operations, **kwargs)
+
+    def post(self, url: str, payload: Any) -> Any:
+        self.events.append("post")
+        result = self._teams.post(url, payload)
+        self.posted.set()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+def _watched(make_detector: MakeDetector, head: int, fail_pack: int = 0) -> tuple[Any, TailWatch]:
+    from shared.runtime.store import StateStore
+
+    detector = make_detector()
+    watch = TailWatch(detector.store._table, detector.teams, head, fail_pack)
+    detector.store, detector.teams = StateStore(watch), watch  # type: ignore[arg-type]
+    return detector, watch
+
+
+def _everyone_once(hook: WebhookReceiver, total: int) -> None:
+    shown = delivered_ids(hook)
+    assert len(shown) == len(set(shown))  # no hit on two cards
+    assert len(shown) + sum(_overflow_counts(hook)) == total  # every hit on a card or counted, once
+
+
+def test_a_burst_s_first_cards_go_out_while_the_rest_is_still_being_recorded(
+    la: LogAnalyticsStandIn, hook: WebhookReceiver, make_detector: MakeDetector, clock: Clock
+) -> None:
+    """5,000 hits: the first 1,000 (more than the cards show) are recorded, the first card is posted, and the
+    rest is recorded meanwhile; the card that counts the rest goes out only once it is recorded. Every hit once."""
+    rows = [email(clock, RecipientEmailAddress=f"u{i}@contoso.com") for i in range(5_000)]
+    la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
+    detector, watch = _watched(make_detector, head=1)  # the first 1,000 hits: one transaction
+    outcome = detector.run(only_due=False).outcomes[0]
+    assert outcome.ok and (outcome.new_hits, outcome.delivered, outcome.deferred) == (5_000, 5_000, 0), (
+        outcome.log_line()
+    )
+    assert watch.events.index("post") < len(watch.events) - 1 - watch.events[::-1].index("record")
+    assert watch.events[-1] == "post"  # the overflow card, after the last recording
+    assert "5000 new hits" in str(hook.cards()[0])  # the cards count the whole burst
+    _everyone_once(hook, 5_000)
+    clock.advance(timedelta(minutes=5))
+    again = make_detector().run(only_due=False).outcomes[0]
+    assert again.new_hits == 0 and again.delivered == 0 and len(hook.received()) == 20
+
+
+def test_a_burst_whose_rest_fails_to_record_loses_and_doubles_nothing(
+    la: LogAnalyticsStandIn,
+    hook: WebhookReceiver,
+    make_detector: MakeDetector,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest of a 5,000-hit burst fails to record after its first cards went out: the run fails, no card
+    counts what was not recorded, and the runs after it deliver the rest; every hit reaches Teams once."""
+    import shared.runtime.packs
+
+    monkeypatch.setattr(shared.runtime.packs, "TRANSACTION_BYTES", 1)  # one pack (99 hits) a transaction
+    rows = [email(clock, RecipientEmailAddress=f"u{i}@contoso.com") for i in range(5_000)]
+    la.ingest("EmailEvents", rows, at=clock.now - timedelta(minutes=10))
+    detector, watch = _watched(make_detector, head=11, fail_pack=14)  # the first 1,000: 11 packs; the rest's 3rd
+    first = detector.run(only_due=False).outcomes[0]
+    assert not first.ok and any("Table Storage" in e for e in first.errors), first.log_line()
+    assert watch.events.index("post") < watch.events.index("record", 11)  # cards went out meanwhile
+    assert _overflow_counts(hook) == [] and len(delivered_ids(hook)) > 0  # nothing counted the unrecorded
+    for _ in range(3):
+        clock.advance(AFTER_LEASE)
+        make_detector().run(only_due=False)
+    _everyone_once(hook, 5_000)
