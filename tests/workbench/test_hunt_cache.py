@@ -26,13 +26,6 @@ from tests.workbench.test_hunt import write_jsonl as write_rows
 
 
 @pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("KQLWATCH_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def translations(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The queries duckdb-kql is asked to translate (its `_prepare`, which `duckdb_kql.kql` calls too)."""
     asked: list[str] = []

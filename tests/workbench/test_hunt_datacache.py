@@ -20,13 +20,6 @@ from tests.workbench.test_hunt import write_jsonl as write_rows
 
 
 @pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("KQLWATCH_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The data files the engine parses (Engine.load_file); a hit on the cache parses none."""
     seen: list[str] = []
