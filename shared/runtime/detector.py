@@ -201,6 +201,7 @@ class Detector:
         if outcome.throttled:
             return  # deferred (issue 14): nothing recorded, the state stays as it was, the next run reads it
         created = recorded.created
+        _note_recorded(created, outcome)  # now: a run that fails while delivering still says what it recorded
         # A burst's tail is recorded while its first cards go out (they show none of it); Delivery waits for it
         # before the card that counts it. The pool's exit waits for it too, whatever happens meanwhile.
         with ThreadPoolExecutor(1, thread_name_prefix="kqlwatch-tail") as pool:
@@ -211,9 +212,9 @@ class Detector:
             to_deliver = sorted(created + claimed, key=lambda h: h.first_seen)
             tail = (later, len(recorded.tail)) if later else None
             outcome.delivered, outcome.deferred, problems = self._deliver(prepared, to_deliver, plan, run, tail)
-            created = created + (later.result() if later else [])
-        outcome.new_hits = len(created)
-        outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in created if h.store_note)
+            rest = later.result() if later else []
+        _note_recorded(rest, outcome)
+        created = created + rest
         outcome.warnings.extend(problems)
         self._record_run(rule, plan, result, state, len(created), now, started, outcome, run)
 
@@ -371,3 +372,8 @@ class Detector:
         if MAIL_AUTH_DNS not in prepared.rule.enrich:
             return ()
         return dnsevidence.card_evidence(dnsevidence.evidence_for(prepared.query, [h.row for h in hits], self.dns))
+
+
+def _note_recorded(recorded: list[Hit], outcome: RuleOutcome) -> None:
+    outcome.new_hits += len(recorded)
+    outcome.warnings.extend(f"hit {h.key[:12]}: {h.store_note}" for h in recorded if h.store_note)
