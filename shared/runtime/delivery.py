@@ -7,7 +7,8 @@ most MAX_CLAIM_HITS hits; the rest stay pending for the next run. A card Teams r
 compacted; a webhook that fails is left for the next run while the others are tried; posting stops while enough
 lease is left for one post's retries, and nothing is recorded as delivered once the lease has run out (another
 run may own those hits by then). Only the cards that will be sent are built (finding E), and only their hits'
-rows are read (pending hits from earlier runs come from the index without rows).
+rows are read (pending hits from earlier runs come from the index without rows). A burst's tail (`later`) is
+still being recorded while the first cards go out; it is claimed once it lands, before the card that counts it.
 """
 
 from __future__ import annotations
