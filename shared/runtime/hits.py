@@ -93,7 +93,6 @@ class Recorded:
     created: list[Hit]  # recorded by this run: to deliver
     suppressed: int  # recorded as suppressed (Sentinel suppression or kqlwatch.realert)
     tail: list[Hit] = field(default_factory=list)  # a burst's rest, fresh and not recorded yet (record_tail)
-    known: frozenset[str] = frozenset()  # the keys the ledger held, and the created ones: the tail's dedupe
 
 
 def record_new(
@@ -131,20 +130,24 @@ def record_new(
         to_alert, tail = to_alert[:head], to_alert[head:]
     created = store.insert_new(rule.id, to_alert, known=known)
     suppressed = store.insert_new(rule.id, to_suppress, status=SUPPRESSED, known=known) if to_suppress else []
-    if rule.realert_key and created:
-        store.mark_entities(rule.id, {entity(rule, h) for h in created}, now)
+    _mark_entities(store, rule, created, now)
     if rule.suppression and created:
         state.suppressed_until = now + rule.suppression
-    return Recorded(created, len(suppressed), tail, frozenset(known | {h.key for h in created}))
+    return Recorded(created, len(suppressed), tail)
 
 
 def record_tail(store: StateStore, rule: Rule, recorded: Recorded, now: datetime) -> list[Hit]:
     """Record a burst's tail (record_new's `head`): the same recording, later, and the only recording of the run
-    then (each recording transaction moves the run lease's fence, so two at once would fail each other)."""
-    created = store.insert_new(rule.id, recorded.tail, known=set(recorded.known))
+    then (each recording transaction moves the run lease's fence, so two at once would fail each other). Its
+    hits were checked against the ledger with the rest and are distinct from them: nothing is known to skip."""
+    created = store.insert_new(rule.id, recorded.tail, known=set())
+    _mark_entities(store, rule, created, now)
+    return created
+
+
+def _mark_entities(store: StateStore, rule: Rule, created: list[Hit], now: datetime) -> None:
     if rule.realert_key and created:
         store.mark_entities(rule.id, {entity(rule, h) for h in created}, now)
-    return created
 
 
 def _suppression(

@@ -241,8 +241,8 @@ class HitStore(HitReads):
             else:
                 patches.append({"PartitionKey": rule_id, "RowKey": hit.key, "Status": DROPPED})
         patches += [packs.dropped_patch(rule_id, lot.id, slots, len(lot.keys)) for lot, slots in by_lot.values()]
-        for start in range(0, len(patches), BATCH):
-            ops = [("update", p, {"mode": UpdateMode.MERGE}) for p in patches[start : start + BATCH]]
+        for chunk in chunks(patches, BATCH):
+            ops = [("update", p, {"mode": UpdateMode.MERGE}) for p in chunk]
             with state_errors(f"update hits of rule {rule_id}"):
                 self._table.submit_transaction(ops)
 
@@ -293,12 +293,7 @@ class _Record:
     size: int
 
     def recorded(self, etag: str | None) -> list[Hit]:
-        """The hits as this run now holds them: in their lot (with its etag), rows in memory."""
-        if self.lot is None:
-            return [
-                replace(x.hit, etag=etag, store_note=x.note, truncated=x.hit.truncated or bool(x.note))
-                for x in self.laid
-            ]
+        """The hits as this run now holds them: in their lot if pending (with its etag), rows in memory."""
         return [
             replace(
                 x.hit, lot=self.lot, slot=i, etag=etag, store_note=x.note, truncated=x.hit.truncated or bool(x.note)

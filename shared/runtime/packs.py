@@ -29,6 +29,7 @@ from shared.runtime.rows import (
     PENDING,
     Hit,
     _utc,
+    datetime_columns,
     decode_row,
     encode_row,
 )
@@ -54,7 +55,7 @@ class Laid:
 
 
 def lay(hit: Hit) -> Laid:
-    types = {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)}
+    types = datetime_columns(hit.row)
     row_json, clipped = encode_row(hit.row, types)
     return Laid(hit, row_json, clipped)
 
@@ -62,7 +63,7 @@ def lay(hit: Hit) -> Laid:
 def lay_minimal(laid: Laid, note: str) -> Laid:
     """The hit in the form stored when the full one was refused: only the card's columns, MINIMAL_ROW_UNITS."""
     hit = laid.hit
-    types = {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)}
+    types = datetime_columns(hit.row)
     row_json, _ = encode_row(hit.row, types, budget=MINIMAL_ROW_UNITS, columns=CARD_COLUMNS)
     return Laid(hit, row_json, True, note)
 

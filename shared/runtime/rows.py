@@ -125,6 +125,11 @@ class RunRecord:
     duration_ms: int
 
 
+def datetime_columns(row: Mapping[str, Any]) -> dict[str, str]:
+    """The row's datetime columns, as encode_row takes them (decode_row turns them back into datetimes)."""
+    return {k: "datetime" for k, v in row.items() if isinstance(v, datetime)}
+
+
 def encode_row(
     row: Mapping[str, Any], types: Mapping[str, str], *, budget: int | None = None, columns: Sequence[str] | None = None
 ) -> tuple[str, bool]:
@@ -193,7 +198,7 @@ def _hit_entity(rule_id: str, hit: Hit, *, status: str, minimal: str = "") -> di
     """A hit stored alone, the shape before packs (shared.runtime.packs): what the dedupe, `kqlwatch status` and
     old lots still read, and what the burst benchmark's storage floor writes. `minimal` (the reason) keeps only
     the card's columns, in MINIMAL_ROW_UNITS."""
-    types = {k: "datetime" for k, v in hit.row.items() if isinstance(v, datetime)}
+    types = datetime_columns(hit.row)
     if minimal:
         row_json, clipped = encode_row(hit.row, types, budget=MINIMAL_ROW_UNITS, columns=CARD_COLUMNS)
     else:
