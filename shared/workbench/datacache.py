@@ -19,14 +19,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.workbench.engine import LoadedTable
-from shared.workbench.translation import default_dir, versions
+from shared.workbench.translation import default_dir, digest, versions, write_json
 
 _FORMAT = 1  # bump when an entry's shape or the typed copy's SQL changes
 
@@ -55,9 +54,9 @@ class DataCache:
             ends = _ends(path, stat.st_size)
         except OSError:
             return None
-        family = _digest([resolved])[:16]
-        stamp = _digest([resolved, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, ends])[:16]
-        loading = _digest([_FORMAT, versions(), _loader(), table, _plain(how)])[:24]
+        family = digest([resolved])[:16]
+        stamp = digest([resolved, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, ends])[:16]
+        loading = digest([_FORMAT, versions(), _loader(), table, _plain(how)])[:24]
         name = f"{family}-{stamp}-{loading}"
         return Entry(self.directory / f"{name}.parquet", self.directory / f"{name}.json", family)
 
@@ -86,14 +85,7 @@ class DataCache:
     def put(self, entry: Entry, table: LoadedTable) -> None:
         """Record the copy (already renamed into place by the engine), then remove older versions of the file's."""
         try:
-            handle, temp = tempfile.mkstemp(dir=self.directory, prefix=".meta-", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump(asdict(table), out, ensure_ascii=True)
-                os.replace(temp, entry.meta)
-            except BaseException:
-                os.unlink(temp)
-                raise
+            write_json(entry.meta, asdict(table), prefix=".meta-")
         except OSError:
             return  # a full disk: the next hunt writes the copy again
         stamp = entry.parquet.name.split("-")[1]
@@ -132,7 +124,3 @@ def _ends(path: Path, size: int) -> str:
         handle.seek(max(0, size - (1 << 16)))
         tail = handle.read(1 << 16)
     return hashlib.sha256(head + b"\0" + tail).hexdigest()
-
-
-def _digest(material: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(material, ensure_ascii=True, default=str).encode("ascii")).hexdigest()

@@ -85,11 +85,7 @@ class TranslationCache:
         return cls(default_dir(os.environ))
 
     def key(self, kql: str, schema: Sequence[tuple[Any, ...]], *, pinned: bool) -> str:
-        material = json.dumps(
-            [_FORMAT, self._translator, kql, [list(map(str, row)) for row in schema], pinned],
-            ensure_ascii=True,
-        )
-        return hashlib.sha256(material.encode("ascii")).hexdigest()
+        return digest([_FORMAT, self._translator, kql, [list(map(str, row)) for row in schema], pinned])
 
     def get(self, key: str) -> Translation | None:
         try:
@@ -113,16 +109,27 @@ class TranslationCache:
         }
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=self.directory, prefix=".entry-", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump(record, out, ensure_ascii=True)
-                os.replace(temp, self.directory / f"{key}.json")
-            except BaseException:
-                os.unlink(temp)
-                raise
+            write_json(self.directory / f"{key}.json", record, prefix=".entry-")
         except OSError:
             return  # a read-only or full disk: the next hunt translates again
+
+
+def digest(material: list[Any]) -> str:
+    """A cache key: the SHA-256 of the material as JSON (this cache's and the data cache's)."""
+    return hashlib.sha256(json.dumps(material, ensure_ascii=True, default=str).encode("ascii")).hexdigest()
+
+
+def write_json(path: Path, record: Any, *, prefix: str) -> None:
+    """`record` written to `path` whole or not at all (a temporary file beside it, renamed into place), so a
+    concurrent hunt or a crash never leaves half an entry. Raises OSError (a read-only or full disk)."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(record, out, ensure_ascii=True)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
 
 
 Translate = Callable[[Any, str, "datetime | None"], tuple[str, dict[str, Any]]]
