@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.workbench.engine import LoadedTable
+from shared.workbench.latecolumns import Late
 from shared.workbench.translation import default_dir, digest, versions, write_json
 
 _FORMAT = 1  # bump when an entry's shape or the typed copy's SQL changes
@@ -70,6 +71,7 @@ class DataCache:
                 inferred=tuple(map(str, data["inferred"])),
                 missing=tuple(map(str, data["missing"])),
                 filled={str(k): str(v) for k, v in dict(data["filled"]).items()},
+                late=Late.from_json(data["late"]) if data.get("late") else None,
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -85,7 +87,8 @@ class DataCache:
     def put(self, entry: Entry, table: LoadedTable) -> None:
         """Record the copy (already renamed into place by the engine), then remove older versions of the file's."""
         try:
-            write_json(entry.meta, asdict(table), prefix=".meta-")
+            late = table.late.to_json() if table.late else None
+            write_json(entry.meta, {**asdict(table), "late": late}, prefix=".meta-")
         except OSError:
             return  # a full disk: the next hunt writes the copy again
         stamp = entry.parquet.name.split("-")[1]

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from datetime import time as dtime
 from pathlib import Path
@@ -76,15 +76,19 @@ def load_files(
     prune: bool = False,
     lazy: bool = False,
     cache: DataCache | None = None,
+    late: bool = False,
 ) -> list[Loaded]:
     """Load each file into its table (one file per table); then create the other known tables `query` names,
     empty. With `prune`, only the columns `query` can read are loaded (all when unsure: querycolumns); with
-    `lazy`, a Parquet file is read by the query itself (a view, see Engine.load_file): both only for a caller
-    that runs exactly `query` afterwards, once. `cache`: typed copies of JSON-lines and CSV files (load_file)."""
+    `lazy`, a Parquet file is read by the query itself (a view, see Engine.load_file); with `late`, a query
+    that returns columns it does not name gets them for its returned rows only (latecolumns.py): all three
+    only for a caller that runs exactly `query` afterwards, once. `cache`: typed copies of JSON-lines and CSV
+    files (load_file)."""
     from shared.schemas import table_schema
-    from shared.workbench.querycolumns import needed_names
+    from shared.workbench.querycolumns import named_names, needed_names
 
     only = needed_names(query) if prune and query is not None else None
+    named = named_names(query) if late and prune and query is not None and only is None else None
     seen: dict[str, Path] = {}
     loaded: list[Loaded] = []
     for spec in specs:
@@ -93,7 +97,7 @@ def load_files(
         seen[spec.table] = spec.path
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: no such file")
-        loaded.append(load_file(engine, spec, table_schema(spec.table), only, lazy=lazy, cache=cache))
+        loaded.append(load_file(engine, spec, table_schema(spec.table), only, lazy=lazy, cache=cache, named=named))
     create_known_tables(engine, query, skip=seen)
     return loaded
 
@@ -106,25 +110,33 @@ def load_file(
     *,
     lazy: bool = False,
     cache: DataCache | None = None,
+    named: frozenset[str] | None = None,
 ) -> Loaded:
-    """`spec`'s file into its table. With `cache` (hunt), a JSON-lines or CSV file is read from its typed copy."""
+    """`spec`'s file into its table. With `cache` (hunt), a JSON-lines or CSV file is read from its typed copy.
+    `named`: the columns a query that returns every column names; the others are read late (latecolumns.py)."""
     started = time.perf_counter()
+    late = named is not None and _plain_lines(spec.path)
     options: dict[str, Any] = {
         "extra_columns": True,
         "ignore": [c for c in _EXPORT_NOISE if schema is None or c not in schema],
         "fill_from": {k: v for k, v in _FILL_FROM.items() if schema and k in schema and v in schema},
-        "only": only,
+        "only": named if late else only,
     }
     entry = None
     if cache is not None and file_format(str(spec.path)) != "parquet":
-        entry = cache.entry(spec.path, spec.table, {"schema": schema, **options})
+        entry = cache.entry(spec.path, spec.table, {"schema": schema, **options, **({"late": 1} if late else {})})
         hit = cache.get(entry) if entry is not None else None
         if entry is not None and hit is not None:
-            engine.view_parquet(spec.table, str(entry.parquet))
+            if hit.late is not None:  # the file's path as given now (the entry is keyed by the resolved path)
+                late_columns = replace(hit.late, path=str(spec.path))
+                hit = replace(hit, late=late_columns)
+                engine.view_late(spec.table, str(entry.parquet), hit.columns, late_columns)
+            else:
+                engine.view_parquet(spec.table, str(entry.parquet))
             return _loaded(spec, schema, hit, started)
         if not cache.writable():
             entry = None
-    table = _load(engine, spec, schema, options, lazy=lazy, copy_to=entry.parquet if entry else None)
+    table = _load(engine, spec, schema, options, lazy=lazy, copy_to=entry.parquet if entry else None, late=late)
     if cache is not None and entry is not None and entry.parquet.is_file():
         cache.put(entry, table)
     return _loaded(spec, schema, table, started)
@@ -138,25 +150,36 @@ def _load(
     *,
     lazy: bool,
     copy_to: Path | None,
+    late: bool = False,
 ) -> LoadedTable:
     from shared.workbench.engine import CacheWriteError, EngineError
 
     is_json = file_format(str(spec.path)) == "json"
-    if is_json:
+    if late and is_json and not _starts_object(spec.path):
+        late, options = False, {**options, "only": None}  # a JSON array: its records are not lines
+    if is_json and not late:
         # DuckDB reads a JSON-lines file with a `null` line as a row of nulls, and one with an array or string
         # line as no rows at all: silent wrong answers. One quick pass over the lines' first bytes finds them.
         _check_json_lines(engine, spec.path)
     try:
         try:
             table = engine.load_file(
-                spec.table, str(spec.path), schema, lazy=lazy, copy_to=str(copy_to) if copy_to else None, **options
+                spec.table,
+                str(spec.path),
+                schema,
+                lazy=lazy,
+                copy_to=str(copy_to) if copy_to else None,
+                late=late,
+                **options,
             )
         except CacheWriteError:  # a full disk: load as without a cache
-            table = engine.load_file(spec.table, str(spec.path), schema, lazy=lazy, **options)
+            table = engine.load_file(spec.table, str(spec.path), schema, lazy=lazy, late=late, **options)
     except EngineError:
         if is_json:
             _check_json_records(spec.path)  # names the line DuckDB's message does not
         raise
+    if is_json and table.late is not None and table.late.empty_rows:
+        _check_json_records(spec.path)  # a late load's check for a `null` line: its copy has an empty row
     if is_json and table.rows == 0 and spec.path.stat().st_size > 0:
         _check_json_records(spec.path)  # a JSON array of non-objects (only here: a good file is not re-read)
     return table
@@ -170,6 +193,21 @@ def _loaded(spec: DataSpec, schema: Mapping[str, str] | None, table: LoadedTable
         notes.append(f"columns not in the {spec.table} schema, types inferred: {', '.join(table.inferred)}")
     notes.extend(f"{target} is not in the file: filled from {source}" for target, source in table.filled.items())
     return Loaded(spec, table, time.perf_counter() - started, notes)
+
+
+def _plain_lines(path: Path) -> bool:
+    """An uncompressed JSON-lines or CSV file: its records can be found again by their lines."""
+    name = path.name.lower()
+    return file_format(str(path)) in ("json", "csv") and not name.endswith((".gz", ".zst"))
+
+
+def _starts_object(path: Path) -> bool:
+    """The file's first non-blank byte is `{` (JSON lines, not a JSON array)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4096).lstrip()[:1] == b"{"
+    except OSError:
+        return False
 
 
 def _check_json_lines(engine: Engine, path: Path) -> None:

@@ -12,14 +12,17 @@ import json
 import os
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from shared.errors import KqlwatchError
 from shared.rules.durations import parse_time
 from shared.workbench.ingested import INGESTED as INGESTED  # re-exported: callers import them from here
 from shared.workbench.ingested import with_ingestion_column as with_ingestion_column
+from shared.workbench.latecolumns import Late, LateFailure, fill, view_sql
 from shared.workbench.loadsql import (
     _DUCK_TYPES,
     _ColumnPlan,
@@ -31,6 +34,7 @@ from shared.workbench.loadsql import (
 )
 from shared.workbench.plans import Plans as Plans  # re-exported: the Log Analytics stand-in shares them
 from shared.workbench.plans import planned
+from shared.workbench.records import index
 from shared.workbench.translation import TranslationCache, kusto_types, run_cached
 
 
@@ -40,6 +44,10 @@ class EngineError(KqlwatchError):
 
 class CacheWriteError(EngineError):
     """A typed copy for the data cache could not be written (disk full, folder gone): load without it."""
+
+
+class LateColumnsLost(EngineError):
+    """The query's result holds a column read late without its row's number (latecolumns.py): load whole."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Engine:
         self._plans: Plans = {} if plans is None else plans
         self._translations = translations
         self._lazy: dict[str, _Source | None] = {}  # view -> the file it converts (None: typed already)
+        self._late: dict[str, Late] = {}  # view -> its columns read late
 
     def close(self) -> None:
         self._con.close()
@@ -119,6 +128,7 @@ class Engine:
         only: frozenset[str] | None = None,
         lazy: bool = False,
         copy_to: str | None = None,
+        late: bool = False,
     ) -> LoadedTable:
         """Create `table` from a JSON Lines / JSON array / CSV / Parquet file, read and typed by DuckDB itself (no row passes
         through Python, so a million rows load in seconds).
@@ -136,13 +146,23 @@ class Engine:
         `lazy` (hunt: one query) makes a Parquet file's table a view: no copy, the query reads only the columns
         and row groups it needs, and a value that does not fit fails the query that reads it, naming the file,
         the row (misfit.py) and the column. `copy_to` (JSON lines, CSV: datacache.py) writes the typed table
-        to that Parquet file, the table a view over it; CacheWriteError when it cannot be written.
+        to that Parquet file, the table a view over it; CacheWriteError when it cannot be written. `late` (hunt, a
+        file of lines) loads only the `only` columns and reads the others for the rows a query returns
+        (latecolumns.py); when its records are not one a line, every column is loaded.
         """
         fmt = fmt or file_format(path)
         empty, detected = self._file_columns(path, fmt, schema, ours=not (extra_columns or ignore or fill_from))
         plan = _plan_columns(
             detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
         )
+        if late:
+            whole = _plan_columns(detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from)
+            loaded = None
+            if not empty and fmt != "parquet" and whole.columns != plan.columns and any(plan.sources.values()):
+                loaded = self._load_late(table, path, fmt, plan, whole, detected, copy_to)
+            if loaded is not None:
+                return loaded
+            plan = whole
         columns, sources = plan.columns, plan.sources
         if not columns:
             raise EngineError(f"{path}: no rows to infer {table}'s columns from, and no schema for it")
@@ -197,16 +217,103 @@ class Engine:
             self._lazy[table] = source
 
     def _drop(self, table: str) -> None:
+        self._late.pop(table, None)
         kind = "VIEW" if self._lazy.pop(table, False) is not False else "TABLE"
         self._con.execute(f"DROP {kind} IF EXISTS {_ident(table)}")
+
+    def _load_late(
+        self,
+        table: str,
+        path: str,
+        fmt: str,
+        plan: _ColumnPlan,
+        whole: _ColumnPlan,
+        detected: Mapping[str, str],
+        copy_to: str | None,
+    ) -> LoadedTable | None:
+        """`plan`'s columns copied typed, the rest of `whole`'s read late (latecolumns.py). None when the
+        copy's records are not the file's lines one for one (blank lines, a JSON file not one object a line,
+        a CSV value over several lines) or the copy cannot be written where it would not be kept."""
+        options = self._dialect(path) if fmt == "csv" else {"format": "newline_delimited"}
+        if options is None:
+            return None
+        target = copy_to or os.path.join(self._tmp.name, f"late-{table}.parquet")
+        with ThreadPoolExecutor(1) as pool:  # the lines are counted (Python) while DuckDB copies
+            counting = pool.submit(index, Path(path))
+            try:
+                self._write_copy(table, path, fmt, plan, detected, target, options)
+            except CacheWriteError:
+                if copy_to is not None:
+                    raise
+                return None
+            except EngineError:
+                return None  # loaded whole, which names what is wrong, if anything
+            lines = counting.result()
+        copy = f"read_parquet({_sql_str(target)})"
+        real = [c for c in plan.columns if plan.sources.get(c) is not None]
+        empty = " AND ".join(f"coalesce(CAST({_ident(c)} AS VARCHAR), '') = ''" for c in real)
+        rows, empty_rows = self._con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE {empty}) FROM {copy}"  # noqa: S608 - quoted
+        ).fetchall()[0]
+        if rows != lines.count - (fmt == "csv"):
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            return None
+        columns = {c: k for c, k in whole.columns.items() if c not in plan.columns}
+        sources = {c: whole.sources.get(c) for c in columns}
+        late = Late(table, path, fmt, columns, sources, dict(detected), lines, options, int(empty_rows))
+        self.view_late(table, target, whole.columns, late)
+        return LoadedTable(
+            name=table,
+            rows=int(rows),
+            columns=whole.columns,
+            inferred=whole.inferred,
+            missing=tuple(c for c in whole.columns if whole.sources.get(c) is None),
+            filled=whole.filled,
+            late=late,
+        )
+
+    def view_late(self, table: str, parquet: str, columns: Mapping[str, str], late: Late) -> None:
+        """`table` as a view over the typed copy of its named columns, the others read late (latecolumns.py)."""
+        self._drop(table)
+        self._con.execute(view_sql(table, parquet, columns, late))
+        self._lazy[table] = None
+        self._late[table] = late
+
+    def _dialect(self, path: str) -> dict[str, str] | None:
+        """A CSV file's delimiter, quote and escape as DuckDB sniffs them, or None when its first line is not
+        the header (rows skipped before it)."""
+        try:
+            found = self._con.execute(
+                f"SELECT Delimiter, Quote, Escape, SkipRows, HasHeader FROM sniff_csv({_sql_str(path)})"  # noqa: S608
+            ).fetchone()
+        except Exception:  # duckdb.Error: the load says what is wrong with the file
+            return None
+        if found is None or found[3] or not found[4]:
+            return None
+        return {k: "" if v == "(empty)" else str(v) for k, v in zip(("delim", "quote", "escape"), found, strict=False)}
 
     def _copy(
         self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], target: str
     ) -> None:
+        """The typed table written to the Parquet file `target`, then a view over it."""
+        self._write_copy(table, path, fmt, plan, detected, target)
+        self.view_parquet(table, target)
+
+    def _write_copy(
+        self,
+        table: str,
+        path: str,
+        fmt: str,
+        plan: _ColumnPlan,
+        detected: Mapping[str, str],
+        target: str,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
         """The typed table written to the Parquet file `target` (via a temporary file beside it, renamed: a
-        concurrent hunt or a crash never leaves half a file), then a view over it."""
+        concurrent hunt or a crash never leaves half a file). `options`: the reader's (loadsql._reader)."""
         temp = f"{target}.{os.getpid()}.tmp"
-        select = select_sql(path, fmt, plan.columns, plan.sources, detected)
+        select = select_sql(path, fmt, plan.columns, plan.sources, detected, options=options)
         try:
             self._con.execute(f"COPY ({select}) TO {_sql_str(temp)} (FORMAT PARQUET)")
             os.replace(temp, target)
@@ -217,7 +324,6 @@ class Engine:
                 raise CacheWriteError(f"cannot write {target}: {_first(exc)}") from None
             misfit = self._misfit(_Source(path, fmt, plan, detected))
             raise EngineError(f"{_load_failure(path, table)}{misfit or _first(exc)}") from None
-        self.view_parquet(table, target)
 
     def view_parquet(self, table: str, path: str) -> None:
         """`table` as a view over a Parquet file of exactly its columns and types (datacache's copy)."""
@@ -289,7 +395,20 @@ class Engine:
             rows = relation.fetchall()
         except duckdb.Error as exc:
             raise EngineError(self._failure(exc)) from None
-        return EngineResult(list(relation.columns), types, rows)
+        columns = list(relation.columns)
+        if self._late:
+            return self._filled(columns, types, rows)
+        return EngineResult(columns, types, rows)
+
+    def _filled(self, columns: list[str], types: list[str], rows: list[tuple[Any, ...]]) -> EngineResult:
+        """The result with the columns read late put in (latecolumns.fill)."""
+        try:
+            filled = fill(self._con, self._tmp.name, columns, types, rows, self._late.values())
+        except LateFailure as exc:
+            raise EngineError(f"{_load_failure(exc.late.path, exc.late.table)}{exc.reason}") from None
+        if filled is None:
+            raise LateColumnsLost("the result has columns read late without their rows' numbers")
+        return EngineResult(*filled)
 
     def _failure(self, exc: Exception) -> str:
         """A failed query's message. A value a lazily loaded file cannot give its column's type fails only
@@ -328,6 +447,7 @@ class LoadedTable:
     inferred: tuple[str, ...] = ()  # columns typed by inference (not in the schema)
     missing: tuple[str, ...] = ()  # schema columns the file does not have (empty / null)
     filled: dict[str, str] = field(default_factory=dict)  # column -> the file column it was filled from
+    late: Late | None = None  # the columns read for the returned rows only (latecolumns.py)
 
 
 @dataclass(frozen=True)

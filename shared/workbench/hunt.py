@@ -258,19 +258,24 @@ def run(prepared: PreparedRule, data: Sequence[str], now: datetime | None = None
     """Load the data files into a fresh engine and run the final query over them."""
     from shared.workbench.datacache import DataCache
     from shared.workbench.datafiles import DataError, load_files, parse_data_arg
-    from shared.workbench.engine import Engine
+    from shared.workbench.engine import Engine, LateColumnsLost
     from shared.workbench.translation import TranslationCache
 
     with Engine(TranslationCache.default()) as engine:
         started = time.perf_counter()
         try:
             specs = [parse_data_arg(item) for item in data]
-            loaded = load_files(engine, specs, prepared.query, prune=True, lazy=True, cache=DataCache.default())
+            cache = DataCache.default()
+            loaded = load_files(engine, specs, prepared.query, prune=True, lazy=True, cache=cache, late=True)
         except DataError as exc:  # the arguments, not the data in the files
             raise UsageError(str(exc)) from None
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        result = engine.query(prepared.query, now=now)
+        try:
+            result = engine.query(prepared.query, now=now)
+        except LateColumnsLost:  # an operator rebuilt the rows: every column loaded, the query run again
+            loaded = load_files(engine, specs, prepared.query, prune=True, lazy=True, cache=cache)
+            result = engine.query(prepared.query, now=now)
         query_seconds = time.perf_counter() - started
     notes = [note for item in loaded for note in item.notes]
     rows_in = {item.spec.table: item.table.rows for item in loaded}

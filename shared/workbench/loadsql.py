@@ -117,10 +117,20 @@ def _infer_kind(duck_type: str, name: str) -> str:
     return "datetime" if kind == "string" and name.endswith(" [UTC]") else kind
 
 
-def _reader(path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[str, str | None]) -> str:
-    """read_json/read_csv with every column as text (JSON for dynamic ones from JSON): typed by _convert."""
+def _reader(
+    path: str,
+    fmt: str,
+    columns: Mapping[str, str],
+    sources: Mapping[str, str | None],
+    options: Mapping[str, str] | None = None,
+) -> str:
+    """read_json/read_csv with every column as text (JSON for dynamic ones from JSON): typed by _convert.
+    `options` (latecolumns.py): read_csv's delim, quote and escape as sniffed from another file; read_json's
+    format."""
+    given = dict(options or {})
     if fmt == "csv":
-        return f"read_csv({_sql_str(path)}, header=true, all_varchar=true)"
+        extra = "".join(f", {option}={_sql_str(value)}" for option, value in given.items())
+        return f"read_csv({_sql_str(path)}, header=true, all_varchar=true{extra})"
     if fmt == "parquet":
         return f"read_parquet({_sql_str(path)})"  # typed already: _convert casts only what differs
     wanted: dict[str, str] = {}
@@ -130,7 +140,8 @@ def _reader(path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[st
     spec = "{" + ", ".join(f"{_sql_str(c)}: {_sql_str(t)}" for c, t in wanted.items()) + "}"
     # records='true': a line that is an array, string or number fails the read, naming its line (the
     # default would read such a file as one JSON column, i.e. silently no rows).
-    return f"read_json({_sql_str(path)}, format='auto', records='true', columns={spec})"
+    json_format = _sql_str(given.get("format", "auto"))
+    return f"read_json({_sql_str(path)}, format={json_format}, records='true', columns={spec})"
 
 
 def _convert(raw: str | None, kind: str, column: str, fmt: str, file_type: str = "", origin: str = "") -> str:
@@ -219,9 +230,15 @@ def misfit_checks(
     return checks
 
 
-def reader_sql(path: str, fmt: str, columns: Mapping[str, str], sources: Mapping[str, str | None]) -> str:
+def reader_sql(
+    path: str,
+    fmt: str,
+    columns: Mapping[str, str],
+    sources: Mapping[str, str | None],
+    options: Mapping[str, str] | None = None,
+) -> str:
     """The table function reading `path` as the load does (its columns as text, or Parquet's types)."""
-    return _reader(path, fmt, columns, sources)
+    return _reader(path, fmt, columns, sources, options)
 
 
 def _same_type(file_type: str, duck: str) -> bool:
@@ -246,12 +263,13 @@ def select_sql(
     sources: Mapping[str, str | None],
     detected: Mapping[str, str],
     origin: str = "",
+    options: Mapping[str, str] | None = None,
 ) -> str:
     """SELECT reading `path` into the table's columns, typed. Every name, path and value in it is quoted by
     _ident/_sql_str: it carries no unquoted input. `origin` starts the message of a value that does not fit
-    (a view's: it fails at query time, so it names the file itself)."""
+    (a view's: it fails at query time, so it names the file itself). `options`: see _reader."""
     select = ", ".join(
         f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or '', ''), origin)} AS {_ident(c)}"
         for c, k in columns.items()
     )
-    return f"SELECT {select} FROM {_reader(path, fmt, columns, sources)}"  # noqa: S608
+    return f"SELECT {select} FROM {_reader(path, fmt, columns, sources, options)}"  # noqa: S608

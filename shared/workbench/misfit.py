@@ -36,6 +36,7 @@ def first_misfit(
     columns: Mapping[str, str],
     sources: Mapping[str, str | None],
     detected: Mapping[str, str],
+    options: Mapping[str, str] | None = None,
 ) -> Found | None:
     """The first record of `path` with a value that does not fit its column, or None (none, or the file cannot
     be re-read: the caller keeps DuckDB's own message)."""
@@ -46,7 +47,7 @@ def first_misfit(
     texts = ", ".join(f"{c.text} AS {_ident(f'text{i}')}" for i, c in enumerate(checks))
     where = " OR ".join(f"({c.bad})" for c in checks)
     sql = (
-        f"SELECT ordinality, {flags}, {texts} FROM {reader_sql(path, fmt, columns, sources)} WITH ORDINALITY "  # noqa: S608 - quoted
+        f"SELECT ordinality, {flags}, {texts} FROM {reader_sql(path, fmt, columns, sources, options)} WITH ORDINALITY "  # noqa: S608 - quoted
         f"WHERE {where} ORDER BY ordinality LIMIT 1"
     )
     try:
@@ -62,10 +63,11 @@ def first_misfit(
     return None
 
 
-def describe(found: Found, path: str, fmt: str) -> str:
+def describe(found: Found, path: str, fmt: str, place: str | None = None) -> str:
     """`line N: column C: cannot read "v" as kind` (`row N` of a Parquet file, `element N` of a JSON array,
-    `record N` when the line cannot be told)."""
-    return f'{where(found.record, path, fmt)}: column {found.column}: cannot read "{found.text[:80]}" as {found.kind}'
+    `record N` when the line cannot be told; `place` when the caller knows it)."""
+    at = place or where(found.record, path, fmt)
+    return f'{at}: column {found.column}: cannot read "{found.text[:80]}" as {found.kind}'
 
 
 def where(record: int, path: str, fmt: str) -> str:

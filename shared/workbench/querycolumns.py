@@ -54,6 +54,17 @@ ALWAYS = frozenset({"TimeGenerated", "Timestamp", "_IngestedAt", "IngestedAt", "
 
 def needed_names(query: str) -> frozenset[str] | None:
     """The identifiers (case-folded) that may be columns the query reads, or None: it may need every column."""
+    return _names(query, shaped=True)
+
+
+def named_names(query: str) -> frozenset[str] | None:
+    """The identifiers (case-folded) that may be columns the query looks at, or None when it may look at a
+    column it does not name. Its result may still carry every column, unchanged: latecolumns.py reads those
+    late, for the returned rows only."""
+    return _names(query, shaped=False)
+
+
+def _names(query: str, *, shaped: bool) -> frozenset[str] | None:
     from shared.rules.kql import KqlLexError, tokenize
 
     try:
@@ -70,7 +81,7 @@ def needed_names(query: str) -> frozenset[str] | None:
             return None  # ['Column name']: a column named by a string
         if token.kind == "ident":
             names.add(token.text.casefold())
-    if not _shaped(tokens):
+    if shaped and not _shaped(tokens):
         return None
     return frozenset(names | {name.casefold() for name in ALWAYS})
 
