@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +34,7 @@ from shared.workbench.loadsql import (
 )
 from shared.workbench.plans import Plans as Plans  # re-exported: the Log Analytics stand-in shares them
 from shared.workbench.plans import planned
-from shared.workbench.records import index
+from shared.workbench.records import Lines, index
 from shared.workbench.translation import TranslationCache, kusto_types, run_cached
 
 
@@ -151,18 +151,24 @@ class Engine:
         (latecolumns.py); when its records are not one a line, every column is loaded.
         """
         fmt = fmt or file_format(path)
-        empty, detected = self._file_columns(path, fmt, schema, ours=not (extra_columns or ignore or fill_from))
-        plan = _plan_columns(
-            detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
-        )
-        if late:
-            whole = _plan_columns(detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from)
-            loaded = None
-            if not empty and fmt != "parquet" and whole.columns != plan.columns and any(plan.sources.values()):
-                loaded = self._load_late(table, path, fmt, plan, whole, detected, copy_to)
-            if loaded is not None:
-                return loaded
-            plan = whole
+        if late and fmt != "parquet":
+            # The lines are counted (Python) while DuckDB detects the columns and copies the named ones.
+            with ThreadPoolExecutor(1) as pool:
+                counting = pool.submit(index, Path(path))
+                empty, detected = self._file_columns(path, fmt, schema, ours=False)
+                plan = _plan_columns(detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from)
+                narrow = _plan_columns(
+                    detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
+                )
+                if not empty and narrow.columns != plan.columns and any(narrow.sources.values()):
+                    loaded = self._load_late(table, path, fmt, narrow, plan, detected, copy_to, counting)
+                    if loaded is not None:
+                        return loaded
+        else:
+            empty, detected = self._file_columns(path, fmt, schema, ours=not (extra_columns or ignore or fill_from))
+            plan = _plan_columns(
+                detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
+            )
         columns, sources = plan.columns, plan.sources
         if not columns:
             raise EngineError(f"{path}: no rows to infer {table}'s columns from, and no schema for it")
@@ -230,6 +236,7 @@ class Engine:
         whole: _ColumnPlan,
         detected: Mapping[str, str],
         copy_to: str | None,
+        counting: Future[Lines],
     ) -> LoadedTable | None:
         """`plan`'s columns copied typed, the rest of `whole`'s read late (latecolumns.py). None when the
         copy's records are not the file's lines one for one (blank lines, a JSON file not one object a line,
@@ -238,17 +245,18 @@ class Engine:
         if options is None:
             return None
         target = copy_to or os.path.join(self._tmp.name, f"late-{table}.parquet")
-        with ThreadPoolExecutor(1) as pool:  # the lines are counted (Python) while DuckDB copies
-            counting = pool.submit(index, Path(path))
-            try:
-                self._write_copy(table, path, fmt, plan, detected, target, options)
-            except CacheWriteError:
-                if copy_to is not None:
-                    raise
-                return None
-            except EngineError:
-                return None  # loaded whole, which names what is wrong, if anything
+        try:
+            self._write_copy(table, path, fmt, plan, detected, target, options)
+        except CacheWriteError:
+            if copy_to is not None:
+                raise
+            return None
+        except EngineError:
+            return None  # loaded whole, which names what is wrong, if anything
+        try:
             lines = counting.result()
+        except OSError:
+            return None
         copy = f"read_parquet({_sql_str(target)})"
         real = [c for c in plan.columns if plan.sources.get(c) is not None]
         empty = " AND ".join(f"coalesce(CAST({_ident(c)} AS VARCHAR), '') = ''" for c in real)
