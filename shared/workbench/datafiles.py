@@ -178,7 +178,9 @@ def _load(
         if is_json:
             _check_json_records(spec.path)  # names the line DuckDB's message does not
         raise
-    if is_json and table.late is not None and table.late.empty_rows:
+    if is_json and late and table.late is None:
+        _check_json_lines(engine, spec.path)  # the late load fell back to a whole one: check it as one
+    elif is_json and table.late is not None and table.late.empty_rows:
         _check_json_records(spec.path)  # a late load's check for a `null` line: its copy has an empty row
     if is_json and table.rows == 0 and spec.path.stat().st_size > 0:
         _check_json_records(spec.path)  # a JSON array of non-objects (only here: a good file is not re-read)

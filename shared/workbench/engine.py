@@ -319,7 +319,7 @@ class Engine:
         options: Mapping[str, str] | None = None,
     ) -> None:
         """The typed table written to the Parquet file `target` (via a temporary file beside it, renamed: a
-        concurrent hunt or a crash never leaves half a file). `options`: the reader's (loadsql._reader)."""
+        concurrent hunt or a crash never leaves half a file). `options`: the reader's (loadsql.reader_sql)."""
         temp = f"{target}.{os.getpid()}.tmp"
         select = select_sql(path, fmt, plan.columns, plan.sources, detected, options=options)
         try:

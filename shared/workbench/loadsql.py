@@ -117,14 +117,15 @@ def _infer_kind(duck_type: str, name: str) -> str:
     return "datetime" if kind == "string" and name.endswith(" [UTC]") else kind
 
 
-def _reader(
+def reader_sql(
     path: str,
     fmt: str,
     columns: Mapping[str, str],
     sources: Mapping[str, str | None],
     options: Mapping[str, str] | None = None,
 ) -> str:
-    """read_json/read_csv with every column as text (JSON for dynamic ones from JSON): typed by _convert.
+    """The table function reading `path` as the load does: read_json/read_csv with every column as text (JSON
+    for dynamic ones from JSON), typed by _convert; read_parquet with Parquet's types.
     `options` (latecolumns.py): read_csv's delim, quote and escape as sniffed from another file; read_json's
     format."""
     given = dict(options or {})
@@ -230,17 +231,6 @@ def misfit_checks(
     return checks
 
 
-def reader_sql(
-    path: str,
-    fmt: str,
-    columns: Mapping[str, str],
-    sources: Mapping[str, str | None],
-    options: Mapping[str, str] | None = None,
-) -> str:
-    """The table function reading `path` as the load does (its columns as text, or Parquet's types)."""
-    return _reader(path, fmt, columns, sources, options)
-
-
 def _same_type(file_type: str, duck: str) -> bool:
     return file_type == duck or (file_type, duck) in (
         ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"),
@@ -267,9 +257,9 @@ def select_sql(
 ) -> str:
     """SELECT reading `path` into the table's columns, typed. Every name, path and value in it is quoted by
     _ident/_sql_str: it carries no unquoted input. `origin` starts the message of a value that does not fit
-    (a view's: it fails at query time, so it names the file itself). `options`: see _reader."""
+    (a view's: it fails at query time, so it names the file itself). `options`: see reader_sql."""
     select = ", ".join(
         f"{_convert(sources[c], k, c, fmt, detected.get(sources[c] or '', ''), origin)} AS {_ident(c)}"
         for c, k in columns.items()
     )
-    return f"SELECT {select} FROM {_reader(path, fmt, columns, sources, options)}"  # noqa: S608
+    return f"SELECT {select} FROM {reader_sql(path, fmt, columns, sources, options)}"  # noqa: S608

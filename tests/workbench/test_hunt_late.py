@@ -158,6 +158,16 @@ def test_a_null_line_still_fails_naming_its_line(
     assert code == 2 and f"{data}:13" in err, err
 
 
+def test_a_null_line_in_a_file_loaded_whole_after_all_still_fails_naming_its_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cache_dir: Path
+) -> None:
+    data = write_rows(tmp_path / "EmailEvents.jsonl", rows_of(30))
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join([*lines[:3], "", *lines[3:12], "null", *lines[12:]]) + "\n", encoding="utf-8")
+    code, _, err = hunt(capsys, rule_file(tmp_path, QUERY), data)  # the blank line: not one record a line
+    assert code == 2 and f"{data}:14" in err, err
+
+
 def test_mv_expand_fills_each_copy_of_a_row(tmp_path: Path, cache_dir: Path) -> None:
     rows = rows_of(9, row1={"To": ["a@contoso.com", "b@contoso.com", "c@contoso.com"], "Subject": "three"})
     data = write_rows(tmp_path / "EmailEvents.jsonl", rows)
