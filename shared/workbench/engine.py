@@ -155,17 +155,18 @@ class Engine:
             # The lines are counted (Python) while DuckDB detects the columns and copies the named ones.
             with ThreadPoolExecutor(1) as pool:
                 counting = pool.submit(index, Path(path))
-                empty, detected = self._file_columns(path, fmt, schema, ours=False)
+                empty, detected, unseen = self._file_columns(path, fmt, schema, ours=False, fill_from=fill_from)
                 plan = _plan_columns(detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from)
                 narrow = _plan_columns(
                     detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
                 )
                 if not empty and narrow.columns != plan.columns and any(narrow.sources.values()):
-                    loaded = self._load_late(table, path, fmt, narrow, plan, detected, copy_to, counting)
+                    loaded = self._load_late(table, path, fmt, narrow, plan, detected, copy_to, counting, unseen)
                     if loaded is not None:
                         return loaded
         else:
-            empty, detected = self._file_columns(path, fmt, schema, ours=not (extra_columns or ignore or fill_from))
+            ours = not (extra_columns or ignore or fill_from)
+            empty, detected, unseen = self._file_columns(path, fmt, schema, ours=ours, fill_from=fill_from)
             plan = _plan_columns(
                 detected, schema, extra_columns=extra_columns, ignore=ignore, fill_from=fill_from, only=only
             )
@@ -177,30 +178,56 @@ class Engine:
             self._copy(table, path, fmt, plan, detected, copy_to)
         else:
             self._create(table, path, fmt, plan, detected, lazy=lazy and fmt == "parquet" and not empty)
-        count = self._con.execute(f"SELECT count(*) FROM {_ident(table)}").fetchall()  # noqa: S608
+        rows, empties = self._emptiness(_ident(table), [c for c in unseen if c in columns])
         return LoadedTable(
             name=table,
-            rows=int(count[0][0]) if count else 0,
+            rows=rows,
             columns=columns,
             inferred=plan.inferred,
-            missing=tuple(c for c in columns if sources.get(c) is None),
+            missing=tuple(c for c in columns if sources.get(c) is None or c in empties),
             filled=plan.filled,
         )
 
+    def _emptiness(self, source: str, columns: Collection[str]) -> tuple[int, set[str]]:
+        """The rows of `source` (a quoted table or table function), and which of `columns` are null or "" in
+        all of them."""
+        counts = "".join(
+            f", count(*) FILTER (WHERE {_ident(c)} IS NOT NULL AND CAST({_ident(c)} AS VARCHAR) <> '')" for c in columns
+        )
+        found = self._con.execute(f"SELECT count(*){counts} FROM {source}").fetchall()[0]  # noqa: S608 - quoted
+        return int(found[0]), {c for c, n in zip(columns, found[1:], strict=True) if not n}
+
     def _file_columns(
-        self, path: str, fmt: str, schema: Mapping[str, str] | None, *, ours: bool
-    ) -> tuple[bool, dict[str, str]]:
-        """Whether the file is empty, and its columns with the types DuckDB detects (`ours`: rows we wrote)."""
+        self,
+        path: str,
+        fmt: str,
+        schema: Mapping[str, str] | None,
+        *,
+        ours: bool,
+        fill_from: Mapping[str, str] | None = None,
+    ) -> tuple[bool, dict[str, str], tuple[str, ...]]:
+        """Whether the file is empty, its columns with the types DuckDB detects (`ours`: rows we wrote), and
+        the schema's columns read from a JSON file though its sample lacks them."""
         if fmt not in ("json", "csv", "parquet"):
             raise EngineError(f"{path}: unknown data format {fmt!r} (json, csv or parquet)")
         try:
             if os.path.getsize(path) == 0:
-                return True, {}
+                return True, {}, ()
         except OSError as exc:
             raise EngineError(f"cannot read {path}: {exc.strerror}") from None
         if schema is not None and fmt == "json" and ours:
-            return False, {c: "" for c in schema}  # rows we wrote ourselves: absent keys simply read as null
-        return False, self._detect(path, fmt, full=schema is None)
+            return False, {c: "" for c in schema}, ()  # rows we wrote ourselves: absent keys simply read as null
+        found = self._detect(path, fmt, full=schema is None)
+        if schema is None or fmt != "json":
+            return False, found, ()
+        # DuckDB names the keys of the records it samples (20,480): a key first used after them would read as
+        # absent, its values lost. So every schema column is read by name; whether one the sample lacks is in
+        # the file at all is told after the load (a missing column gets a warning). A column filled from
+        # another (TimeGenerated from Timestamp) is not, when its source is there.
+        seen = {raw.casefold() for raw in found}
+        fills = {t for t, source in (fill_from or {}).items() if source in found}
+        unseen = tuple(c for c in _unique(schema) if c.casefold() not in seen and c not in fills)
+        return False, {**found, **dict.fromkeys(unseen, "")}, unseen
 
     def _create(
         self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], *, lazy: bool
@@ -237,6 +264,7 @@ class Engine:
         detected: Mapping[str, str],
         copy_to: str | None,
         counting: Future[Lines],
+        unseen: Collection[str] = (),
     ) -> LoadedTable | None:
         """`plan`'s columns copied typed, the rest of `whole`'s read late (latecolumns.py). None when the
         copy's records are not the file's lines one for one (blank lines, a JSON file not one object a line,
@@ -263,6 +291,7 @@ class Engine:
         rows, empty_rows = self._con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE {empty}) FROM {copy}"  # noqa: S608 - quoted
         ).fetchall()[0]
+        empties = self._emptiness(copy, [c for c in unseen if c in plan.columns])[1]
         if rows != lines.count - (fmt == "csv"):
             with contextlib.suppress(OSError):
                 os.unlink(target)
@@ -276,7 +305,7 @@ class Engine:
             rows=int(rows),
             columns=whole.columns,
             inferred=whole.inferred,
-            missing=tuple(c for c in whole.columns if whole.sources.get(c) is None),
+            missing=tuple(c for c in whole.columns if whole.sources.get(c) is None or c in empties),
             filled=whole.filled,
             late=late,
         )

@@ -517,3 +517,25 @@ def test_preview_with_no_hits_writes_an_empty_page(
     code, out, _ = run(capsys, "preview", str(SEED_RULE), "--data", str(path), "--out", str(tmp_path / "c.html"))
     assert code == 0
     assert "0 rows -> 0 card(s); nothing was sent" in out and (tmp_path / "c.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "EmailEvents | where Subject != '' | project NetworkMessageId, Subject",  # loads the two columns
+        "EmailEvents | where Subject != ''",  # returns every column: Subject loaded, the others read late
+    ],
+)
+def test_a_column_first_used_after_the_records_duckdb_samples_is_still_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    """DuckDB detects a JSON file's keys from its first 20,480 records: the key of the 25,000th was read as
+    absent, its value lost, with a warning that the column was empty in every row."""
+    monkeypatch.setenv("KQLWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [{"TimeGenerated": "2026-11-20T10:00:00Z", "NetworkMessageId": f"m{i}"} for i in range(25_000)]
+    rows[-1]["Subject"] = "the only subject"
+    path = write_jsonl(tmp_path / "EmailEvents.jsonl", rows)
+    code, out, err = run(capsys, "hunt", str(rule_file(tmp_path, query)), "--data", str(path), "--format", "jsonl")
+    assert code == 0, err
+    assert [(r["NetworkMessageId"], r["Subject"]) for r in jsonl_rows(out)] == [("m24999", "the only subject")]
+    assert "warning" not in err, err
