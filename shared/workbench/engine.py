@@ -30,6 +30,7 @@ from shared.workbench.loadsql import (
     _plan_columns,
     _sql_str,
     _unique,
+    header_delimiter,
     select_sql,
 )
 from shared.workbench.plans import Plans as Plans  # re-exported: the Log Analytics stand-in shares them
@@ -76,6 +77,7 @@ class Engine:
         self._translations = translations
         self._lazy: dict[str, _Source | None] = {}  # view -> the file it converts (None: typed already)
         self._late: dict[str, Late] = {}  # view -> its columns read late
+        self._delimiters: dict[str, str | None] = {}  # CSV file -> its header's delimiter
 
     def close(self) -> None:
         self._con.close()
@@ -241,7 +243,8 @@ class Engine:
             return
         failure = _load_failure(path, table)
         source = _Source(path, fmt, plan, detected)
-        select = select_sql(path, fmt, columns, sources, detected, origin=failure if lazy else "")
+        origin = failure if lazy else ""
+        select = select_sql(path, fmt, columns, sources, detected, origin=origin, options=self._csv_options(path, fmt))
         try:
             self._con.execute(f"CREATE {'VIEW' if lazy else 'TABLE'} {name} AS {select}")
         except Exception as exc:  # duckdb.Error, kept out of the module's imports
@@ -320,15 +323,32 @@ class Engine:
     def _dialect(self, path: str) -> dict[str, str] | None:
         """A CSV file's delimiter, quote and escape as DuckDB sniffs them, or None when its first line is not
         the header (rows skipped before it)."""
+        delimiter = "".join(f", delim={_sql_str(d)}" for d in self._csv_options(path, "csv").values())
         try:
             found = self._con.execute(
-                f"SELECT Delimiter, Quote, Escape, SkipRows, HasHeader FROM sniff_csv({_sql_str(path)})"  # noqa: S608
+                f"SELECT Delimiter, Quote, Escape, SkipRows, HasHeader FROM sniff_csv({_sql_str(path)}{delimiter})"  # noqa: S608
             ).fetchone()
         except Exception:  # duckdb.Error: the load says what is wrong with the file
             return None
         if found is None or found[3] or not found[4]:
             return None
         return {k: "" if v == "(empty)" else str(v) for k, v in zip(("delim", "quote", "escape"), found, strict=False)}
+
+    def _csv_options(self, path: str, fmt: str) -> dict[str, str]:
+        """read_csv's delimiter, from the file's header line (loadsql.header_delimiter); none for other formats,
+        or when the header cannot be read (DuckDB then sniffs it, and says what is wrong)."""
+        if fmt != "csv":
+            return {}
+        if path not in self._delimiters:
+            from shared.workbench.misfit import open_data
+
+            try:
+                with open_data(Path(path)) as handle:
+                    self._delimiters[path] = header_delimiter(handle.readline(1 << 20))
+            except (OSError, EOFError):
+                self._delimiters[path] = None
+        found = self._delimiters[path]
+        return {"delim": found} if found else {}
 
     def _copy(
         self, table: str, path: str, fmt: str, plan: _ColumnPlan, detected: Mapping[str, str], target: str
@@ -350,7 +370,8 @@ class Engine:
         """The typed table written to the Parquet file `target` (via a temporary file beside it, renamed: a
         concurrent hunt or a crash never leaves half a file). `options`: the reader's (loadsql.reader_sql)."""
         temp = f"{target}.{os.getpid()}.tmp"
-        select = select_sql(path, fmt, plan.columns, plan.sources, detected, options=options)
+        given = {**self._csv_options(path, fmt), **(options or {})}
+        select = select_sql(path, fmt, plan.columns, plan.sources, detected, options=given)
         try:
             self._con.execute(f"COPY ({select}) TO {_sql_str(temp)} (FORMAT PARQUET)")
             os.replace(temp, target)
@@ -407,11 +428,15 @@ class Engine:
         elif fmt == "parquet":
             source = f"read_parquet({_sql_str(path)})"
         else:
-            source = f"read_csv({_sql_str(path)}, header=true{sample})"
+            delimiter = "".join(f", delim={_sql_str(d)}" for d in self._csv_options(path, fmt).values())
+            source = f"read_csv({_sql_str(path)}, header=true{sample}{delimiter})"
         try:
             described = self._con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()  # noqa: S608
         except Exception as exc:
-            raise EngineError(f"cannot read {path}: {_first(exc)}") from None
+            from shared.workbench.misfit import csv_shape
+
+            shape = csv_shape(path) if fmt == "csv" else None  # the row DuckDB could not lay out, by its line
+            raise EngineError(f"cannot read {path}: {shape or _first(exc)}") from None
         found = {str(row[0]): str(row[1]) for row in described}
         if fmt == "json" and found == {"json": "JSON"}:
             return {}  # not objects, or no rows at all (`[]`)
@@ -462,8 +487,8 @@ class Engine:
         row of the wrong width (a re-scan: only after a load or query failed), or None."""
         from shared.workbench.misfit import csv_shape, describe, first_misfit
 
-        plan = source.plan
-        found = first_misfit(self._con, source.path, source.fmt, plan.columns, plan.sources, source.detected)
+        plan, options = source.plan, self._csv_options(source.path, source.fmt)
+        found = first_misfit(self._con, source.path, source.fmt, plan.columns, plan.sources, source.detected, options)
         if found is None:
             return csv_shape(source.path) if source.fmt == "csv" else None
         return describe(found, source.path, source.fmt)

@@ -231,6 +231,24 @@ def misfit_checks(
     return checks
 
 
+_DELIMITERS = (",", "\t", ";", "|")
+
+
+def header_delimiter(line: bytes) -> str | None:
+    """The delimiter a CSV file's header line is split by (the candidate it holds most often outside quotes),
+    or None when it holds none. DuckDB's sniffer otherwise guesses from the rows it samples, and one blank-ish or
+    short row among them makes it read a small file as one column: every filter on it then fails quietly."""
+    counts = dict.fromkeys(_DELIMITERS, 0)
+    quoted = False
+    for char in line.decode("utf-8", errors="replace"):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else None
+
+
 def _same_type(file_type: str, duck: str) -> bool:
     return file_type == duck or (file_type, duck) in (
         ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"),

@@ -85,7 +85,7 @@ def where(record: int, path: str, fmt: str) -> str:
 def _json_line(path: Path, record: int) -> int | str | None:
     """The line of the `record`-th record of a JSON-lines file (DuckDB skips blank lines), or the element of a
     JSON array; None when the file's lines are not one record each (a pretty-printed file)."""
-    with _open(path) as handle:
+    with open_data(path) as handle:
         number = seen = 0
         for line in handle:
             number += 1
@@ -110,7 +110,7 @@ def _one_record(text: bytes) -> bool:
 def _csv_line(path: Path, record: int) -> int | None:
     """The line the `record`-th data row of a CSV file starts on (the header is line 1; blank lines are
     skipped, as DuckDB does; a quoted value may span lines)."""
-    with _open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as text:
+    with open_data(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as text:
         reader = csv.reader(text)
         seen, start = -1, 1  # the header is not a record
         for row in reader:
@@ -128,7 +128,10 @@ def csv_shape(path: str) -> str | None:
     lines ("CSV Error on Line: 21770" for line 22001 of a file with quoted line breaks)."""
     delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
     try:
-        with _open(Path(path)) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as text:
+        with (
+            open_data(Path(path)) as raw,
+            io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as text,
+        ):
             reader = csv.reader(text, delimiter=delimiter)
             header = next(reader, [])
             start = reader.line_num + 1
@@ -141,7 +144,8 @@ def csv_shape(path: str) -> str | None:
     return None
 
 
-def _open(path: Path) -> IO[bytes] | gzip.GzipFile:
+def open_data(path: Path) -> IO[bytes] | gzip.GzipFile:
+    """A data file's bytes, decompressed from `.gz` (a `.zst` raises OSError: only DuckDB reads zstd)."""
     if path.name.lower().endswith(".zst"):
         raise OSError("zstd is read by DuckDB only")
     if path.name.lower().endswith(".gz"):

@@ -539,3 +539,20 @@ def test_a_column_first_used_after_the_records_duckdb_samples_is_still_read(
     assert code == 0, err
     assert [(r["NetworkMessageId"], r["Subject"]) for r in jsonl_rows(out)] == [("m24999", "the only subject")]
     assert "warning" not in err, err
+
+
+@pytest.mark.parametrize(("bad", "fields"), [("   ", 1), ("a,b,c", 3)])
+def test_a_small_csv_with_a_malformed_row_among_the_first_fails_naming_its_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bad: str, fields: int
+) -> None:
+    """DuckDB's sniffer guesses the delimiter from the rows it samples: one blank-ish or short row among 50 made
+    it read the file as one column, and the hunt said 0 rows (with warnings that every column was empty). The
+    delimiter now comes from the header line, so DuckDB refuses the row instead."""
+    rows = [json.loads(line) for line in SAMPLES.read_text(encoding="utf-8").splitlines()[:50]]
+    path = write_csv(tmp_path / "EmailEvents.csv", rows)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    path.write_text("\n".join([*lines[:9], bad, *lines[9:]]), encoding="utf-8")
+    code, out, err = run(capsys, "hunt", str(SEED_RULE), "--data", str(path), "--format", "jsonl")
+    header = len(lines[0].split(","))
+    assert code == 1 and out == ""
+    assert f"cannot read {path}: line 10: {fields} fields, the header has {header}" in err, err
