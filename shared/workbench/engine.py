@@ -295,7 +295,7 @@ class Engine:
             f"SELECT count(*), count(*) FILTER (WHERE {empty}) FROM {copy}"  # noqa: S608 - quoted
         ).fetchall()[0]
         empties = self._emptiness(copy, [c for c in unseen if c in plan.columns])[1]
-        if rows != lines.count - (fmt == "csv"):
+        if rows != lines.count - lines.blank_tail - (fmt == "csv"):
             with contextlib.suppress(OSError):
                 os.unlink(target)
             return None

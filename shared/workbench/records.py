@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _BLOCK = 1 << 24
 _STRETCH = 1 << 15
@@ -26,12 +26,14 @@ _STRETCH = 1 << 15
 @dataclass(frozen=True)
 class Lines:
     """Stretch i holds the file's bytes from offsets[i] to offsets[i + 1] (the last to `size`), whole lines,
-    the first of them line firsts[i] (0-based); `count` lines in all."""
+    the first of them line firsts[i] (0-based); `count` lines in all, the last `blank_tail` of them blank (an
+    editor's or a tool's extra line breaks at the end, which DuckDB skips)."""
 
     offsets: array[int]
     firsts: array[int]
     size: int
     count: int
+    blank_tail: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,7 @@ class Lines:
             "firsts": base64.b64encode(self.firsts.tobytes()).decode(),
             "size": self.size,
             "count": self.count,
+            "blank_tail": self.blank_tail,
         }
 
     @classmethod
@@ -48,7 +51,7 @@ class Lines:
         firsts.frombytes(base64.b64decode(data["firsts"]))
         if len(offsets) != len(firsts):
             raise ValueError("offsets and firsts differ in length")
-        return cls(offsets, firsts, int(data["size"]), int(data["count"]))
+        return cls(offsets, firsts, int(data["size"]), int(data["count"]), int(data.get("blank_tail", 0)))
 
 
 def index(path: Path) -> Lines:
@@ -72,11 +75,28 @@ def index(path: Path) -> Lines:
                 start = end + 1
             carried = len(chunk) - (last + 1)
             base += len(chunk)
-    if carried:  # the last line has no line break
-        offsets.append(base - carried)
-        firsts.append(line)
-        line += 1
-    return Lines(offsets, firsts, base, line)
+        if carried:  # the last line has no line break
+            offsets.append(base - carried)
+            firsts.append(line)
+            line += 1
+        return Lines(offsets, firsts, base, line, _blank_tail(handle, base))
+
+
+def _blank_tail(handle: BinaryIO, size: int) -> int:
+    """How many of the file's last lines are blank, counted within its last 64 KiB (a longer blank tail is
+    undercounted: the caller's record count then differs, and it does not rely on the lines)."""
+    handle.seek(max(0, size - (1 << 16)))
+    lines = handle.read().split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the break after the last line
+    if size > 1 << 16:
+        lines = lines[1:]  # the first may be the end of a longer line
+    blank = 0
+    for text in reversed(lines):
+        if text.strip(b" \t\r"):
+            break
+        blank += 1
+    return blank
 
 
 def lines_at(path: Path, found: Lines, wanted: Iterable[int]) -> dict[int, bytes]:

@@ -129,6 +129,19 @@ def test_a_value_that_does_not_fit_only_in_an_unnamed_column_of_a_dropped_row_do
     assert len(result.rows) == 19  # row 4 is outbound: the query drops it, and its late columns are not read
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_blank_lines_at_the_end_of_a_file_keep_the_late_path(tmp_path: Path, cache_dir: Path, fmt: str) -> None:
+    rows = rows_of(30)
+    data = tmp_path / f"EmailEvents.{fmt}"
+    write_rows(data, rows) if fmt == "jsonl" else write_csv(data, rows)
+    with data.open("a", encoding="utf-8") as out:
+        out.write("\n  \n\t\n" if fmt == "jsonl" else "\r\n\r\n")  # write_csv ends lines in CRLF
+    late, info = run(tmp_path, data, QUERY, late=True)
+    whole, _ = run(tmp_path, data, QUERY, late=False)
+    assert info is not None and info.lines.blank_tail == (3 if fmt == "jsonl" else 2)
+    assert late == whole and len(late.rows) == 20
+
+
 @pytest.mark.parametrize("damage", ["blank lines", "two records on a line", "a CSV value over two lines"])
 def test_a_file_whose_records_are_not_one_a_line_is_loaded_whole_with_the_same_answer(
     tmp_path: Path, cache_dir: Path, damage: str
