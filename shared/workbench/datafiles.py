@@ -155,7 +155,7 @@ def _load(
     from shared.workbench.engine import CacheWriteError, EngineError
 
     is_json = file_format(str(spec.path)) == "json"
-    if late and is_json and not _starts_object(spec.path):
+    if late and is_json and _starts_array(spec.path):
         late, options = False, {**options, "only": None}  # a JSON array: its records are not lines
     if is_json and not late:
         # DuckDB reads a JSON-lines file with a `null` line as a row of nulls, and one with an array or string
@@ -201,15 +201,6 @@ def _plain_lines(path: Path) -> bool:
     """An uncompressed JSON-lines or CSV file: its records can be found again by their lines."""
     name = path.name.lower()
     return file_format(str(path)) in ("json", "csv") and not name.endswith((".gz", ".zst"))
-
-
-def _starts_object(path: Path) -> bool:
-    """The file's first non-blank byte is `{` (JSON lines, not a JSON array)."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4096).lstrip()[:1] == b"{"
-    except OSError:
-        return False
 
 
 def _check_json_lines(engine: Engine, path: Path) -> None:

@@ -30,7 +30,6 @@ from shared.workbench.loadsql import (
     _plan_columns,
     _sql_str,
     _unique,
-    header_delimiter,
     select_sql,
 )
 from shared.workbench.plans import Plans as Plans  # re-exported: the Log Analytics stand-in shares them
@@ -77,7 +76,6 @@ class Engine:
         self._translations = translations
         self._lazy: dict[str, _Source | None] = {}  # view -> the file it converts (None: typed already)
         self._late: dict[str, Late] = {}  # view -> its columns read late
-        self._delimiters: dict[str, str | None] = {}  # CSV file -> its header's delimiter
 
     def close(self) -> None:
         self._con.close()
@@ -335,19 +333,11 @@ class Engine:
         return {k: "" if v == "(empty)" else str(v) for k, v in zip(("delim", "quote", "escape"), found, strict=False)}
 
     def _csv_options(self, path: str, fmt: str) -> dict[str, str]:
-        """read_csv's delimiter, from the file's header line (loadsql.header_delimiter); none for other formats,
-        or when the header cannot be read (DuckDB then sniffs it, and says what is wrong)."""
-        if fmt != "csv":
-            return {}
-        if path not in self._delimiters:
-            from shared.workbench.misfit import open_data
+        """read_csv's delimiter, from the file's header line (misfit.csv_delimiter); none for other formats, or
+        when the header has none or cannot be read (DuckDB then sniffs it, and says what is wrong)."""
+        from shared.workbench.misfit import csv_delimiter
 
-            try:
-                with open_data(Path(path)) as handle:
-                    self._delimiters[path] = header_delimiter(handle.readline(1 << 20))
-            except (OSError, EOFError):
-                self._delimiters[path] = None
-        found = self._delimiters[path]
+        found = csv_delimiter(Path(path)) if fmt == "csv" else None
         return {"delim": found} if found else {}
 
     def _copy(

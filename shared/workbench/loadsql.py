@@ -126,8 +126,8 @@ def reader_sql(
 ) -> str:
     """The table function reading `path` as the load does: read_json/read_csv with every column as text (JSON
     for dynamic ones from JSON), typed by _convert; read_parquet with Parquet's types.
-    `options` (latecolumns.py): read_csv's delim, quote and escape as sniffed from another file; read_json's
-    format."""
+    `options`: read_csv's delim (the header's, engine._csv_options), or its delim, quote and escape as sniffed
+    from another file (latecolumns.py); read_json's format."""
     given = dict(options or {})
     if fmt == "csv":
         extra = "".join(f", {option}={_sql_str(value)}" for option, value in given.items())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from shared.workbench.loadsql import _ident, misfit_checks, reader_sql
+from shared.workbench.loadsql import _ident, header_delimiter, misfit_checks, reader_sql
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def csv_shape(path: str) -> str | None:
     """`line N: 30 fields, the header has 29` for the first CSV row that does not have the header's number of
     fields (an unbalanced quote makes one row of many lines), or None. DuckDB's own message counts records, not
     lines ("CSV Error on Line: 21770" for line 22001 of a file with quoted line breaks)."""
-    delimiter = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
+    delimiter = csv_delimiter(Path(path)) or ("\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ",")
     try:
         with (
             open_data(Path(path)) as raw,
@@ -142,6 +142,16 @@ def csv_shape(path: str) -> str | None:
     except (OSError, EOFError, csv.Error):
         return None
     return None
+
+
+def csv_delimiter(path: Path) -> str | None:
+    """The delimiter of a CSV file's header line (loadsql.header_delimiter), or None when it has none or cannot
+    be read: the one the engine's loads and this re-scan both split the file by."""
+    try:
+        with open_data(path) as handle:
+            return header_delimiter(handle.readline(1 << 20))
+    except (OSError, EOFError):
+        return None
 
 
 def open_data(path: Path) -> IO[bytes] | gzip.GzipFile:

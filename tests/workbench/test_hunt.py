@@ -556,3 +556,16 @@ def test_a_small_csv_with_a_malformed_row_among_the_first_fails_naming_its_line(
     header = len(lines[0].split(","))
     assert code == 1 and out == ""
     assert f"cannot read {path}: line 10: {fields} fields, the header has {header}" in err, err
+
+
+def test_a_semicolon_csv_s_malformed_row_is_named_by_the_same_delimiter_as_the_load(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The re-scan that names a bad row splits by the header's delimiter, as the load does (it used `,` for
+    every file not named .tsv)."""
+    path = tmp_path / "EmailEvents.csv"
+    rows = [f"2026-11-20T10:00:0{i}Z;m{i};Inbound" for i in range(5)]
+    lines = ["TimeGenerated;NetworkMessageId;EmailDirection", *rows[:2], "2026-11-20T10:00:09Z;m9", *rows[2:]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run(capsys, "hunt", str(SEED_RULE), "--data", str(path), "--format", "jsonl")
+    assert code == 1 and "line 4: 2 fields, the header has 3" in err, err
